@@ -1,0 +1,432 @@
+"""Every ``OTEL_PERF_*`` setting in one table, parsed once.
+
+Why this module exists: settings are read from the environment by both ways in (the launcher and
+``configure()``) and by every instrumentation; one table keeps names, types, defaults, parsing and the
+generated reference docs in step. Precedence is ``configure()`` argument > ``OTEL_PERF_*`` > standard
+``OTEL_*`` > default, and an empty value counts as unset (STYLE.md, "Configuration and errors").
+
+A malformed environment value never raises into the host program: it logs one warning naming the
+variable, the value and the default used instead. A malformed ``configure()`` argument raises
+:class:`~otel_perf.errors.ConfigError`, because the caller can fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from otel_perf.errors import ConfigError
+
+_logger = logging.getLogger("otel_perf")
+
+BUILTIN_PARSERS: Final = ("json", "argparse", "shlex", "tomllib", "xml", "yaml")
+
+
+# --- value parsers: each takes the raw string and returns the value or raises ValueError(expected) ---
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_seconds(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("a finite number of seconds >= 0")
+    return value
+
+
+def _parse_positive_seconds(raw: str) -> float:
+    value = _parse_seconds(raw)
+    if value <= 0:
+        raise ValueError("a number of seconds > 0")
+    return value
+
+
+def _parse_ratio(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("a ratio between 0 and 1, such as 0.8") from None
+    if not 0 < value <= 1:
+        raise ValueError("a ratio between 0 and 1, such as 0.8")
+    return value
+
+
+def _parse_nonnegative_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("a whole number >= 0") from None
+    if value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
+_SIZE_UNITS: Final = {
+    "": 1, "b": 1,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+    "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+}
+_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(raw: str) -> int:
+    """Parse a byte size such as ``536870912``, ``512MiB`` or ``1.5GiB``."""
+    match = _SIZE_RE.match(raw)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("a number of bytes with an optional KiB, MiB or GiB suffix, such as 512MiB")
+    value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError("a size > 0, such as 512MiB")
+    return value
+
+
+_DOTTED_RE: Final = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def parse_dotted_paths(raw: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split ``pkg.mod:func,pkg.mod:Class.method`` into (valid paths, malformed entries)."""
+    good: list[str] = []
+    bad: list[str] = []
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        (good if _DOTTED_RE.match(entry) else bad).append(entry)
+    return tuple(good), tuple(bad)
+
+
+def _parse_dotted(raw: str) -> tuple[str, ...]:
+    good, bad = parse_dotted_paths(raw)
+    if bad:
+        # Report malformed entries and keep the good ones: one typo must not switch off the others.
+        raise _PartialValue(good, f"entries of the form pkg.mod:func or pkg.mod:Class.method; "
+                                  f"ignoring {', '.join(repr(b) for b in bad)}")
+    return good
+
+
+def _parse_builtin_parsers(raw: str) -> tuple[str, ...]:
+    value = raw.strip().lower()
+    if value == "all":
+        return BUILTIN_PARSERS
+    if value == "none":
+        return ()
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in BUILTIN_PARSERS]
+    if unknown:
+        known = tuple(n for n in names if n in BUILTIN_PARSERS)
+        raise _PartialValue(known, f"all, none, or names from {', '.join(BUILTIN_PARSERS)}; "
+                                   f"ignoring {', '.join(repr(u) for u in unknown)}")
+    return names
+
+
+def parse_address(raw: str) -> tuple[str, int]:
+    """Parse ``host:port`` (``[::1]:6060`` for IPv6; an empty host means 127.0.0.1)."""
+    value = raw.strip()
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise ValueError("host:port, such as 127.0.0.1:6060")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError("host:port, such as 127.0.0.1:6060") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("host:port with a port from 0 to 65535")
+    return host, port
+
+
+def _parse_address_str(raw: str) -> str:
+    parse_address(raw)
+    return raw.strip()
+
+
+class _PartialValue(ValueError):
+    """A list value with some bad entries: warn about them and use the rest."""
+
+    def __init__(self, usable: Any, expected: str) -> None:
+        super().__init__(expected)
+        self.usable = usable
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str  # the field of Settings
+    env: str  # the OTEL_PERF_* variable
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+    default_doc: str = ""
+    also_env: tuple[str, ...] = ()  # standard OTEL_* variables consulted after env
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("enabled", "OTEL_PERF_ENABLED", True, _parse_bool, "Master switch: false turns otel-perf off."),
+    Setting("pool_spans", "OTEL_PERF_POOL_SPANS", True, _parse_bool,
+            "A span per pool job (pool metrics are always on)."),
+    Setting("tools", "OTEL_PERF_TOOLS", (), _parse_dotted,
+            "Dotted paths `pkg.mod:func,pkg.mod:Class.method` of callables to treat as tools."),
+    Setting("tool_capture_content", "OTEL_PERF_TOOL_CAPTURE_CONTENT", False, _parse_bool,
+            "Record tool arguments and results (JSON, truncated) on execute_tool spans.",
+            also_env=("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",)),
+    Setting("subprocess_capture_args", "OTEL_PERF_SUBPROCESS_CAPTURE_ARGS", False, _parse_bool,
+            "Record program arguments (`process.command_args`), secret-looking values redacted."),
+    Setting("parsers", "OTEL_PERF_PARSERS", (), _parse_dotted,
+            "Dotted paths of the user's own parse functions."),
+    Setting("parsers_builtin", "OTEL_PERF_PARSERS_BUILTIN", BUILTIN_PARSERS, _parse_builtin_parsers,
+            "`all`, `none`, or a comma-separated list of built-in parser names "
+            "(json, argparse, shlex, tomllib, xml, yaml).", default_doc="all"),
+    Setting("parse_span_min_duration", "OTEL_PERF_PARSE_SPAN_MIN_DURATION", 0.01, _parse_seconds,
+            "Seconds; parses slower than this get a span."),
+    Setting("parse_span_min_bytes", "OTEL_PERF_PARSE_SPAN_MIN_BYTES", 1048576, _parse_nonnegative_int,
+            "Bytes; parses of larger inputs get a span."),
+    Setting("memory_limit", "OTEL_PERF_MEMORY_LIMIT", None, parse_size,
+            "Memory limit in bytes, with optional KiB/MiB/GiB suffix; default: detected from the cgroup, "
+            "else physical memory.", default_doc="(detected)"),
+    Setting("memory_threshold", "OTEL_PERF_MEMORY_THRESHOLD", 0.8, _parse_ratio,
+            "Pressure ratio (usage / limit) that counts as high."),
+    Setting("memory_cleanup", "OTEL_PERF_MEMORY_CLEANUP", False, _parse_bool,
+            "Run gc.collect() and malloc_trim(0) when pressure is high."),
+    Setting("memory_check_interval", "OTEL_PERF_MEMORY_CHECK_INTERVAL", 5.0, _parse_positive_seconds,
+            "Seconds between memory-pressure checks."),
+    Setting("eventloop_lag_interval", "OTEL_PERF_EVENTLOOP_LAG_INTERVAL", 0.5, _parse_positive_seconds,
+            "Seconds between event-loop lag probes."),
+    Setting("debug_addr", "OTEL_PERF_DEBUG_ADDR", None, _parse_address_str,
+            "host:port for the pprof debug server (off when unset).", default_doc=""),
+    Setting("debug_token", "OTEL_PERF_DEBUG_TOKEN", None, _parse_str,
+            "Bearer token every debug-server request must present; required for non-loopback binds.",
+            default_doc=""),
+    Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_nonnegative_int,
+            "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks."),
+    Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_str,
+            "Enables durable export, spooling failed batches into this directory.", default_doc=""),
+    Setting("spool_max_bytes", "OTEL_PERF_SPOOL_MAX_BYTES", 268435456, parse_size,
+            "Bound of the spool in bytes (oldest entries are dropped first)."),
+    Setting("output_dir", "OTEL_PERF_OUTPUT_DIR", "./otel-perf-data", _parse_str,
+            "Directory for OTLP JSON lines files when no OTLP endpoint is set."),
+)
+
+SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}
+ENV_VARS: Final = tuple(s.env for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. Build it with :func:`load_settings`; it pickles (spawn workers)."""
+
+    enabled: bool = True
+    pool_spans: bool = True
+    tools: tuple[str, ...] = ()
+    tool_capture_content: bool = False
+    subprocess_capture_args: bool = False
+    parsers: tuple[str, ...] = ()
+    parsers_builtin: tuple[str, ...] = BUILTIN_PARSERS
+    parse_span_min_duration: float = 0.01
+    parse_span_min_bytes: int = 1048576
+    memory_limit: int | None = None
+    memory_threshold: float = 0.8
+    memory_cleanup: bool = False
+    memory_check_interval: float = 5.0
+    eventloop_lag_interval: float = 0.5
+    debug_addr: str | None = None
+    debug_token: str | None = None
+    tracemalloc: int = 0
+    spool_dir: str | None = None
+    spool_max_bytes: int = 268435456
+    output_dir: str = "./otel-perf-data"
+    # Where each value came from: "argument", the variable's name, or "default".
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` validated as ``configure()`` arguments."""
+        return load_settings(env={}, base=self, **changes)
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(variable: str, raw: str, expected: str, fallback: Any) -> None:
+    key = (variable, raw)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    _logger.warning(
+        "Expected %s to be %s, got %r; using %s instead.", variable, expected, raw, _describe(fallback)
+    )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "the default (unset)"
+    if isinstance(value, tuple):
+        return repr(",".join(value)) if value else "nothing"
+    return repr(value)
+
+
+def _validate_argument(setting: Setting, value: Any) -> Any:
+    """Validate a ``configure()`` argument; raise ConfigError naming the variable it overrides."""
+    if value is None and setting.default is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return setting.parse(value)
+        if isinstance(setting.default, bool):
+            if isinstance(value, bool):
+                return value
+        elif isinstance(setting.default, tuple):
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return setting.parse(",".join(value)) if value else ()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return setting.parse(str(value))
+    except _PartialValue as exc:
+        raise ConfigError(f"Expected {setting.env} to be {exc}, got {value!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"Expected {setting.env} to be {exc}, got {value!r}") from None
+    raise ConfigError(f"Expected {setting.env} to be {type(setting.default).__name__}, got {value!r}")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, *, base: Settings | None = None, **arguments: Any
+) -> Settings:
+    """Build :class:`Settings` from ``arguments`` > ``OTEL_PERF_*`` > ``OTEL_*`` > defaults.
+
+    Args:
+        env: the environment to read (default ``os.environ``).
+        base: settings to start from instead of the defaults (for :meth:`Settings.replace`).
+        **arguments: ``configure()`` arguments, by setting name (``memory_threshold=0.9``).
+
+    Raises:
+        ConfigError: an argument is unknown or invalid. Environment values never raise.
+    """
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = dict(base.sources) if base is not None else {}
+    for setting in SETTINGS:
+        if setting.name in arguments:
+            values[setting.name] = _validate_argument(setting, arguments.pop(setting.name))
+            sources[setting.name] = "argument"
+            continue
+        if base is not None:
+            values[setting.name] = getattr(base, setting.name)
+            continue
+        value, source = setting.default, "default"
+        for variable in (setting.env, *setting.also_env):
+            raw = environ.get(variable)
+            if raw is None or not raw.strip():
+                continue  # an empty value counts as unset
+            try:
+                value, source = setting.parse(raw), variable
+            except _PartialValue as exc:
+                value, source = exc.usable, variable
+                _warn_once(variable, raw, str(exc), exc.usable)
+            except ValueError as exc:
+                _warn_once(variable, raw, str(exc), setting.default)
+            break
+        values[setting.name] = value
+        sources[setting.name] = source
+    if arguments:
+        raise ConfigError(
+            f"Unknown configure() argument(s): {', '.join(sorted(arguments))}; "
+            f"known: {', '.join(s.name for s in SETTINGS)}"
+        )
+    return Settings(**values, sources=sources)
+
+
+_current: Settings | None = None
+_current_lock = threading.Lock()
+
+
+def get_settings() -> Settings:
+    """The settings in force: those set by ``configure()``/the launcher, else parsed once from the env."""
+    global _current
+    if _current is None:
+        with _current_lock:
+            if _current is None:
+                _current = load_settings()
+    return _current
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install ``settings`` as the ones in force (``None``: parse the environment again when next asked)."""
+    global _current
+    with _current_lock:
+        _current = settings
+
+
+def settings_as_env(settings: Settings) -> dict[str, str]:
+    """The ``OTEL_PERF_*`` variables that reproduce ``settings`` (for child processes)."""
+    out: dict[str, str] = {}
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[setting.env] = "true" if value else "false"
+        elif isinstance(value, tuple):
+            out[setting.env] = ",".join(value) if value else ("none" if setting.name == "parsers_builtin" else "")
+        else:
+            out[setting.env] = str(value)
+    return {k: v for k, v in out.items() if v != ""}
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """Rows of (variable, effective value, source) for ``otel-perf doctor``."""
+    rows = []
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name)
+        if setting.name == "debug_token" and value:
+            shown = "***"
+        elif isinstance(value, tuple):
+            shown = ",".join(value)
+        elif value is None:
+            shown = ""
+        else:
+            shown = str(value)
+        rows.append((setting.env, shown, settings.sources.get(setting.name, "default")))
+    return rows
+
+
+def _reset_for_tests() -> None:
+    set_settings(None)
+    with _warned_lock:
+        _warned.clear()
+
+
+__all__ = [
+    "BUILTIN_PARSERS",
+    "ENV_VARS",
+    "SETTINGS",
+    "Setting",
+    "Settings",
+    "describe_settings",
+    "get_settings",
+    "load_settings",
+    "parse_address",
+    "parse_dotted_paths",
+    "parse_size",
+    "set_settings",
+    "settings_as_env",
+]

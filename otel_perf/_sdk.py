@@ -1,0 +1,400 @@
+"""``configure()``: resource, providers, processors, readers, exporters, then the instrumentations.
+
+Why this module exists: both ways in (``otel_perf.configure()`` and the launcher's configurator) need the
+same start-up: settings, the exporters otel-perf defaults to, the process-tree rules of DESIGN.md
+("Processes": root marker, one output file per process and signal, root-only services) and the
+``TRACEPARENT`` hand-over from an instrumented parent. This module is that start-up, once.
+
+Global OpenTelemetry providers cannot be replaced once set: when the user (or an earlier ``configure()``)
+already set SDK providers, otel-perf reuses them and adds only the exporters the environment names
+explicitly (``OTEL_TRACES_EXPORTER`` and friends), so a user's own pipeline is never doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry._logs import get_logger_provider, set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.util._importlib_metadata import entry_points
+
+from otel_perf._config import Settings, get_settings, load_settings, set_settings
+from otel_perf._safety import guarded, log_once
+from otel_perf.exporters.otlp import endpoint_configured
+
+__all__ = [
+    "ROOT_MARKER",
+    "ConfigSnapshot",
+    "Handle",
+    "attach_environment_context",
+    "configure",
+    "current_handle",
+    "default_exporter",
+    "is_root_process",
+    "shutdown",
+]
+
+_logger = logging.getLogger("otel_perf")
+
+#: Environment marker: the pid of the first otel-perf process of a process tree. Children inherit it and
+#: so know they are not the root (DESIGN.md, "Processes").
+ROOT_MARKER = "OTEL_PERF_ROOT_PID"
+
+_SIGNALS = ("traces", "metrics", "logs")
+_EXPORTER_ENV = {s: f"OTEL_{s.upper()}_EXPORTER" for s in _SIGNALS}
+_ENTRY_POINT_GROUP = {s: f"opentelemetry_{s}_exporter" for s in _SIGNALS}
+
+
+def mark_root(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """Set the root marker unless an ancestor did. Returns True if this process is the root."""
+    environ = os.environ if env is None else env
+    if not environ.get(ROOT_MARKER):
+        environ[ROOT_MARKER] = str(os.getpid())
+    return environ.get(ROOT_MARKER) == str(os.getpid())
+
+
+def is_root_process() -> bool:
+    """Whether this is the first otel-perf process of its tree (forked children are not)."""
+    marker = os.environ.get(ROOT_MARKER)
+    return not marker or marker == str(os.getpid())
+
+
+def default_exporter(signal: str, env: Mapping[str, str] | None = None,
+                     settings: Settings | None = None) -> str:
+    """The exporter otel-perf picks for ``signal`` when ``OTEL_<SIGNAL>_EXPORTER`` is unset.
+
+    ``otlp_durable`` when ``OTEL_PERF_SPOOL_DIR`` is set, ``otlp`` when an OTLP endpoint is configured,
+    else ``otel_perf_file`` (OTLP JSON lines under ``OTEL_PERF_OUTPUT_DIR``) instead of failing to reach
+    ``localhost:4317``.
+    """
+    environ = os.environ if env is None else env
+    current = settings or load_settings(environ)
+    if current.spool_dir and _has_exporter(signal, "otlp_durable"):
+        return "otlp_durable"
+    if endpoint_configured(signal, environ):  # type: ignore[arg-type]
+        return "otlp"
+    return "otel_perf_file"
+
+
+def _has_exporter(signal: str, name: str) -> bool:
+    return any(True for _ in entry_points(group=_ENTRY_POINT_GROUP[signal], name=name))
+
+
+def extract_environment_context(env: Mapping[str, str] | None = None) -> otel_context.Context | None:
+    """The context an instrumented parent handed over in ``TRACEPARENT``/``TRACESTATE``/``BAGGAGE``."""
+    environ = os.environ if env is None else env
+    carrier = {key.lower(): environ[key] for key in ("TRACEPARENT", "TRACESTATE", "BAGGAGE") if environ.get(key)}
+    if "traceparent" not in carrier:
+        return None
+    return propagate.extract(carrier)
+
+
+_attached_environment_context = False
+
+
+def attach_environment_context() -> bool:
+    """Attach the parent's context in the main thread, once, so the program continues its trace."""
+    global _attached_environment_context
+    if _attached_environment_context or threading.current_thread() is not threading.main_thread():
+        return False
+    ctx = extract_environment_context()
+    if ctx is None or not trace.get_current_span(ctx).get_span_context().is_valid:
+        return False
+    otel_context.attach(ctx)
+    _attached_environment_context = True
+    return True
+
+
+def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> list[str]:
+    raw = (os.environ.get(_EXPORTER_ENV[signal]) or "").strip()
+    if not raw:
+        return [] if explicit_only else [default_exporter(signal, settings=settings)]
+    if raw.lower() == "none":
+        return []
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def _exporter_classes(signal: str, names: list[str]) -> list[type]:
+    from opentelemetry.sdk._configuration import _get_exporter_entry_point
+
+    classes = []
+    for name in names:
+        resolved = _get_exporter_entry_point(name, signal)  # type: ignore[arg-type]
+        found = list(entry_points(group=_ENTRY_POINT_GROUP[signal], name=resolved))
+        if not found:
+            log_once(("exporter-missing", signal, name),
+                     "otel-perf: no %s exporter named %r is installed (from %s); %s are not exported there",
+                     signal, name, _EXPORTER_ENV[signal], signal)
+            continue
+        classes.append(found[0].load())
+    return classes
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    """What a worker process needs to configure itself like its parent; it pickles.
+
+    A ``configure()``d parent's spawn workers never run its ``configure()`` call, so pool instrumentation
+    ships this snapshot to them (DESIGN.md, "Processes").
+    """
+
+    settings: Settings
+    service_name: str | None
+    resource_attributes: Mapping[str, Any]
+    environment: Mapping[str, str]
+
+
+@dataclass
+class Handle:
+    """What ``configure()`` set up. ``shutdown()`` flushes everything and uninstruments."""
+
+    settings: Settings
+    tracer_provider: Any = None
+    meter_provider: Any = None
+    logger_provider: Any = None
+    service_name: str | None = None
+    instrumentors: list[Any] = field(default_factory=list)
+    owns_providers: bool = False
+    _stopped: bool = False
+
+    def snapshot(self) -> ConfigSnapshot:
+        resource = getattr(self.tracer_provider, "resource", None)
+        attributes = dict(resource.attributes) if resource is not None else {}
+        relevant = {k: v for k, v in os.environ.items()
+                    if k.startswith(("OTEL_", "TRACEPARENT", "TRACESTATE", "BAGGAGE"))}
+        return ConfigSnapshot(self.settings, self.service_name, attributes, relevant)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        ok = True
+        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
+            flush = getattr(provider, "force_flush", None)
+            if flush is not None:
+                with guarded("force_flush"):
+                    ok = bool(flush(timeout_millis)) and ok
+        return ok
+
+    def shutdown(self) -> None:
+        """Flush what was recorded, uninstrument, and shut down the providers otel-perf created."""
+        global _handle
+        if self._stopped:
+            return
+        self._stopped = True
+        self.force_flush()
+        for instrumentor in reversed(self.instrumentors):
+            with guarded(f"uninstrument {type(instrumentor).__name__}"):
+                instrumentor.uninstrument()
+        self.instrumentors.clear()
+        for hook in list(_shutdown_hooks):
+            with guarded(f"shutdown hook {hook!r}"):
+                hook()
+        if self.owns_providers:
+            for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
+                stop = getattr(provider, "shutdown", None)
+                if stop is not None:
+                    with guarded("provider shutdown"):
+                        stop()
+        with _lock:
+            if _handle is self:
+                _handle = None
+
+
+_handle: Handle | None = None
+_lock = threading.RLock()
+
+#: Called with (settings, is_root) once per process at start-up, by both ways in; features that run in
+#: the root process only (debug server, process-tree metrics) or need start-up work (spool replay)
+#: register here.
+_startup_hooks: list[Callable[[Settings, bool], None]] = []
+_shutdown_hooks: list[Callable[[], None]] = []
+
+
+def add_startup_hook(hook: Callable[[Settings, bool], None]) -> None:
+    if hook not in _startup_hooks:
+        _startup_hooks.append(hook)
+
+
+def add_shutdown_hook(hook: Callable[[], None]) -> None:
+    if hook not in _shutdown_hooks:
+        _shutdown_hooks.append(hook)
+
+
+def _run_startup_hooks(settings: Settings) -> None:
+    root = is_root_process()
+    for hook in list(_startup_hooks):
+        with guarded(f"startup hook {hook!r}"):
+            hook(settings, root)
+
+
+def process_startup(settings: Settings) -> None:
+    """Start-up shared by both ways in: settings, root marker, parent's trace, process services."""
+    set_settings(settings)
+    mark_root()
+    attach_environment_context()
+    _run_startup_hooks(settings)
+
+
+def current_handle() -> Handle | None:
+    """The handle of the active ``configure()``, if any."""
+    return _handle
+
+
+def _make_resource(service_name: str | None) -> Resource:
+    attributes: dict[str, Any] = {}
+    if service_name:
+        attributes[SERVICE_NAME] = service_name
+    return Resource.create(attributes)
+
+
+def _setup_tracing(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
+    if given is not None:
+        return given, False
+    existing = trace.get_tracer_provider()
+    if isinstance(existing, TracerProvider):
+        for cls in _exporter_classes("traces", _exporter_names("traces", True, settings)):
+            existing.add_span_processor(BatchSpanProcessor(cls()))
+        return existing, False
+    provider = TracerProvider(resource=resource)
+    for cls in _exporter_classes("traces", _exporter_names("traces", False, settings)):
+        provider.add_span_processor(BatchSpanProcessor(cls()))
+    trace.set_tracer_provider(provider)
+    return provider, True
+
+
+def _metric_reader(cls: type) -> MetricReader:
+    if issubclass(cls, MetricReader):
+        return cls()
+    return PeriodicExportingMetricReader(cls())
+
+
+def _setup_metrics(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
+    if given is not None:
+        return given, False
+    existing = metrics.get_meter_provider()
+    if isinstance(existing, MeterProvider):
+        for cls in _exporter_classes("metrics", _exporter_names("metrics", True, settings)):
+            existing.add_metric_reader(_metric_reader(cls))
+        return existing, False
+    readers = [_metric_reader(cls)
+               for cls in _exporter_classes("metrics", _exporter_names("metrics", False, settings))]
+    provider = MeterProvider(resource=resource, metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    return provider, True
+
+
+def _setup_logging(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
+    if given is not None:
+        return given, False
+    existing = get_logger_provider()
+    if isinstance(existing, LoggerProvider):
+        for cls in _exporter_classes("logs", _exporter_names("logs", True, settings)):
+            existing.add_log_record_processor(BatchLogRecordProcessor(cls()))
+        return existing, False
+    provider = LoggerProvider(resource=resource)
+    for cls in _exporter_classes("logs", _exporter_names("logs", False, settings)):
+        provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
+    set_logger_provider(provider)
+    return provider, True
+
+
+def load_instrumentors() -> list[tuple[str, Any]]:
+    """otel-perf's registered instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
+    disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    if "*" in disabled:
+        return []
+    found = []
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        if not ep.name.startswith("otel_perf_") or ep.name in disabled:
+            continue
+        with guarded(f"loading instrumentor {ep.name}"):
+            found.append((ep.name, ep.load()()))
+    return sorted(found, key=lambda item: item[0])
+
+
+def configure(
+    service_name: str | None = None,
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    logger_provider: Any = None,
+    instrument: bool = True,
+    **settings: Any,
+) -> Handle:
+    """Set up OpenTelemetry (when not already set up) and every enabled otel-perf instrumentation.
+
+    Args:
+        service_name: ``service.name`` of the resource (default: ``OTEL_SERVICE_NAME``, else the SDK's).
+        tracer_provider: use this provider instead of the global one.
+        meter_provider: use this provider instead of the global one.
+        logger_provider: use this provider instead of the global one.
+        instrument: also instrument (pools, tools, subprocesses, parsers, runtime, memory).
+        **settings: any setting of the configuration reference by its name, overriding its
+            ``OTEL_PERF_*`` variable, e.g. ``memory_threshold=0.9`` or ``pool_spans=False``.
+
+    Returns:
+        A :class:`Handle`; ``handle.shutdown()`` (or :func:`otel_perf.shutdown`) flushes and uninstruments.
+
+    Raises:
+        ConfigError: an argument is invalid. Nothing else is raised: internal faults are logged once.
+    """
+    global _handle
+    effective = load_settings(**settings)  # raises ConfigError for bad arguments, before any change
+    with _lock:
+        if _handle is not None:
+            # A second configure() is harmless: the global providers stay; new settings apply to
+            # instrumentations started from now on.
+            set_settings(effective)
+            return _handle
+        handle = Handle(settings=effective, service_name=service_name)
+        if not effective.enabled:
+            set_settings(effective)
+            _handle = handle
+            return handle
+        with guarded("configure"):
+            resource = _make_resource(service_name)
+            handle.tracer_provider, owns_t = _setup_tracing(resource, effective, tracer_provider)
+            handle.meter_provider, owns_m = _setup_metrics(resource, effective, meter_provider)
+            handle.logger_provider, owns_l = _setup_logging(resource, effective, logger_provider)
+            handle.owns_providers = owns_t or owns_m or owns_l
+            process_startup(effective)
+            if instrument:
+                for name, instrumentor in load_instrumentors():
+                    if instrumentor.is_instrumented_by_opentelemetry:
+                        continue
+                    with guarded(f"instrument {name}"):
+                        instrumentor.instrument(
+                            tracer_provider=handle.tracer_provider,
+                            meter_provider=handle.meter_provider,
+                            settings=effective,
+                        )
+                        handle.instrumentors.append(instrumentor)
+        _handle = handle
+        return handle
+
+
+def configure_from_snapshot(snapshot: ConfigSnapshot) -> Handle:
+    """Configure a worker process like its parent (spawn/forkserver pool workers)."""
+    for key, value in snapshot.environment.items():
+        os.environ.setdefault(key, value)
+    arguments = {name: getattr(snapshot.settings, name) for name in snapshot.settings.sources
+                 if snapshot.settings.sources.get(name) == "argument"}
+    return configure(snapshot.service_name, **arguments)
+
+
+def shutdown() -> None:
+    """Flush and uninstrument what :func:`configure` set up (no-op when nothing was)."""
+    handle = _handle
+    if handle is not None:
+        handle.shutdown()
