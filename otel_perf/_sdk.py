@@ -231,9 +231,28 @@ def add_shutdown_hook(hook: Callable[[], None]) -> None:
         _shutdown_hooks.append(hook)
 
 
+#: Feature modules with a ``_startup(settings, is_root)`` function, run at process start-up by both ways in
+#: (a module that is not installed or has no such function is skipped).
+_STARTUP_MODULES = (
+    "otel_perf.profiling.server",
+    "otel_perf.exporters.durable",
+)
+
+
 def _run_startup_hooks(settings: Settings) -> None:
+    import importlib
+
     root = is_root_process()
-    for hook in list(_startup_hooks):
+    hooks = list(_startup_hooks)
+    for module_name in _STARTUP_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        hook = getattr(module, "_startup", None)
+        if hook is not None:
+            hooks.append(hook)
+    for hook in hooks:
         with guarded(f"startup hook {hook!r}"):
             hook(settings, root)
 
