@@ -24,7 +24,7 @@ _LAZY = {
     "shutdown": "otel_perf._sdk",
 }
 
-__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "shutdown"])
+__all__ = ["ConfigError", "Handle", "__version__", "configure", "shutdown"]
 
 
 def __getattr__(name: str) -> Any:

@@ -12,8 +12,9 @@ jobs, GC pauses) cannot go through the SDK one by one. Instead:
   aggregation for that attribute set, in every reader's storage. The SDK then exports a real histogram
   through the user's views, temporality and exporters, and nothing recorded is lost;
 * where the SDK's storage is not the expected one (a non-SDK meter provider, a view that changed the
-  aggregation), it falls back to recording through the SDK at collection time: one ``record`` per
-  non-empty bucket value, so counts and bucket counts stay exact; sums are then approximate.
+  aggregation or its buckets), it falls back to recording through the SDK at collection time: one value
+  per measurement, chosen inside the measurement's own bucket, so counts stay exact while sums (and the
+  placement into a view's different buckets) become approximate.
 
 Publication reaches into the SDK's private metric storage; that is why pyproject.toml pins the SDK's
 minor version. Any surprise there switches this module to the fallback, logged once.
@@ -57,7 +58,7 @@ class Series:
     threads that ended are folded into a base cell at publication, so the set of cells stays bounded.
     """
 
-    __slots__ = ("__weakref__", "_bounds", "_cells", "_lock", "_local", "_retired", "attributes", "key")
+    __slots__ = ("__weakref__", "_bounds", "_cells", "_local", "_lock", "_retired", "attributes", "key")
 
     def __init__(self, attributes: Attributes, bounds: Sequence[float]) -> None:
         self.attributes: dict[str, Any] = dict(attributes)
@@ -323,7 +324,7 @@ def _publish_delta(instrument: Any, attributes: dict[str, Any], delta: list[Any]
             _fallback_only = True
             log_once("aggregate-fallback",
                      "otel-perf: cannot publish %s into the SDK's storage (%s); recording through the SDK "
-                     "at collection time instead (bucket counts stay exact, sums become approximate)",
+                     "at collection time instead (counts stay exact, sums become approximate)",
                      instrument.name if hasattr(instrument, "name") else instrument, exc)
     _record_representatives(instrument, attributes, delta, bounds)
 
@@ -339,12 +340,12 @@ def _sdk_storages(instrument: Any) -> tuple[Any, Any] | None:
 
 def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any],
                     bounds: tuple[float, ...]) -> bool:
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
     from opentelemetry.sdk.metrics._internal.aggregation import (
         DefaultAggregation,
         _DropAggregation,
         _ExplicitBucketHistogramAggregation,
     )
-    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
 
     found = _sdk_storages(instrument)
     if found is None:
@@ -358,7 +359,7 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
             if vim._view._attribute_keys is not None:
                 attrs = {k: v for k, v in attrs.items() if k in vim._view._attribute_keys}
             key = _hash_attributes(attrs)
-            aggregation = vim._attributes_aggregation.get(key)
+            aggregation: Any = vim._attributes_aggregation.get(key)
             if aggregation is None:
                 with vim._lock:
                     aggregation = vim._attributes_aggregation.get(key)
@@ -375,8 +376,8 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
             if isinstance(aggregation, _ExplicitBucketHistogramAggregation) and aggregation._boundaries == bounds:
                 with aggregation._lock:
                     if aggregation._value is None:
-                        aggregation._value = aggregation._get_empty_bucket_counts()
-                    values = aggregation._value
+                        aggregation._value = aggregation._get_empty_bucket_counts()  # type: ignore[assignment]
+                    values: list[int] = aggregation._value  # type: ignore[assignment]
                     for i in range(len(values)):
                         values[i] += delta[_BUCKETS + i]
                     aggregation._sum += delta[_SUM]

@@ -39,10 +39,6 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("true or false")
 
 
-def _parse_str(raw: str) -> str:
-    return raw.strip()
-
-
 def _parse_seconds(raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -134,9 +130,26 @@ def _parse_builtin_parsers(raw: str) -> tuple[str, ...]:
     unknown = [n for n in names if n not in BUILTIN_PARSERS]
     if unknown:
         known = tuple(n for n in names if n in BUILTIN_PARSERS)
+        if not known:
+            raise ValueError(f"all, none, or names from {', '.join(BUILTIN_PARSERS)}")
         raise _PartialValue(known, f"all, none, or names from {', '.join(BUILTIN_PARSERS)}; "
                                    f"ignoring {', '.join(repr(u) for u in unknown)}")
     return names
+
+
+def _parse_token(raw: str) -> str:
+    value = raw.strip()
+    # The token travels in an HTTP header: printable ASCII without spaces.
+    if not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("a token of printable ASCII characters without spaces")
+    return value
+
+
+def _parse_directory(raw: str) -> str:
+    value = raw.strip()
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError("a directory path (this path is an existing file)")
+    return value
 
 
 def parse_address(raw: str) -> tuple[str, int]:
@@ -214,16 +227,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Seconds between event-loop lag probes."),
     Setting("debug_addr", "OTEL_PERF_DEBUG_ADDR", None, _parse_address_str,
             "host:port for the pprof debug server (off when unset).", default_doc=""),
-    Setting("debug_token", "OTEL_PERF_DEBUG_TOKEN", None, _parse_str,
+    Setting("debug_token", "OTEL_PERF_DEBUG_TOKEN", None, _parse_token,
             "Bearer token every debug-server request must present; required for non-loopback binds.",
             default_doc=""),
     Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_nonnegative_int,
             "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks."),
-    Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_str,
+    Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_directory,
             "Enables durable export, spooling failed batches into this directory.", default_doc=""),
     Setting("spool_max_bytes", "OTEL_PERF_SPOOL_MAX_BYTES", 268435456, parse_size,
             "Bound of the spool in bytes (oldest entries are dropped first)."),
-    Setting("output_dir", "OTEL_PERF_OUTPUT_DIR", "./otel-perf-data", _parse_str,
+    Setting("output_dir", "OTEL_PERF_OUTPUT_DIR", "./otel-perf-data", _parse_directory,
             "Directory for OTLP JSON lines files when no OTLP endpoint is set."),
 )
 

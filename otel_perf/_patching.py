@@ -28,7 +28,6 @@ from otel_perf._safety import guarded, log_once
 __all__ = ["PatchTarget", "Patcher", "resolve", "split_path"]
 
 _MISSING = object()
-_PATCHED_MARK = "__otel_perf_patched__"
 
 
 def split_path(path: str) -> tuple[str, tuple[str, ...]]:
@@ -84,7 +83,7 @@ class Patcher:
     owner: str
     active: bool = True
     _applied: dict[str, _Applied] = field(default_factory=dict)
-    _pending: dict[str, Callable[[ModuleType | None], None]] = field(default_factory=dict)
+    _pending: dict[str, Callable[[ModuleType | None], object]] = field(default_factory=dict)
     _hooked: set[str] = field(default_factory=set)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -144,13 +143,7 @@ class Patcher:
             return False
         if not self.active:
             return False
-        if getattr(target.current, _PATCHED_MARK, None) == self.owner:
-            return True
         installed = install(target)
-        try:
-            setattr(installed, _PATCHED_MARK, self.owner)
-        except (AttributeError, TypeError):
-            pass  # classmethod objects and some wrappers refuse attributes; identity check still works
         setattr(target.parent, target.attribute, installed)
         self._applied[path] = _Applied(target, installed)
         self._pending.pop(path, None)

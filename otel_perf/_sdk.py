@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util._importlib_metadata import entry_points
 
-from otel_perf._config import Settings, get_settings, load_settings, set_settings
+from otel_perf._config import Settings, load_settings, set_settings
 from otel_perf._safety import guarded, log_once
 from otel_perf.exporters.otlp import endpoint_configured
 
@@ -167,8 +167,12 @@ class Handle:
     logger_provider: Any = None
     service_name: str | None = None
     instrumentors: list[Any] = field(default_factory=list)
-    owns_providers: bool = False
+    owned: list[Any] = field(default_factory=list)  # the providers configure() created (and shuts down)
     _stopped: bool = False
+
+    @property
+    def owns_providers(self) -> bool:
+        return bool(self.owned)
 
     def snapshot(self) -> ConfigSnapshot:
         resource = getattr(self.tracer_provider, "resource", None)
@@ -192,7 +196,6 @@ class Handle:
         if self._stopped:
             return
         self._stopped = True
-        self.force_flush()
         for instrumentor in reversed(self.instrumentors):
             with guarded(f"uninstrument {type(instrumentor).__name__}"):
                 instrumentor.uninstrument()
@@ -200,12 +203,13 @@ class Handle:
         for hook in list(_shutdown_hooks):
             with guarded(f"shutdown hook {hook!r}"):
                 hook()
-        if self.owns_providers:
-            for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
-                stop = getattr(provider, "shutdown", None)
-                if stop is not None:
-                    with guarded("provider shutdown"):
-                        stop()
+        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
+            if provider is None:
+                continue
+            # Ours are shut down (which flushes); the user's are only flushed: they stay the user's.
+            action = "shutdown" if any(provider is p for p in self.owned) else "force_flush"
+            with guarded(f"provider {action}"):
+                getattr(provider, action)()
         with _lock:
             if _handle is self:
                 _handle = None
@@ -293,9 +297,10 @@ def _setup_tracing(resource: Resource, settings: Settings, given: Any) -> tuple[
 
 
 def _metric_reader(cls: type) -> MetricReader:
-    if issubclass(cls, MetricReader):
-        return cls()
-    return PeriodicExportingMetricReader(cls())
+    instance: Any = cls()
+    if isinstance(instance, MetricReader):
+        return instance
+    return PeriodicExportingMetricReader(instance)
 
 
 def _setup_metrics(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
@@ -386,7 +391,8 @@ def configure(
             handle.tracer_provider, owns_t = _setup_tracing(resource, effective, tracer_provider)
             handle.meter_provider, owns_m = _setup_metrics(resource, effective, meter_provider)
             handle.logger_provider, owns_l = _setup_logging(resource, effective, logger_provider)
-            handle.owns_providers = owns_t or owns_m or owns_l
+            handle.owned = [p for p, owns in ((handle.tracer_provider, owns_t), (handle.meter_provider, owns_m),
+                                              (handle.logger_provider, owns_l)) if owns]
             process_startup(effective)
             if instrument:
                 for name, instrumentor in load_instrumentors():

@@ -48,7 +48,7 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
 
     def _configure(self, **kwargs: Any) -> None:
         try:
-            super()._configure(**kwargs)
+            super()._configure(**kwargs)  # type: ignore[no-untyped-call]
         except Exception:
             if raise_internal_errors():
                 raise

@@ -292,21 +292,21 @@ class OTLPReceiver:
             return response
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+            def Export(self, request: Any, context: Any) -> Any:
                 return handle("traces", request, context, trace_service_pb2.ExportTraceServiceResponse())
 
         class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+            def Export(self, request: Any, context: Any) -> Any:
                 return handle("metrics", request, context, metrics_service_pb2.ExportMetricsServiceResponse())
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):  # type: ignore[misc]
-            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+            def Export(self, request: Any, context: Any) -> Any:
                 return handle("logs", request, context, logs_service_pb2.ExportLogsServiceResponse())
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)  # type: ignore[no-untyped-call]
         self.grpc_port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         server.start()
         self._grpc_server = server
@@ -320,14 +320,14 @@ class OTLPReceiver:
 
         from otel_perf.exporters.files import request_to_json
 
-        messages = {"traces": ExportTraceServiceRequest, "metrics": ExportMetricsServiceRequest,
+        messages: dict[str, Any] = {"traces": ExportTraceServiceRequest, "metrics": ExportMetricsServiceRequest,
                     "logs": ExportLogsServiceRequest}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _reply(self, code: int, body: bytes = b"", content_type: str = "application/x-protobuf") -> None:
@@ -337,7 +337,7 @@ class OTLPReceiver:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - stdlib method name
+            def do_POST(self) -> None:
                 signal = _SIGNAL_BY_PATH.get(self.path.split("?")[0])
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)

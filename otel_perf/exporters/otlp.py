@@ -83,7 +83,9 @@ def otlp_exporter(signal: Signal, **kwargs: Any) -> Any:
 
             return HttpSpan(**kwargs)
         if signal == "metrics":
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetric
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter as HttpMetric,
+            )
 
             return HttpMetric(**kwargs)
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLog

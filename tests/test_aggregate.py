@@ -1,0 +1,189 @@
+"""Hot-path aggregation: what is exported equals what was measured, exactly, from many threads."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from bisect import bisect_left
+
+import pytest
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+from otel_perf._aggregate import AggregatedHistogram
+from otel_perf.testing import metric_points
+
+BOUNDS = (0.125, 0.5, 1.0)
+
+
+def _expected(values: list[float]) -> tuple[int, float, float, float, list[int]]:
+    buckets = [0] * (len(BOUNDS) + 1)
+    for v in values:
+        buckets[bisect_left(BOUNDS, v)] += 1
+    return len(values), sum(values), min(values), max(values), buckets
+
+
+def _dyadic(rng: random.Random, n: int) -> list[float]:
+    # Multiples of 1/1024 below 2: float sums of these are exact in any order.
+    return [rng.randrange(0, 2048) / 1024 for _ in range(n)]
+
+
+def test_threads_record_exactly_and_every_reader_gets_everything() -> None:
+    """Four threads record while collections run; two readers each export exactly what was recorded."""
+    r1, r2 = InMemoryMetricReader(), InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[r1, r2])
+    hist = AggregatedHistogram("test.duration", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    recorded: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def collector() -> None:
+        while not stop.is_set():
+            r1.collect()
+
+    def worker(seed: int) -> None:
+        series = hist.series({"k": "v"})
+        values = _dyadic(random.Random(seed), 20_000)
+        for v in values:
+            series.record(v)
+        with lock:
+            recorded.extend(values)
+
+    background = threading.Thread(target=collector)
+    background.start()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    background.join()
+
+    count, total, low, high, buckets = _expected(recorded)
+    for reader in (r1, r2):
+        (point,) = metric_points(reader, "test.duration")
+        assert point.count == count == 80_000
+        assert point.sum == total
+        assert (point.min, point.max) == (low, high)
+        assert list(point.bucket_counts) == buckets
+        assert tuple(point.explicit_bounds) == BOUNDS
+        assert dict(point.attributes) == {"k": "v"}
+    provider.shutdown()
+
+
+def test_records_before_binding_are_published_at_first_collection() -> None:
+    hist = AggregatedHistogram("test.early", "s", "test", BOUNDS)
+    hist.series({}).record(0.25)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist.bind(provider.get_meter("t"))
+    (point,) = metric_points(reader, "test.early")
+    assert point.count == 1 and point.sum == 0.25
+    provider.shutdown()
+
+
+def test_delta_temporality_reader_gets_each_value_once() -> None:
+    reader = InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.delta", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    series = hist.series({})
+    series.record(0.25)
+    (first,) = metric_points(reader, "test.delta")
+    series.record(0.75)
+    series.record(0.75)
+    (second,) = metric_points(reader, "test.delta")
+    assert (first.count, first.sum) == (1, 0.25)
+    assert (second.count, second.sum) == (2, 1.5)
+    assert metric_points(reader, "test.delta") == []  # nothing new, nothing exported
+    provider.shutdown()
+
+
+def test_attribute_sets_stay_separate() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.attrs", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    hist.series({"parser": "json"}).record(0.25)
+    hist.record(2.0, {"parser": "json", "error.type": "ValueError"})
+    points = {tuple(sorted(p.attributes.items())): p for p in metric_points(reader, "test.attrs")}
+    assert points[(("parser", "json"),)].count == 1
+    assert points[(("error.type", "ValueError"), ("parser", "json"))].bucket_counts[-1] == 1
+    provider.shutdown()
+
+
+def test_user_view_with_other_buckets_keeps_counts_exact() -> None:
+    """A view that changes the buckets cannot take our aggregate as is: the count still comes out exact
+    (bucket placement and sum are then approximations from one representative value per bucket)."""
+    reader = InMemoryMetricReader()
+    view = View(instrument_name="test.view", aggregation=ExplicitBucketHistogramAggregation([0.3, 3.0]))
+    provider = MeterProvider(metric_readers=[reader], views=[view])
+    hist = AggregatedHistogram("test.view", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    series = hist.series({})
+    for v in (0.1, 0.1, 0.7, 5.0):
+        series.record(v)
+    (point,) = metric_points(reader, "test.view")
+    assert point.count == 4
+    assert sum(point.bucket_counts) == 4
+    assert point.bucket_counts[0] == 2  # both 0.1s: their representative stays inside (0, 0.125]
+    provider.shutdown()
+
+
+def test_cells_of_finished_threads_are_folded() -> None:
+    """Many short-lived threads do not grow the per-thread state without bound, and lose nothing."""
+    hist = AggregatedHistogram("test.threads", "s", "test", BOUNDS)
+    series = hist.series({})
+    for _ in range(50):
+        t = threading.Thread(target=series.record, args=(0.5,))
+        t.start()
+        t.join()
+    snapshot = series.snapshot()
+    assert snapshot[0] == 50 and snapshot[1] == 25.0
+    assert len(series._cells) == 0
+
+
+def test_fixed_series_window_max() -> None:
+    hist = AggregatedHistogram("test.fixed", "s", "test", BOUNDS)
+    fixed = hist.fixed_series({"gen": 0})
+    fixed.record(0.25)
+    fixed.record(0.75)
+    assert fixed.take_max() == 0.75
+    assert fixed.take_max() == 0.0
+    assert fixed.snapshot()[0] == 2
+
+
+def test_unbind_stops_publication() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("t")
+    hist = AggregatedHistogram("test.unbind", "s", "test", BOUNDS)
+    hist.bind(meter)
+    assert hist.bind(meter) is hist.bind(meter)  # binding twice is harmless
+    hist.unbind(meter)
+    hist.series({}).record(0.25)
+    assert metric_points(reader, "test.unbind") == []
+    provider.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_from_zero() -> None:
+    """A forked child reports its own process: the parent's measurements stay with the parent."""
+    hist = AggregatedHistogram("test.fork", "s", "test", BOUNDS)
+    series = hist.series({})
+    series.record(0.25)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(read)
+        os.write(write, str(series.snapshot()[0]).encode())
+        os._exit(0)
+    os.close(write)
+    child_count = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_count == "0"
+    assert series.snapshot()[0] == 1

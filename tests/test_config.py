@@ -1,0 +1,173 @@
+"""Settings: one table, environment parsed once, malformed values warn once and fall back."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+
+from otel_perf import ConfigError, environment_variables
+from otel_perf._config import (
+    BUILTIN_PARSERS,
+    ENV_VARS,
+    SETTINGS,
+    Settings,
+    get_settings,
+    load_settings,
+    parse_size,
+    settings_as_env,
+)
+
+# One malformed value per variable, and the default it must fall back to.
+MALFORMED = {
+    "OTEL_PERF_ENABLED": "maybe",
+    "OTEL_PERF_POOL_SPANS": "2x",
+    "OTEL_PERF_TOOLS": "not a path",
+    "OTEL_PERF_TOOL_CAPTURE_CONTENT": "yes please",
+    "OTEL_PERF_SUBPROCESS_CAPTURE_ARGS": "nah",
+    "OTEL_PERF_PARSERS": "pkg.mod.func",
+    "OTEL_PERF_PARSERS_BUILTIN": "cobol",
+    "OTEL_PERF_PARSE_SPAN_MIN_DURATION": "fast",
+    "OTEL_PERF_PARSE_SPAN_MIN_BYTES": "-5",
+    "OTEL_PERF_MEMORY_LIMIT": "12XB",
+    "OTEL_PERF_MEMORY_THRESHOLD": "abc",
+    "OTEL_PERF_MEMORY_CLEANUP": "sometimes",
+    "OTEL_PERF_MEMORY_CHECK_INTERVAL": "0",
+    "OTEL_PERF_EVENTLOOP_LAG_INTERVAL": "-1",
+    "OTEL_PERF_DEBUG_ADDR": "localhost",
+    "OTEL_PERF_DEBUG_TOKEN": "two words",
+    "OTEL_PERF_TRACEMALLOC": "many",
+    "OTEL_PERF_SPOOL_DIR": __file__,
+    "OTEL_PERF_SPOOL_MAX_BYTES": "lots",
+    "OTEL_PERF_OUTPUT_DIR": __file__,
+}
+
+
+def test_every_variable_has_a_malformed_case() -> None:
+    """The table below covers every OTEL_PERF_* setting (a new setting needs its bad-value test)."""
+    assert set(MALFORMED) == set(ENV_VARS)
+
+
+@pytest.mark.parametrize("variable", sorted(MALFORMED))
+def test_malformed_variable_warns_once_and_falls_back(
+    variable: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed value logs one warning naming the variable, the value and the default, and never raises."""
+    setting = next(s for s in SETTINGS if s.env == variable)
+    env = {variable: MALFORMED[variable]}
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        first = load_settings(env)
+        second = load_settings(env)
+    warnings = [r.getMessage() for r in caplog.records if variable in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert repr(MALFORMED[variable]) in warnings[0]
+    assert "instead" in warnings[0]
+    assert getattr(first, setting.name) == getattr(second, setting.name) == setting.default
+
+
+def test_list_variable_keeps_good_entries_and_names_bad_ones(caplog: pytest.LogCaptureFixture) -> None:
+    """One typo in OTEL_PERF_TOOLS must not switch off the other tools."""
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        settings = load_settings({"OTEL_PERF_TOOLS": "app.tools:search, broken path ,app.tools:Agent.run"})
+    assert settings.tools == ("app.tools:search", "app.tools:Agent.run")
+    assert "OTEL_PERF_TOOLS" in caplog.text and "'broken path'" in caplog.text
+
+
+def test_valid_values_are_parsed() -> None:
+    """Typical values parse to the types the instrumentations use."""
+    settings = load_settings({
+        "OTEL_PERF_ENABLED": "false",
+        "OTEL_PERF_MEMORY_LIMIT": "512MiB",
+        "OTEL_PERF_MEMORY_THRESHOLD": "0.9",
+        "OTEL_PERF_PARSERS_BUILTIN": "json, shlex",
+        "OTEL_PERF_DEBUG_ADDR": "127.0.0.1:6060",
+        "OTEL_PERF_SPOOL_MAX_BYTES": "1GiB",
+    })
+    assert settings.enabled is False
+    assert settings.memory_limit == 512 * 1024**2
+    assert settings.memory_threshold == 0.9
+    assert settings.parsers_builtin == ("json", "shlex")
+    assert settings.debug_addr == "127.0.0.1:6060"
+    assert settings.spool_max_bytes == 1024**3
+    assert settings.sources["memory_limit"] == "OTEL_PERF_MEMORY_LIMIT"
+
+
+def test_empty_value_counts_as_unset() -> None:
+    assert load_settings({"OTEL_PERF_MEMORY_THRESHOLD": "  "}).memory_threshold == 0.8
+
+
+def test_arguments_override_environment() -> None:
+    settings = load_settings({"OTEL_PERF_POOL_SPANS": "true"}, pool_spans=False, memory_limit="1GiB")
+    assert settings.pool_spans is False
+    assert settings.memory_limit == 1024**3
+    assert settings.sources["pool_spans"] == "argument"
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "variable"),
+    [
+        ("memory_threshold", "abc", "OTEL_PERF_MEMORY_THRESHOLD"),
+        ("memory_threshold", 1.5, "OTEL_PERF_MEMORY_THRESHOLD"),
+        ("memory_limit", "12XB", "OTEL_PERF_MEMORY_LIMIT"),
+        ("pool_spans", "perhaps", "OTEL_PERF_POOL_SPANS"),
+        ("tools", ["not a path"], "OTEL_PERF_TOOLS"),
+        ("debug_addr", "nohostport", "OTEL_PERF_DEBUG_ADDR"),
+    ],
+)
+def test_invalid_argument_raises_config_error(argument: str, value: object, variable: str) -> None:
+    """configure() arguments raise ConfigError (a ValueError) naming the variable they override."""
+    with pytest.raises(ConfigError, match=variable) as info:
+        load_settings({}, **{argument: value})
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_argument_raises() -> None:
+    with pytest.raises(ConfigError, match="memory_treshold"):
+        load_settings({}, memory_treshold=0.5)
+
+
+def test_settings_pickle_and_roundtrip_through_environment() -> None:
+    """Settings travel to spawn workers by pickle, and to child processes as OTEL_PERF_* variables."""
+    settings = load_settings({}, memory_limit="256MiB", parsers_builtin="json", tools=["a.b:c"])
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    again = load_settings(settings_as_env(settings))
+    assert again == settings
+
+
+def test_builtin_none_and_all() -> None:
+    assert load_settings({"OTEL_PERF_PARSERS_BUILTIN": "none"}).parsers_builtin == ()
+    assert load_settings({"OTEL_PERF_PARSERS_BUILTIN": "ALL"}).parsers_builtin == BUILTIN_PARSERS
+
+
+def test_environment_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_PERF_MEMORY_THRESHOLD", "0.5")
+    first = get_settings()
+    monkeypatch.setenv("OTEL_PERF_MEMORY_THRESHOLD", "0.6")
+    assert get_settings() is first
+    assert first.memory_threshold == 0.5
+
+
+def test_standard_genai_variable_turns_on_content_capture() -> None:
+    env = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}
+    assert load_settings(env).tool_capture_content is True
+
+
+def test_environment_variables_module_lists_every_setting() -> None:
+    """Every OTEL_PERF_* setting is a launcher flag (the entry-point module exports it)."""
+    exported = {name for name in dir(environment_variables) if name.startswith("OTEL_")}
+    assert exported == set(ENV_VARS)
+    assert sorted(environment_variables.__all__) == sorted(ENV_VARS)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1024", 1024), ("1KiB", 1024), ("1.5GiB", 1610612736),
+                                             ("2MB", 2_000_000), ("3 mib", 3 * 1024**2)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_defaults_match_dataclass() -> None:
+    """The table's defaults and the Settings dataclass agree (one source of truth for the docs)."""
+    defaults = Settings()
+    for setting in SETTINGS:
+        assert getattr(defaults, setting.name) == setting.default, setting.name
