@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/results.py benchmarks/results.json --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check otel_perf tests benchmarks
+	$(BIN)/ruff check otel_perf tests benchmarks scripts
 	$(BIN)/mypy
 
 clean:

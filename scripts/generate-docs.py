@@ -72,8 +72,8 @@ def telemetry() -> str:
     for spec in _semconv.METRICS:
         groups.setdefault(spec.group, []).append(spec)
     for group, specs in groups.items():
-        lines += [f"### {_GROUP_TITLE.get(group, group)}\n", "| metric | instrument | unit | attributes | description |",
-                  "|---|---|---|---|---|"]
+        lines += [f"### {_GROUP_TITLE.get(group, group)}\n",
+                  "| metric | instrument | unit | attributes | description |", "|---|---|---|---|---|"]
         for spec in specs:
             attrs = ", ".join(f"`{a}`" for a in spec.attributes)
             lines.append(f"| `{spec.name}` | {_KIND[spec.instrument]} | `{spec.unit}` | {attrs} | {spec.description} |")
