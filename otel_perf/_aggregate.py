@@ -166,6 +166,10 @@ def _merge_into(total: list[Any], cell: list[Any]) -> None:
 
 
 _all_histograms: weakref.WeakSet[AggregatedHistogram] = weakref.WeakSet()
+# meter -> histogram name -> the bindings its publication hook publishes (see _Binding.__init__)
+_publish_hooks: weakref.WeakKeyDictionary[Meter, dict[str, weakref.WeakSet[_Binding]]] = (
+    weakref.WeakKeyDictionary())
+_hooks_lock = threading.Lock()
 
 
 class AggregatedHistogram:
@@ -260,6 +264,7 @@ class AggregatedHistogram:
         for binding in self._bindings:
             binding._lock = threading.Lock()
             binding.published.clear()
+            _forget_sdk_points(binding.instrument)
 
 
 class _Binding:
@@ -278,20 +283,31 @@ class _Binding:
             explicit_bucket_boundaries_advisory=list(histogram.boundaries),
         )
         # An observable instrument whose callback publishes and observes nothing: the SDK calls it at the
-        # start of every collection, before it reads its storage, for every reader.
-        ref = weakref.ref(self)
+        # start of every collection, before it reads its storage, for every reader. A second
+        # create_observable_gauge of the same name on the same meter returns the first instrument and
+        # drops the new callback, so the hook is created once per meter and name and publishes every
+        # binding registered under it since (re-instrumenting on the same meter keeps publishing).
+        with _hooks_lock:
+            per_meter = _publish_hooks.setdefault(meter, {})
+            bindings = per_meter.get(histogram.name)
+            if bindings is None:
+                bindings = per_meter[histogram.name] = weakref.WeakSet()
+                hooked = bindings
 
-        def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
-            binding = ref()
-            if binding is not None and binding.active:
-                binding.publish()
-            return ()
+                def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
+                    with _hooks_lock:
+                        current = list(hooked)
+                    for binding in current:
+                        if binding.active:
+                            binding.publish()
+                    return ()
 
-        meter.create_observable_gauge(
-            f"otel_perf.internal.publish.{histogram.name}",
-            callbacks=[_publish_callback],
-            description="otel-perf publication hook; emits no data",
-        )
+                meter.create_observable_gauge(
+                    f"otel_perf.internal.publish.{histogram.name}",
+                    callbacks=[_publish_callback],
+                    description="otel-perf publication hook; emits no data",
+                )
+            bindings.add(self)
 
     @guard
     def publish(self) -> None:
@@ -394,6 +410,23 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
                     for _ in range(count):
                         aggregation.aggregate(Measurement(value, now, real, get_current(), attrs))
     return True
+
+
+def _forget_sdk_points(instrument: Any) -> None:
+    """Drop what the SDK's storage holds for ``instrument`` (forked child: those were the parent's).
+
+    Runs in an after-fork hook: takes no lock (one held by a vanished parent thread is never released).
+    """
+    try:
+        found = _sdk_storages(instrument)
+        if found is None:
+            return
+        real, storages = found
+        for storage in list(storages.values()):
+            for vim in storage._instrument_view_instrument_matches.get(real, ()):
+                vim._attributes_aggregation = {}
+    except Exception:  # the SDK's private storage changed shape: the child keeps the parent's points
+        log_once("aggregate-fork-reset", "otel-perf: cannot reset the SDK's histogram storage after fork")
 
 
 def _representatives(delta: list[Any], bounds: tuple[float, ...]) -> list[tuple[float, int]]:

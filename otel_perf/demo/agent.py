@@ -105,7 +105,8 @@ def generate_script(count: int, files: Sequence[str], faults: set[str], rng: ran
 
 
 async def _fetch_all(commands: list[dict[str, Any]]) -> list[str]:
-    return await asyncio.gather(*(tools.fetch_remote(c["name"], c["delay"]) for c in commands))
+    results: list[str] = await asyncio.gather(*(tools.fetch_remote(c["name"], c["delay"]) for c in commands))
+    return results
 
 
 def run(duration: float, load: int, faults: set[str], script_lines: list[str] | None, seed: int) -> dict[str, int]:
