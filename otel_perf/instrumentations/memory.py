@@ -239,6 +239,7 @@ class MemoryMonitor:
         self.root = root
         self._lock = threading.Lock()
         self._high = False
+        self._sequence = self._decided = self._last_sequence = 0
         self._tree_peak = 0
         self._last: MemoryReading | None = None
         self._last_time = 0.0
@@ -294,6 +295,13 @@ class MemoryMonitor:
 
     def read(self) -> MemoryReading:
         """Read limit, usage, pressure and PSI now (no event is counted; see :meth:`check`)."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[MemoryReading, int]:
+        """A reading and its sequence number (readings run concurrently; the newest one decides)."""
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
         limit, source, cgroup = self._limit()
         tree: int | None = None
         usage: int | None = None
@@ -312,8 +320,9 @@ class MemoryMonitor:
         with self._lock:
             if tree is not None and tree > self._tree_peak:
                 self._tree_peak = tree
-            self._last, self._last_time = reading, time.monotonic()
-        return reading
+            if sequence > self._last_sequence:
+                self._last, self._last_time, self._last_sequence = reading, time.monotonic(), sequence
+        return reading, sequence
 
     def _observed(self) -> MemoryReading:
         """The reading for a metric collection: shared by its callbacks, read fresh per collection."""
@@ -331,15 +340,18 @@ class MemoryMonitor:
             True while pressure is high: from the check that finds it at or above the threshold until
             one that finds it below ``threshold - hysteresis``.
         """
-        reading = self.read()
-        if reading.pressure is None:
-            return self._high
+        reading, sequence = self._read()
         crossed = recovered = False
         with self._lock:
+            if reading.pressure is None or sequence < self._decided:
+                # No limit known, or a newer reading (from another thread) already decided.
+                return self._high
+            self._decided = sequence
             if not self._high and reading.pressure >= self.threshold:
                 self._high = crossed = True
             elif self._high and reading.pressure < self.threshold - self.hysteresis:
                 self._high, recovered = False, True
+            high = self._high
         if crossed:
             _logger.warning(
                 "otel-perf: memory pressure high: %d of %d bytes (%.0f%%, limit from %s) crossed the "
@@ -353,7 +365,7 @@ class MemoryMonitor:
             _logger.info("otel-perf: memory pressure recovered: %d of %d bytes (%.0f%%)",
                          reading.usage, reading.limit, reading.pressure * 100)
             self._count_event(PRESSURE_RECOVERED)
-        return self._high
+        return high
 
     def cleanup(self) -> int:
         """Run ``gc.collect()`` and (glibc) ``malloc_trim(0)``; return the bytes this process gave back.
@@ -424,6 +436,7 @@ class MemoryMonitor:
         # The child is its own process: fresh lock, its own tree's peak, its own check thread.
         self._lock = threading.Lock()
         self._last = None
+        self._sequence = self._decided = self._last_sequence = 0
         self._tree_peak = 0
         self._high = False
         if self._thread is not None:
