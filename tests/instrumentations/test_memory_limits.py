@@ -120,7 +120,8 @@ def test_find_cgroups_on_this_machine_matches_proc_self_cgroup() -> None:
 def test_read_psi_parses_some_avg10_as_a_ratio(tmp_path: Path) -> None:
     """PSI "some avg10" is a percentage; the gauge is a ratio."""
     path = tmp_path / "memory.pressure"
-    path.write_text("some avg10=42.00 avg60=1.00 avg300=0.00 total=1\nfull avg10=9.00 avg60=0 avg300=0 total=0\n")
+    path.write_text("some avg10=42.00 avg60=1.00 avg300=0.00 total=1\n"
+                    "full avg10=9.00 avg60=0 avg300=0 total=0\n")
     assert read_psi(str(path)) == pytest.approx(0.42)
     path.write_text("full avg10=9.00\n")
     assert read_psi(str(path)) is None
