@@ -180,8 +180,9 @@ class _PoolMetrics:
     def add(self, pool: BufferPool) -> None:
         with self._lock:
             self._pools.add(pool)
-        # The counts of a pool that is collected stay in the (monotonic) totals.
-        weakref.finalize(pool, self._retire, pool._stats)
+        # The counts of a pool that is collected stay in the (monotonic) totals. Not at exit: finalize
+        # would run while the pool is still alive and counted, and the last export would double it.
+        weakref.finalize(pool, self._retire, pool._stats).atexit = False
 
     def _retire(self, stats: list[int]) -> None:
         with self._lock:
