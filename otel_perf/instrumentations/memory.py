@@ -89,7 +89,7 @@ DEFAULT_HYSTERESIS: Final = 0.05
 
 #: The observable instruments of one collection share one reading taken at most this long ago, so a
 #: collection reads the cgroup files once, not once per metric.
-_OBSERVATION_MAX_AGE: Final = 0.5
+_OBSERVATION_MAX_AGE: Final = 0.2
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,8 @@ def _validate_ratio(name: str, value: float, upper: float) -> float:
 
 _process: Any = None
 _process_pid = 0
+_fast_tree: bool | None = None
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _this_process() -> Any:
@@ -152,8 +154,61 @@ def _own_rss() -> int:
     return int(_this_process().memory_info().rss)
 
 
+def _statm_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None  # exited, or not Linux
+
+
+def _proc_children(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                children.extend(int(child) for child in f.read().split())
+        except (OSError, ValueError):
+            continue  # the thread or the process ended meanwhile
+    return children
+
+
+def _have_children_files() -> bool:
+    pid = os.getpid()
+    return os.path.exists(f"/proc/{pid}/task/{pid}/children") and _statm_rss(pid) is not None
+
+
 def process_tree_rss() -> int:
-    """Resident set size of this process plus all its descendants, in bytes."""
+    """Resident set size of this process plus all its descendants, in bytes.
+
+    On Linux this follows ``/proc/<pid>/task/<tid>/children`` from this process down, so its cost grows
+    with the size of the tree, not with the number of processes on the machine (psutil's
+    ``children(recursive=True)`` reads every process's ``stat``: 3.8 ms against 0.06 ms on the build
+    machine with ~100 processes). Elsewhere, psutil.
+    """
+    global _fast_tree
+    if _fast_tree is None:
+        _fast_tree = _have_children_files()
+    if _fast_tree:
+        total, pending, seen = 0, [os.getpid()], set()
+        while pending:
+            pid = pending.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            rss = _statm_rss(pid)
+            if rss is not None:
+                total += rss
+                pending.extend(_proc_children(pid))
+        return total
+    return _psutil_tree_rss()
+
+
+def _psutil_tree_rss() -> int:
     import psutil
 
     proc = _this_process()
@@ -320,17 +375,23 @@ class MemoryMonitor:
         with self._lock:
             if tree is not None and tree > self._tree_peak:
                 self._tree_peak = tree
-            if sequence > self._last_sequence:
-                self._last, self._last_time, self._last_sequence = reading, time.monotonic(), sequence
         return reading, sequence
 
     def _observed(self) -> MemoryReading:
-        """The reading for a metric collection: shared by its callbacks, read fresh per collection."""
+        """The reading for a metric collection: taken by its first callback, shared by the others.
+
+        Only collections share readings (a check's reading is never reused), so a collection shows the
+        state at that collection, at most ``_OBSERVATION_MAX_AGE`` old.
+        """
         with self._lock:
             last, age = self._last, time.monotonic() - self._last_time
         if last is not None and age < _OBSERVATION_MAX_AGE:
             return last
-        return self.read()
+        reading, sequence = self._read()
+        with self._lock:
+            if sequence > self._last_sequence:
+                self._last, self._last_time, self._last_sequence = reading, time.monotonic(), sequence
+        return reading
 
     # policy
     def check(self) -> bool:
