@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,10 @@ def instrumentor(meter_provider: Any, cgroup: FakeCgroup) -> Iterator[MemoryInst
     inst = MemoryInstrumentor()
     settings = load_settings({}, memory_check_interval=3600)
     inst.instrument(meter_provider=meter_provider, settings=settings, root=str(cgroup.root))
+    # Let the check thread's first check (at start) finish, so it cannot race the test's own checks.
+    deadline = time.monotonic() + 10
+    while inst.monitor is not None and inst.monitor._decided < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield inst
     inst.uninstrument()
 
@@ -177,11 +182,10 @@ def test_instrumentor_reports_every_memory_metric_with_unit_and_attributes(
     """All eight metrics of DESIGN.md's table, with their units, attributes and the fixture's values."""
     monitor = instrumentor.monitor
     assert monitor is not None
+    monitor.cleanup_enabled = True
     cgroup.set_pressure(0.1)
     monitor.check()
     cgroup.set_pressure(0.9)
-    monitor.set_limit(None)
-    monitor.cleanup_enabled = True
     monitor.check()
     data = metric_reader.get_metrics_data()
     found = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
@@ -204,8 +208,6 @@ def test_gauges_read_the_state_at_collection(instrumentor: MemoryInstrumentor, c
     cgroup.set_pressure(0.2)
     first = metric_points(metric_reader, "otel_perf.memory.pressure")[0].value
     cgroup.set_pressure(0.6)
-    import time
-
     time.sleep(0.3)  # past the window in which one collection's callbacks share a reading
     second = metric_points(metric_reader, "otel_perf.memory.pressure")[0].value
     assert (first, second) == (pytest.approx(0.2, abs=1e-6), pytest.approx(0.6, abs=1e-6))
@@ -228,8 +230,6 @@ def test_process_tree_metrics_only_in_the_root_process(instrumentor: MemoryInstr
     """A child of an otel-perf process (root marker from an ancestor) reports no process-tree metrics."""
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.usage")
     monkeypatch.setenv(ROOT_MARKER, "1")  # as if pid 1 were the root of this tree
-    import time
-
     time.sleep(0.3)
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.usage") == []
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.peak") == []
