@@ -363,3 +363,24 @@ def test_process_tree_rss_is_at_least_own_rss() -> None:
     import psutil
 
     assert process_tree_rss() >= psutil.Process().memory_info().rss // 2
+
+
+def test_configure_starts_the_monitor_and_shutdown_stops_it(otel_globals: None, metric_reader: Any) -> None:
+    """otel_perf.configure() runs the memory instrumentor (entry point otel_perf_memory) with its settings."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    import otel_perf
+
+    provider = MeterProvider(metric_readers=[metric_reader])
+    handle = otel_perf.configure("svc", meter_provider=provider, memory_threshold=0.9,
+                                 memory_limit="64GiB", memory_check_interval=3600)
+    try:
+        monitor = MemoryInstrumentor().monitor
+        assert monitor is not None and monitor.running and monitor.threshold == 0.9
+        [limit] = metric_points(metric_reader, "otel_perf.memory.limit")
+        assert (limit.value, limit.attributes["otel_perf.memory.limit.source"]) == (64 * 1024**3, "config")
+    finally:
+        handle.shutdown()
+        provider.shutdown()
+    assert MemoryInstrumentor().monitor is None
+    assert not [t for t in threading.enumerate() if t.name == "otel-perf-memory"]
