@@ -16,15 +16,27 @@ from otel_perf.version import __version__
 
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
+    from otel_perf.instrumentations.memory import MemoryMonitor
+    from otel_perf.pools import BufferPool
 
 # public name -> module that defines it
 _LAZY = {
+    "BufferPool": "otel_perf.pools",
+    "MemoryMonitor": "otel_perf.instrumentations.memory",
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
     "shutdown": "otel_perf._sdk",
 }
 
-__all__ = ["ConfigError", "Handle", "__version__", "configure", "shutdown"]
+__all__ = [
+    "BufferPool",
+    "ConfigError",
+    "Handle",
+    "MemoryMonitor",
+    "__version__",
+    "configure",
+    "shutdown",
+]
 
 
 def __getattr__(name: str) -> Any:
