@@ -278,12 +278,17 @@ class _Binding:
         )
         # An observable instrument whose callback publishes and observes nothing: the SDK calls it at the
         # start of every collection, before it reads its storage, for every reader.
-        ref = weakref.ref(self)
+        # The SDK keeps the first instrument made under a name on a meter (a later bind to the same meter,
+        # after unbind, gets the old one back), so the callback finds the histogram's active binding for
+        # this meter at call time instead of capturing this binding.
+        histogram_ref = weakref.ref(histogram)
 
         def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
-            binding = ref()
-            if binding is not None and binding.active:
-                binding.publish()
+            owner = histogram_ref()
+            if owner is not None:
+                for binding in list(owner._bindings):
+                    if binding.meter is meter and binding.active:
+                        binding.publish()
             return ()
 
         meter.create_observable_gauge(
