@@ -130,6 +130,8 @@ class EventLoopMonitor:
             if loop is not None and monitor._active:
                 monitor._attach(loop)
 
+        # The C original says module "_asyncio"; ours lives at asyncio.events, where pickle finds it.
+        _set_running_loop.__module__ = "asyncio.events"
         return _set_running_loop
 
     @guard

@@ -170,7 +170,8 @@ class ProcessSampler:
         self._stat_path = os.fspath(self._root / "proc" / "self" / "stat")
         self._fd_path = os.fspath(self._root / "proc" / "self" / "fd")
         # Listing the real /proc/self/fd opens one descriptor for the listing itself; a fake tree does not.
-        self._fd_bias = 1 if os.path.realpath(self._fd_path) == os.path.realpath(f"/proc/{os.getpid()}/fd") else 0
+        real_fd_dir = os.path.realpath(f"/proc/{os.getpid()}/fd")
+        self._fd_bias = 1 if os.path.realpath(self._fd_path) == real_fd_dir else 0
         self._use_proc = self._read_stat() is not None
         self._psutil: psutil.Process | None = None
 

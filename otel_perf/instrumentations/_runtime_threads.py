@@ -48,9 +48,11 @@ class ThreadPeak:
         self._patcher.unpatch_all()
 
     def after_fork_in_child(self) -> None:
-        # Only the forking thread survives; the lock may have been held by a parent thread.
+        # Only the forking thread survives fork(). threading's own after-fork clean-up may not have run
+        # yet, so active_count() could still count the parent's threads. The lock may have been held by
+        # a parent thread.
         self._lock = threading.Lock()
-        self.peak = threading.active_count()
+        self.peak = 1
 
     def _make_start(self, original: Any) -> Any:
         peak = self

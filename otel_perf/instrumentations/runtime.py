@@ -43,7 +43,7 @@ from typing import Any
 import psutil
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from otel_perf._safety import guard
+from otel_perf._safety import guarded
 from otel_perf._semconv import (
     CPU_MODE,
     CPYTHON_GC_GENERATION,
@@ -133,7 +133,7 @@ class _Collector:
             utilization = self.reading.utilization if self.reading is not None else (0.0, 0.0)
         stats = gc.get_stats()
         gc_stats = [(s["collections"] - b[0], s["collected"] - b[1], s["uncollectable"] - b[2])
-                    for s, b in zip(stats, self._gc_base)]
+                    for s, b in zip(stats, self._gc_base, strict=False)]
         self.reading = reading = _Reading(
             taken=time.monotonic(),
             process=sample,
@@ -171,7 +171,8 @@ Observe = Callable[[_Reading], Iterable[Observation]]
 
 
 def _gc_observer(index: int) -> Observe:
-    return lambda r: [Observation(stats[index], attrs) for stats, attrs in zip(r.gc_stats, _GENERATION_ATTRS)]
+    return lambda r: [Observation(stats[index], attrs)
+                      for stats, attrs in zip(r.gc_stats, _GENERATION_ATTRS, strict=False)]
 
 
 def _fds(r: _Reading) -> Iterable[Observation]:
@@ -198,7 +199,8 @@ _OBSERVERS: dict[str, Observe] = {
     "cpython.gc.collections": _gc_observer(0),
     "cpython.gc.collected_objects": _gc_observer(1),
     "cpython.gc.uncollectable_objects": _gc_observer(2),
-    "otel_perf.gc.pause.max": lambda r: [Observation(v, a) for v, a in zip(r.pause_max, _GENERATION_ATTRS)],
+    "otel_perf.gc.pause.max": lambda r: [Observation(v, a)
+                                         for v, a in zip(r.pause_max, _GENERATION_ATTRS, strict=False)],
     "otel_perf.memory.peak": lambda r: [Observation(r.process.memory_peak)],
     "otel_perf.thread.peak": lambda r: [Observation(r.thread_peak)],
     "otel_perf.heap.allocated": _heap(0),
@@ -213,18 +215,20 @@ _collector: _Collector | None = None  # the instrumented session, if any
 _registered: weakref.WeakKeyDictionary[Meter, bool] = weakref.WeakKeyDictionary()
 
 
-def _make_callback(meter: Meter, observe: Observe, fresh: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
+def _make_callback(meter: Meter, observe: Observe,
+                   fresh: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
     # The SDK keeps the first instrument made under a name on a meter: callbacks look up the current
     # session rather than capture one, so instrument -> uninstrument -> instrument on one provider works,
     # and report only to the meter the session was instrumented with.
-    @guard(default=())
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         collector = _collector
         if collector is None or collector.meter is not meter:
             return ()
-        return observe(collector.refresh() if fresh else collector.current())
+        with guarded("runtime metrics collection"):
+            return observe(collector.refresh() if fresh else collector.current())
+        return ()
 
-    return callback  # type: ignore[no-any-return]
+    return callback
 
 
 def _register_instruments(meter: Meter, heap_available: bool) -> None:

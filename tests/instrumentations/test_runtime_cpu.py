@@ -35,7 +35,7 @@ AFFINITY = len(os.sched_getaffinity(0))
     ],
 )
 def test_cgroup_cpu_quota_is_read_from_each_source(tree: str, quota: float | None) -> None:
-    """cgroup v2 cpu.max and v1 cfs quota/period give the quota; missing, malformed or unreadable files none."""
+    """cgroup v2 cpu.max and v1 cfs quota/period give the quota; missing, bad or unreadable files none."""
     assert cgroup_cpu_quota(FIXTURES / tree) == quota
 
 
