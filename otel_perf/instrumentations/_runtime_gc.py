@@ -40,8 +40,10 @@ def gc_pause_histogram() -> AggregatedHistogram:
 
 def _make_callback(series: tuple[FixedSeries, ...]) -> Callable[[str, dict[str, Any]], None]:
     # Everything the callback touches is bound as a default argument: local lookups only, no globals,
-    # no attribute chains. ``started[0]`` is 0 when no "start" was seen (installed mid-collection).
-    started = [0]
+    # no attribute chains, no branch beyond the phase (benchmarks/instrumentations/test_runtime.py).
+    # ``started`` begins at the creation time: were the callback installed during a collection, its
+    # first "stop" would then measure less than the real pause, never a bogus huge one.
+    started = [perf_counter_ns()]
     records = tuple(s.record for s in series)
 
     def _gc_pause_callback(phase: str, info: dict[str, Any], _now: Callable[[], int] = perf_counter_ns,
@@ -49,9 +51,8 @@ def _make_callback(series: tuple[FixedSeries, ...]) -> Callable[[str, dict[str, 
                            _records: tuple[Callable[[float], None], ...] = records) -> None:
         if phase == "start":
             _started[0] = _now()
-        elif _started[0]:
+        else:
             _records[info["generation"]]((_now() - _started[0]) * 1e-9)
-            _started[0] = 0
 
     return _gc_pause_callback
 
