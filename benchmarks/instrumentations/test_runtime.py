@@ -74,8 +74,9 @@ def _points(reader: InMemoryMetricReader) -> int:
 
 
 @pytest.mark.benchmark(group="runtime-collection")
-def test_collection_baseline_system_metrics_process_only(benchmark: Any,
-                                                          system_metrics_reader: InMemoryMetricReader) -> None:
+def test_collection_baseline_system_metrics_process_only(
+    benchmark: Any, system_metrics_reader: InMemoryMetricReader
+) -> None:
     """contrib system_metrics, process.* only: the budget."""
     benchmark.extra_info["points"] = _points(system_metrics_reader)
     benchmark(system_metrics_reader.get_metrics_data)

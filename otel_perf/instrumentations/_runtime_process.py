@@ -16,7 +16,6 @@ tests run against checked-in fake trees.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 import time
@@ -260,8 +259,9 @@ class HeapReader:
         if not sys.platform.startswith("linux"):
             return
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            func = libc.mallinfo2
+            # The symbols already loaded into the process (libc among them): unlike find_library, this
+            # runs no ldconfig subprocess at start-up.
+            func = ctypes.CDLL(None).mallinfo2
         except (OSError, AttributeError):
             return  # musl, or glibc older than 2.33
         func.restype = _MallInfo2
