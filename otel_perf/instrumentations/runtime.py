@@ -34,6 +34,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -113,6 +114,9 @@ class _Collector:
         self._previous: ProcessSample = self.sampler.sample()
         self.reading: _Reading | None = None
         self.readings_taken = 0  # tests check "one pass per collection" with it
+        # Two readers (say OTLP and Prometheus) may collect at once from their own threads: one reading
+        # at a time keeps the utilization baseline and the pause-max window consistent.
+        self._lock = threading.Lock()
 
     @property
     def limit(self) -> CpuLimit:
@@ -122,6 +126,10 @@ class _Collector:
         return self._limit
 
     def refresh(self) -> _Reading:
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> _Reading:
         sample = self.sampler.sample()
         previous, self._previous = self._previous, sample
         elapsed = sample.monotonic - previous.monotonic
@@ -157,6 +165,8 @@ class _Collector:
 
     def after_fork_in_child(self) -> None:
         # The child's getrusage starts at zero and its life starts now; its GC counts start from here.
+        # A lock held by a parent thread at fork time would stay held: replace it.
+        self._lock = threading.Lock()
         now = time.monotonic()
         self.start_time = time.time()
         self.reading = None
