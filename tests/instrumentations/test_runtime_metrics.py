@@ -151,13 +151,12 @@ def test_real_gc_collections_produce_pause_measurements_one_per_collection(
     runtime: RuntimeInstrumentor, metric_reader: InMemoryMetricReader
 ) -> None:
     """Each gc.collect(n) adds one pause to generation n; counts equal the collections gc.get_stats() saw."""
-    metric_reader.get_metrics_data()  # publish what happened so far; compare deltas from here
-    before = {p.attributes["cpython.gc.generation"]: p.count
-              for p in metric_points(metric_reader, "otel_perf.gc.pause.duration")}
-    stats_before = [s["collections"] for s in gc.get_stats()]
     was_enabled = gc.isenabled()
     gc.disable()  # only the collections below happen, so the expected counts are exact
     try:
+        before = {p.attributes["cpython.gc.generation"]: p.count
+                  for p in metric_points(metric_reader, "otel_perf.gc.pause.duration")}
+        stats_before = [s["collections"] for s in gc.get_stats()]
         for generation, times in ((0, 4), (1, 2), (2, 3)):
             for _ in range(times):
                 gc.collect(generation)
