@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
-__all__ = ["CpuLimit", "HeapReader", "ProcessSample", "ProcessSampler", "cpu_limit"]
+__all__ = ["CpuLimit", "HeapReader", "ProcessSample", "ProcessSampler", "cgroup_cpu_quota", "cpu_limit"]
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 # ru_maxrss is in KiB on Linux and in bytes on macOS.
