@@ -68,6 +68,7 @@ class Result:
     value: float | None
     metric: str | None
     points: list[tuple[int, float]] = field(default_factory=list)
+    samples: int | None = None  # measurements behind a quantile (histograms only)
 
     @property
     def status(self) -> Status:
@@ -220,7 +221,8 @@ def _measure_quantile(objective: Objective, points: list[MetricPoint]) -> Result
         interval_value = histogram_quantile(q, *interval) if interval else None
         if interval_value is not None:
             chart.append((time_ns, interval_value))
-    return Result(objective, value, name if value is not None else None, chart)
+    return Result(objective, value, name if value is not None else None, chart,
+                  sum(merged[1]) if merged else None)
 
 
 def _measure_max(objective: Objective, points_by_name: dict[str, list[MetricPoint]]) -> Result:
@@ -377,7 +379,7 @@ def render_json(report: Report) -> str:
         "objectives": [
             {"key": r.objective.key, "title": r.objective.title, "metric": r.metric,
              "statistic": r.objective.statistic, "measured": r.value, "threshold": r.objective.threshold,
-             "unit": r.objective.unit, "status": r.status}
+             "unit": r.objective.unit, "status": r.status, "samples": r.samples}
             for r in report.results
         ],
         "missed": [r.objective.key for r in report.missed],

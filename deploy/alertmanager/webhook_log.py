@@ -17,14 +17,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["make_server", "main"]
+__all__ = ["main", "make_server"]
 
 
 def make_server(host: str, port: int, sink: Callable[[dict[str, Any]], None]) -> ThreadingHTTPServer:
     """An HTTP server that passes every JSON body POSTed to it to ``sink`` and answers 200."""
 
     class _Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -36,7 +36,7 @@ def make_server(host: str, port: int, sink: Callable[[dict[str, Any]], None]) ->
             self.send_response(200)
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer((host, port), _Handler)

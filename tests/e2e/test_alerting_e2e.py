@@ -1,4 +1,4 @@
-"""Live alerting loop on loopback: app -> real Prometheus -> real Alertmanager -> webhook, firing and resolved.
+"""Live alerting on loopback: app -> real Prometheus -> real Alertmanager -> webhook, firing and resolved.
 
 The app exposes its metrics the way the ``prometheus`` extra does (``PrometheusMetricReader`` plus
 ``prometheus_client.start_http_server`` on 127.0.0.1). Its pool jobs really run in a ThreadPoolExecutor and
@@ -202,13 +202,14 @@ def test_slow_jobs_fire_the_objective_alert_at_the_webhook_and_resolve_when_jobs
                 assert app.poll() is None, "the app exited early"
                 time.sleep(0.2)
             logs = (tmp_path / "prometheus.log").read_text()[-2000:]
-            raise AssertionError(f"no {status} {ALERT} at the webhook within {seconds}s; got {notifications!r}; "
-                                 f"prometheus log tail: {logs}")
+            raise AssertionError(f"no {status} {ALERT} at the webhook within {seconds}s; "
+                                 f"got {notifications!r}; prometheus log tail: {logs}")
 
         firing = wait_for("firing", 60)
         assert firing["labels"]["job"] == SERVICE
         assert firing["labels"]["objective"] == "command_p95"
-        assert firing["annotations"]["runbook_url"] == "deploy/README.md#otelperfcommandlatencyobjectivemissed"
+        runbook = firing["annotations"]["runbook_url"]
+        assert runbook == "deploy/README.md#otelperfcommandlatencyobjectivemissed"
         assert "objective < 500ms" in firing["annotations"]["summary"]
 
         # Back to normal: many fast commands pull the 5-minute p95 under 0.5 s and the alert resolves.
