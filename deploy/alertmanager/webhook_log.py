@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -56,6 +57,8 @@ def main() -> None:
             print(json.dumps(body, sort_keys=True), flush=True)
 
     server = make_server(args.host, args.port, sink)
+    # As PID 1 in a container, SIGTERM is ignored unless handled: exit cleanly on `docker compose stop`.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(f"webhook_log: listening on {args.host}:{server.server_port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
