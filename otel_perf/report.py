@@ -57,6 +57,14 @@ Status = Literal["PASS", "MISS", "NO DATA"]
 _CUMULATIVE = 2
 _DELTA = 1
 _CPU_MODES = ("user", "system")
+# Charted in the HTML report besides the objectives, when the run has them: name -> unit.
+_CONTEXT_METRICS = {
+    "otel_perf.pool.queue.depth": "{job}",
+    "otel_perf.pool.worker.busy": "{worker}",
+    "otel_perf.memory.pressure": "1",
+    "process.memory.usage": "By",
+    "otel_perf.asyncio.task.count": "{task}",
+}
 _SeriesKey = tuple[Any, ...]
 
 
@@ -87,6 +95,7 @@ class Report:
     start: int | None
     end: int | None
     results: list[Result]
+    context: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
     def missed(self) -> list[Result]:
@@ -268,7 +277,7 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
     Raises:
         FileNotFoundError: when a path does not exist or holds no ``*.jsonl`` file.
     """
-    wanted = {name for objective in objectives for name in objective.metrics}
+    wanted = {name for objective in objectives for name in objective.metrics} | set(_CONTEXT_METRICS)
     points_by_name: dict[str, list[MetricPoint]] = defaultdict(list)
     files: set[Path] = set()
     services: set[str] = set()
@@ -299,8 +308,17 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
             results.append(_measure_cpu(objective, points_by_name.get(objective.metrics[0], [])))
         else:
             results.append(_measure_max(objective, points_by_name))
+    context = {}
+    for name in _CONTEXT_METRICS:
+        by_time: dict[int, float] = {}
+        for point in points_by_name.get(name, []):
+            if point.value is not None:
+                key = _second(point.time)
+                by_time[key] = max(by_time.get(key, -math.inf), float(point.value))
+        if by_time:
+            context[name] = sorted(by_time.items())
     source = ", ".join(str(p) for p in paths)
-    return Report(source, len(files), sorted(services), start, end, results)
+    return Report(source, len(files), sorted(services), start, end, results, context)
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -387,17 +405,17 @@ def render_json(report: Report) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def _svg_chart(result: Result, width: int = 520, height: int = 140) -> str:
-    """A small line chart of ``result.points`` with the threshold as a dashed line; no scripts, no fonts
-    fetched."""
-    objective = result.objective
-    if not result.points:
+def _svg_chart(points: list[tuple[int, float]], unit: str, threshold: float | None, title: str,
+               missed: bool = False, width: int = 520, height: int = 140) -> str:
+    """A small line chart of ``points`` (time in ns, value), with the threshold as a dashed line; plain SVG,
+    nothing fetched."""
+    if not points:
         return '<p class="nodata">no data over time</p>'
     left, right, top, bottom = 70, 10, 10, 22
-    times = [t for t, _ in result.points]
-    values = [v for _, v in result.points]
+    times = [t for t, _ in points]
+    values = [v for _, v in points]
     t0, t1 = min(times), max(times)
-    y_max = max(max(values), objective.threshold) * 1.1 or 1.0
+    y_max = max(*values, threshold or 0.0) * 1.1 or 1.0
     span_t = (t1 - t0) or 1
 
     def x(t: int) -> float:
@@ -406,29 +424,39 @@ def _svg_chart(result: Result, width: int = 520, height: int = 140) -> str:
     def y(v: float) -> float:
         return top + (height - top - bottom) * (1 - v / y_max)
 
-    line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in result.points)
-    color = "#c0392b" if result.status == "MISS" else "#2c7be5"
-    threshold_y = y(objective.threshold)
+    color = "#c0392b" if missed else "#2c7be5"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(objective.title)} over the run">',
+        f'aria-label="{html.escape(title)} over the run">',
         f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
         'fill="#fafafa" stroke="#ddd"/>',
-        f'<line x1="{left}" y1="{threshold_y:.1f}" x2="{width - right}" y2="{threshold_y:.1f}" '
-        'stroke="#c0392b" stroke-dasharray="4 3"/>',
-        f'<text x="{left - 4}" y="{threshold_y + 4:.1f}" text-anchor="end" font-size="10" fill="#c0392b">'
-        f'{html.escape(_format(objective.threshold, objective.unit))}</text>',
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" font-size="10">'
+        f'{html.escape(_format(y_max, unit))}</text>',
         f'<text x="{left - 4}" y="{height - bottom + 4}" text-anchor="end" font-size="10">0</text>',
         f'<text x="{left}" y="{height - 6}" font-size="10">{_time(t0)}</text>',
         f'<text x="{width - right}" y="{height - 6}" text-anchor="end" font-size="10">{_time(t1)}</text>',
     ]
-    if len(result.points) == 1:
-        (t, v), = result.points
-        parts.append(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>')
+    if threshold is not None:
+        threshold_y = y(threshold)
+        parts += [
+            f'<line x1="{left}" y1="{threshold_y:.1f}" x2="{width - right}" y2="{threshold_y:.1f}" '
+            'stroke="#c0392b" stroke-dasharray="4 3"/>',
+            f'<text x="{left - 4}" y="{threshold_y + 4:.1f}" text-anchor="end" font-size="10" fill="#c0392b">'
+            f'{html.escape(_format(threshold, unit))}</text>',
+        ]
+    if len(points) == 1:
+        parts.append(f'<circle cx="{x(times[0]):.1f}" cy="{y(values[0]):.1f}" r="3" fill="{color}"/>')
     else:
+        line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{line}"/>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _objective_chart(result: Result) -> str:
+    objective = result.objective
+    return _svg_chart(result.points, objective.unit, objective.threshold, objective.title,
+                      missed=result.status == "MISS")
 
 
 _CSS = """
@@ -451,9 +479,17 @@ def render_html(report: Report) -> str:
     )
     charts = "".join(
         f'<div class="chart"><h3>{esc(r.objective.title)} ({esc(r.metric or r.objective.metrics[0])}, '
-        f'{esc(r.objective.statistic)} per collection)</h3>{_svg_chart(r)}</div>'
+        f'{esc(r.objective.statistic)} per collection)</h3>'
+        f"{_objective_chart(r)}</div>"
         for r in report.results
     )
+    context = "".join(
+        f'<div class="chart"><h3>{esc(name)} (largest value per collection)</h3>'
+        f"{_svg_chart(points, _CONTEXT_METRICS[name], None, name)}</div>"
+        for name, points in report.context.items()
+    )
+    if context:
+        charts += f"<h2>Context</h2>{context}"
     head = "".join(f"<th>{esc(h)}</th>" for h in _HEADINGS)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -38,11 +38,14 @@ job_seconds = float(os.environ["JOB_SECONDS"])
 tool_seconds = float(os.environ["TOOL_SECONDS"])
 peak = int(os.environ["PEAK_MIB"]) * 2**20
 pool = {sc.POOL_NAME: "commands", sc.POOL_KIND: sc.POOL_KIND_THREAD, sc.JOB_OUTCOME: sc.OUTCOME_OK}
+queue_spec = sc.metric("otel_perf.pool.queue.depth")
+queue = meter.create_up_down_counter(queue_spec.name, unit=queue_spec.unit)
 for round_ in range(4):
     for i in range(50):
         # 48 of every 50 jobs take JOB_SECONDS, 2 take a hundredth of it: p95 lies in JOB_SECONDS' bucket.
         jobs.record(job_seconds if i >= 2 else job_seconds / 100, pool)
         tools.record(tool_seconds, {sc.GEN_AI_TOOL_NAME: "search", sc.GEN_AI_TOOL_TYPE: "function"})
+    queue.add(3, {sc.POOL_NAME: "commands", sc.POOL_KIND: sc.POOL_KIND_THREAD})
     gauge("otel_perf.memory.peak").set(peak // 2 + round_)
     gauge("otel_perf.process_tree.memory.peak").set(peak)
     gauge("otel_perf.gc.pause.max").set(0.002, {sc.CPYTHON_GC_GENERATION: 2})
@@ -157,12 +160,15 @@ def test_html_report_is_self_contained_with_a_chart_per_objective(runs: dict[str
     assert done.returncode == 1
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>")
+    # Context charts (here the pool's queue depth) follow the objectives.
+    text, _, context = text.partition("<h2>Context</h2>")
+    assert "otel_perf.pool.queue.depth" in context
     # One chart per objective: the five the app records, plus CPU and threads where the launcher's runtime
     # instrumentation reported them; an objective without data says so instead.
     assert text.count("<svg") >= 5
     assert text.count("<svg") + text.count('class="nodata"') == len(DEFAULT_OBJECTIVES)
     for fetch in ("<script", "src=", "href=", "@import", "url("):
-        assert fetch not in text
+        assert fetch not in text + context
     assert "command processing p95" in text and ">MISS<" in text
 
 
