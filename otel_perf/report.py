@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 from otel_perf._objectives import Objective, load_objectives
 from otel_perf._otlpjson import MetricPoint, metric_points
-from otel_perf.errors import ConfigError
 from otel_perf.exporters.files import iter_requests
 
 __all__ = [
@@ -194,6 +193,7 @@ def _histogram_intervals(points: list[MetricPoint]) -> list[MetricPoint]:
             # one after a reset (the count went down: the series started again).
             if (point.temporality == _DELTA or previous is None
                     or previous.explicit_bounds != point.explicit_bounds
+                    or len(previous.bucket_counts) != len(point.bucket_counts)
                     or (point.count or 0) < (previous.count or 0)):
                 delta = point
             else:
@@ -276,6 +276,7 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
 
     Raises:
         FileNotFoundError: when a path does not exist or holds no ``*.jsonl`` file.
+        ValueError: when a file is not UTF-8 text.
     """
     wanted = {name for objective in objectives for name in objective.metrics} | set(_CONTEXT_METRICS)
     points_by_name: dict[str, list[MetricPoint]] = defaultdict(list)
@@ -289,17 +290,20 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
             raise FileNotFoundError(f"{path}: no such file or directory")
         if root.is_dir() and not any(root.rglob("*.jsonl")):
             raise FileNotFoundError(f"{path}: no OTLP JSON lines (*.jsonl) files in it")
-        for file, request in iter_requests(root):
-            files.add(file)
-            for point in metric_points(request):
-                service = point.resource.get("service.name")
-                if service:
-                    services.add(str(service))
-                if point.time:
-                    start = point.time if start is None else min(start, point.time)
-                    end = point.time if end is None else max(end, point.time)
-                if point.name in wanted:
-                    points_by_name[point.name].append(point)
+        try:
+            for file, request in iter_requests(root):
+                files.add(file)
+                for point in metric_points(request):
+                    service = point.resource.get("service.name")
+                    if service:
+                        services.add(str(service))
+                    if point.time:
+                        start = point.time if start is None else min(start, point.time)
+                        end = point.time if end is None else max(end, point.time)
+                    if point.name in wanted:
+                        points_by_name[point.name].append(point)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: a file is not OTLP JSON lines (not UTF-8 text: {exc.reason})") from exc
     results = []
     for objective in objectives:
         if objective.statistic in ("p95", "p99"):
@@ -522,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         objectives = load_objectives(args.objectives)
         report = build_report(args.paths, objectives)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
         print(f"otel-perf report: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(_RENDERERS[args.format](report))

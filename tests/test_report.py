@@ -172,12 +172,16 @@ def test_html_report_is_self_contained_with_a_chart_per_objective(runs: dict[str
     assert "command processing p95" in text and ">MISS<" in text
 
 
-def test_missing_path_exits_2(tmp_path: Path) -> None:
-    """A path that does not exist, or a directory without files, is an error, not an empty PASS."""
+def test_unreadable_input_exits_2(tmp_path: Path) -> None:
+    """A path that does not exist, a directory without files, or a binary file is an error, not a PASS."""
     assert _report(str(tmp_path / "nope")).returncode == 2
     done = _report(str(tmp_path))
     assert done.returncode == 2
     assert "no OTLP JSON lines" in done.stderr
+    (tmp_path / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+    done = _report(str(tmp_path))
+    assert done.returncode == 2
+    assert "not UTF-8" in done.stderr
 
 
 # --- quantiles as Prometheus computes them -----------------------------------------------------------------
