@@ -16,15 +16,17 @@ from otel_perf.version import __version__
 
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
+    from otel_perf.profiling.server import start_debug_server
 
 # public name -> module that defines it
 _LAZY = {
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
     "shutdown": "otel_perf._sdk",
+    "start_debug_server": "otel_perf.profiling.server",
 }
 
-__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "shutdown"])
+__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "shutdown", "start_debug_server"])
 
 
 def __getattr__(name: str) -> Any:
