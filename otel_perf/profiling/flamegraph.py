@@ -60,7 +60,8 @@ h1 { font-size: 15px; margin: 0 0 4px 0; }
 #info { color: #444; margin-bottom: 6px; min-height: 1.3em; }
 #chart { position: relative; width: 100%; }
 .fg-frame { position: absolute; height: 17px; box-sizing: border-box; border: 1px solid #fff;
-  overflow: hidden; white-space: nowrap; text-overflow: ellipsis; padding: 0 3px; line-height: 15px; cursor: pointer; }
+  overflow: hidden; white-space: nowrap; text-overflow: ellipsis; padding: 0 3px; line-height: 15px;
+  cursor: pointer; }
 .fg-frame:hover { border-color: #000; }
 </style></head>
 <body>
