@@ -19,7 +19,8 @@ import pytest
 
 from otel_perf import ConfigError, start_debug_server
 from otel_perf._config import load_settings
-from otel_perf.profiling import pprof, server as server_module
+from otel_perf.profiling import pprof
+from otel_perf.profiling import server as server_module
 from otel_perf.profiling.server import DebugServer, is_loopback
 from tests.conftest import PYTHON, clean_env
 
@@ -137,7 +138,8 @@ def test_token_is_required_on_every_request_when_set() -> None:
         for path in ("/debug/pprof/", "/debug/pprof/profile?seconds=0.1", "/debug/vars", "/nope"):
             assert get(server.url + path)[0] == 401
             assert get(server.url + path, token="wrong")[0] == 401
-        status, body, headers = get(server.url + "/debug/pprof/")
+        status, _, headers = get(server.url + "/debug/pprof/")
+        assert status == 401
         assert "Bearer" in headers.get("WWW-Authenticate", "")
         assert get(server.url + "/debug/pprof/", token="s3cret")[0] == 200
         assert get(server.url + "/debug/pprof/profile?seconds=0.1", token="s3cret")[0] == 200

@@ -11,8 +11,8 @@ from otel_perf.profiling import pprof
 
 
 def _builder() -> pprof.ProfileBuilder:
-    b = pprof.ProfileBuilder([("samples", "count"), ("cpu", "nanoseconds")], period_type=("cpu", "nanoseconds"),
-                             period=10_000_000, default_sample_type="cpu")
+    b = pprof.ProfileBuilder([("samples", "count"), ("cpu", "nanoseconds")],
+                             period_type=("cpu", "nanoseconds"), period=10_000_000, default_sample_type="cpu")
     main = b.function("main", "app.py", 1)
     work = b.function("work", "app.py", 10)
     b.sample([b.location(work, 12), b.location(main, 3)], [3, 30_000_000], {"thread": "MainThread"})
