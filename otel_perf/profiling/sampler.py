@@ -47,6 +47,8 @@ MAX_STACKS = 50_000
 
 _CPUCLOCK_SCHED = 2
 _CPUCLOCK_PERTHREAD = 4
+# CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR (Include/cpython/code.h)
+_RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -109,16 +111,21 @@ class SamplerStats:
 
 
 class _ThreadState:
-    __slots__ = ("clock_ok", "last_cpu", "last_frame", "last_lasti", "last_stack", "native_id", "thread")
+    __slots__ = ("clock_ok", "frames", "index", "key", "last_cpu", "lastis", "native_id", "stack", "thread")
 
     def __init__(self, thread: threading.Thread | None, native_id: int | None) -> None:
         self.thread = thread
         self.native_id = native_id
         self.clock_ok = native_id is not None
         self.last_cpu = 0
-        self.last_frame: FrameType | None = None
-        self.last_lasti = -1
-        self.last_stack: tuple[int, ...] = ()
+        # The previous walk, outermost first: frames, their instruction offsets, location ids, the
+        # stack as a tuple, and id(frame) -> position (stale entries are caught by the identity check).
+        # The frames are kept until the next walk so that their ids cannot be reused meanwhile.
+        self.frames: list[FrameType] = []
+        self.lastis: list[int] = []
+        self.stack: list[int] = []
+        self.key: tuple[int, ...] = ()
+        self.index: dict[int, int] = {}
 
 
 class Sampler:
@@ -240,10 +247,11 @@ class Sampler:
 
     def _prime(self) -> None:
         """Read every thread's CPU clock once, so the first tick counts only CPU used after the start."""
+        active: dict[int, threading.Thread] = getattr(threading, "_active", {})
         for ident in sys._current_frames():
             if ident in self._exclude:
                 continue
-            state = self._state(ident)
+            state = self._state(ident, active)
             if self._cpu_clock is not None and state.native_id is not None:
                 value = self._cpu_clock(state.native_id)
                 if value is None:
@@ -251,11 +259,12 @@ class Sampler:
                 else:
                     state.last_cpu = value
 
-    def _state(self, ident: int) -> _ThreadState:
+    def _state(self, ident: int, active: dict[int, threading.Thread]) -> _ThreadState:
+        """The state of thread ``ident``; a new one when the ident now belongs to another thread (pthread
+        idents are reused as soon as a thread ends)."""
+        thread = active.get(ident)
         state = self._threads.get(ident)
-        if state is None:
-            active: dict[int, threading.Thread] = getattr(threading, "_active", {})
-            thread = active.get(ident)
+        if state is None or state.thread is not thread:
             native_id = getattr(thread, "native_id", None) if thread is not None else None
             state = self._threads[ident] = _ThreadState(thread, native_id)
         return state
@@ -285,10 +294,16 @@ class Sampler:
         counts = self._counts
         exclude = self._exclude
         stats = self.stats
+        states = self._threads
+        if len(states) > len(frames):
+            # Forget threads that ended (and the frames kept for them).
+            for gone in [ident for ident in states if ident not in frames]:
+                del states[gone]
+        active: dict[int, threading.Thread] = getattr(threading, "_active", {})
         for ident, frame in frames.items():
             if ident in exclude:
                 continue
-            state = self._state(ident)
+            state = self._state(ident, active)
             if cpu_clock is not None:
                 if not state.clock_ok:
                     continue  # no clock for this thread (not started by threading): cannot tell
@@ -302,14 +317,7 @@ class Sampler:
                     continue
             else:
                 value = elapsed_ns
-            lasti = frame.f_lasti
-            if frame is state.last_frame and lasti == state.last_lasti:
-                stack = state.last_stack
-            else:
-                stack = self._walk(frame)
-                state.last_frame = frame
-                state.last_lasti = lasti
-                state.last_stack = stack
+            stack = self._walk(frame, state)
             thread = state.thread
             name = thread.name if thread is not None else f"thread-{ident}"
             key = ((name, tasks.get(ident, "")), stack)
@@ -325,34 +333,69 @@ class Sampler:
             stats.samples += 1
         del frames
 
-    def _walk(self, frame: FrameType) -> tuple[int, ...]:
-        locations = self._locations
-        stack: list[int] = []
-        append = stack.append
-        f: FrameType | None = frame
-        depth = 0
-        limit = self._max_depth
-        while f is not None and depth < limit:
-            code = f.f_code
-            key = (code, f.f_lineno or code.co_firstlineno)
-            location = locations.get(key)
-            if location is None:
-                location = self._new_location(key)
-            append(location)
-            f = f.f_back
-            depth += 1
-        self.stats.frames_walked += depth
-        return tuple(stack)
+    def _walk(self, frame: FrameType, state: _ThreadState) -> tuple[int, ...]:
+        """The stack of ``frame`` as location ids, outermost first.
 
-    def _new_location(self, key: tuple[CodeType, int]) -> int:
-        code, line = key
+        Walking (from the innermost frame) stops at the first frame that is the same object at the same
+        instruction as in this thread's previous walk: everything below it is unchanged (a frame's callers
+        are fixed while it runs), so the previous walk is cut there and the new frames appended, in
+        place. A parked thread costs one comparison; a busy one the frames that changed. Generator and
+        coroutine frames are never such anchors: resumed, they can have another caller at the same
+        instruction.
+        """
+        locations = self._locations
+        frames = state.frames
+        lastis = state.lastis
+        index = state.index
+        new_frames: list[FrameType] = []
+        new_lastis: list[int] = []
+        new_stack: list[int] = []
+        keep = 0
+        limit = self._max_depth
+        f: FrameType | None = frame
+        while f is not None:
+            code = f.f_code
+            lasti = f.f_lasti
+            position = index.get(id(f))
+            if (position is not None and position < len(frames) and frames[position] is f
+                    and lastis[position] == lasti and not code.co_flags & _RESUMABLE):
+                keep = position + 1
+                break
+            if len(new_frames) >= limit:
+                keep = 0  # deeper than kept: the outermost frames are left out
+                break
+            # Keyed by instruction, not line: f_lasti is a field read, f_lineno a line-table search that
+            # is done once per new location only.
+            location = locations.get((code, lasti))
+            if location is None:
+                location = self._new_location(code, lasti, f.f_lineno or code.co_firstlineno)
+            new_frames.append(f)
+            new_lastis.append(lasti)
+            new_stack.append(location)
+            f = f.f_back
+        if not new_frames and keep == len(frames):
+            return state.key  # nothing changed since the previous walk
+        self.stats.frames_walked += len(new_frames)
+        stack = state.stack
+        del frames[keep:], lastis[keep:], stack[keep:]
+        for i in range(len(new_frames) - 1, -1, -1):
+            index[id(new_frames[i])] = len(frames)
+            frames.append(new_frames[i])
+            lastis.append(new_lastis[i])
+            stack.append(new_stack[i])
+        if len(index) > 2 * len(frames) + 64:
+            state.index = {id(x): i for i, x in enumerate(frames)}
+        key = state.key = tuple(stack) if len(stack) <= limit else tuple(stack[-limit:])
+        return key
+
+    def _new_location(self, code: CodeType, lasti: int, line: int) -> int:
         function = self._functions.get(code)
         if function is None:
             qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
             name = python_function_name(qualname, code.co_filename)
             function = self._functions[code] = self._builder.function(name, code.co_filename,
                                                                      code.co_firstlineno)
-        location = self._locations[key] = self._builder.location(function, line)
+        location = self._locations[(code, lasti)] = self._builder.location(function, line)
         return location
 
     def _overflow_location(self) -> int:
@@ -366,7 +409,8 @@ class Sampler:
         self._done = True
         builder = self._builder
         for ((thread_name, task_name), stack), (count, value) in list(self._counts.items()):
-            builder.sample(stack, (count, value), (("thread", thread_name), ("task", task_name)))
+            # Stacks are kept outermost first; pprof lists location ids innermost first.
+            builder.sample(stack[::-1], (count, value), (("thread", thread_name), ("task", task_name)))
         self._counts.clear()
         # Code objects are released once the profile is written.
         self._locations.clear()

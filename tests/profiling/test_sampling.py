@@ -33,6 +33,7 @@ def workload() -> Iterator[threading.Event]:
                threading.Thread(target=sleeping_function, args=(stop,), name="idle")]
     for t in threads:
         t.start()
+    time.sleep(0.2)  # let "idle" finish starting up and park: its start-up CPU is not what is tested
     yield stop
     stop.set()
     for t in threads:
