@@ -70,6 +70,7 @@ def _run(benchmark: pytest.FixtureRequest, mode: str | None) -> None:
         benchmark.extra_info.update(  # type: ignore[attr-defined]
             mode=mode, ticks=stats.ticks, samples=stats.samples, achieved_hz=round(stats.achieved_hz, 1),
             cost_per_tick_us=round(stats.cost_per_tick_ns / 1000, 1),
+            sampler_thread_cpu_per_tick_us=round(stats.thread_cpu_per_tick_ns / 1000, 1),
             sampling_share_of_wall=round(stats.sampling_ns / stats.duration_ns, 5),
             frames_walked_per_tick=round(stats.frames_walked / max(stats.ticks, 1), 1),
         )
