@@ -35,6 +35,7 @@ DEFAULT_FRAMES = 32
 DEFAULT_GROWTH_SECONDS = 10.0
 
 _lock = threading.Lock()
+_cache_lock = threading.Lock()  # heap requests run in concurrent server threads
 _FILE_CACHE_SIZE = 512
 _functions_by_file: OrderedDict[str, list[tuple[int, int, str]]] = OrderedDict()
 
@@ -45,10 +46,11 @@ class HeapBusy(RuntimeError):
 
 def _function_spans(filename: str) -> list[tuple[int, int, str]]:
     """(first line, last line, qualified name) of every function and class of a file, innermost last."""
-    spans = _functions_by_file.get(filename)
-    if spans is not None:
-        _functions_by_file.move_to_end(filename)
-        return spans
+    with _cache_lock:
+        spans = _functions_by_file.get(filename)
+        if spans is not None:
+            _functions_by_file.move_to_end(filename)
+            return spans
     spans = []
     source = "".join(linecache.getlines(filename))
     if source:
@@ -69,9 +71,10 @@ def _function_spans(filename: str) -> list[tuple[int, int, str]]:
                         visit(child, prefix)
 
             visit(tree, "")
-    _functions_by_file[filename] = spans
-    if len(_functions_by_file) > _FILE_CACHE_SIZE:
-        _functions_by_file.popitem(last=False)
+    with _cache_lock:
+        _functions_by_file[filename] = spans
+        if len(_functions_by_file) > _FILE_CACHE_SIZE:
+            _functions_by_file.popitem(last=False)
     return spans
 
 
