@@ -191,3 +191,41 @@ def test_bad_arguments_are_rejected() -> None:
     sampler.run(0.05)
     with pytest.raises(RuntimeError):
         sampler.run(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread clocks by native id are Linux's")
+def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None:
+    """The clock derived from another thread's native id reads that thread's CPU time (what the thread
+    itself sees with time.thread_time_ns); /proc agrees to its tick resolution; an ended thread reads
+    None instead of anything else."""
+    from otel_perf.profiling.sampler import _cpu_ns_clock, _cpu_ns_proc
+
+    own: list[int] = []
+    parked = threading.Event()
+    release = threading.Event()
+
+    def work() -> None:
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        own.append(time.thread_time_ns())
+        parked.set()
+        release.wait()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    parked.wait(30)
+    assert thread.native_id is not None
+    from_clock = _cpu_ns_clock(thread.native_id)
+    from_proc = _cpu_ns_proc(thread.native_id)
+    release.set()
+    thread.join(10)
+    assert from_clock is not None and from_proc is not None
+    assert own[0] <= from_clock < own[0] + 20_000_000
+    assert abs(from_proc - from_clock) < 50_000_000
+    # join() returns when the Python thread is done; the OS thread ends a moment later
+    deadline = time.monotonic() + 10
+    while _cpu_ns_clock(thread.native_id) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _cpu_ns_clock(thread.native_id) is None
+    assert _cpu_ns_proc(thread.native_id) is None
