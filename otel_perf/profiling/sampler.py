@@ -308,8 +308,9 @@ class Sampler:
         exclude = self._exclude
         stats = self.stats
         states = self._threads
-        if len(states) > len(frames):
-            # Forget threads that ended (and the frames kept for them).
+        if len(states) >= len(frames):
+            # Forget threads that ended (and the frames kept for them); frames also holds at least
+            # the sampling thread, which has no state, so equal sizes mean one ended.
             for gone in [ident for ident in states if ident not in frames]:
                 del states[gone]
         active: dict[int, threading.Thread] = getattr(threading, "_active", {})
