@@ -230,6 +230,7 @@ def test_forked_child_closes_the_listening_socket(debug_server: DebugServer) -> 
     assert get(debug_server.url + "/debug/pprof/")[0] == 200  # the parent still serves
 
 
+@pytest.mark.e2e
 def test_program_exits_promptly_while_a_profile_is_being_taken(tmp_path: object) -> None:
     """Daemon threads: a program whose main code ends mid-profile exits without waiting for it."""
     code = (
