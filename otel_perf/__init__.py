@@ -17,15 +17,26 @@ from otel_perf.version import __version__
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
     from otel_perf.instrumentations.memory import MemoryMonitor
+    from otel_perf.instrumentations.parsers import parser
+    from otel_perf.instrumentations.tools import tool, tool_call
+    from otel_perf.instrumentations.workers import job, name_pool, track_queue
     from otel_perf.pools import BufferPool
+    from otel_perf.profiling.server import start_debug_server
 
 # public name -> module that defines it
 _LAZY = {
     "BufferPool": "otel_perf.pools",
-    "MemoryMonitor": "otel_perf.instrumentations.memory",
     "Handle": "otel_perf._sdk",
+    "MemoryMonitor": "otel_perf.instrumentations.memory",
     "configure": "otel_perf._sdk",
+    "job": "otel_perf.instrumentations.workers",
+    "name_pool": "otel_perf.instrumentations.workers",
+    "parser": "otel_perf.instrumentations.parsers",
     "shutdown": "otel_perf._sdk",
+    "start_debug_server": "otel_perf.profiling.server",
+    "tool": "otel_perf.instrumentations.tools",
+    "tool_call": "otel_perf.instrumentations.tools",
+    "track_queue": "otel_perf.instrumentations.workers",
 }
 
 __all__ = [
@@ -35,7 +46,14 @@ __all__ = [
     "MemoryMonitor",
     "__version__",
     "configure",
+    "job",
+    "name_pool",
+    "parser",
     "shutdown",
+    "start_debug_server",
+    "tool",
+    "tool_call",
+    "track_queue",
 ]
 
 

@@ -1,0 +1,231 @@
+"""The sampler, in process: CPU mode sees only threads that ran, wall mode sees every thread, labels name
+threads and asyncio tasks, and memory stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from otel_perf.profiling import pprof
+from otel_perf.profiling.sampler import Sampler, _choose_cpu_clock, profile
+
+
+def spin_hot_function(stop: threading.Event) -> None:
+    while not stop.is_set():
+        total = 0
+        for i in range(2000):
+            total += i * i
+
+
+def sleeping_function(stop: threading.Event) -> None:
+    stop.wait()
+
+
+@pytest.fixture
+def workload() -> Iterator[threading.Event]:
+    """A busy thread ("busy") and a sleeping one ("idle"), stopped after the test."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=spin_hot_function, args=(stop,), name="busy"),
+               threading.Thread(target=sleeping_function, args=(stop,), name="idle")]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # let "idle" finish starting up and park: its start-up CPU is not what is tested
+    yield stop
+    stop.set()
+    for t in threads:
+        t.join(5)
+
+
+def _by_leaf(data: bytes) -> dict[tuple[str, str], int]:
+    """(leaf function, thread label) -> total of the profile's main value."""
+    prof = pprof.decode(data)
+    index = prof.sample_index()
+    out: dict[tuple[str, str], int] = {}
+    for names, sample in prof.stacks():
+        thread = next(label.value for label in sample.labels if label.key == "thread")
+        key = (names[-1], thread)
+        out[key] = out.get(key, 0) + sample.values[index]
+    return out
+
+
+def test_cpu_profile_has_the_busy_thread_and_not_the_sleeping_one(workload: threading.Event) -> None:
+    """CPU mode weights each sample by the CPU the thread used: a thread blocked in wait() never shows."""
+    assert _choose_cpu_clock() is not None, "per-thread CPU clocks must be readable on Linux"
+    data = profile(0.6, "cpu", hz=100)
+    totals = _by_leaf(data)
+    assert totals.get(("spin_hot_function", "busy"), 0) > 0
+    assert not any(thread == "idle" for _, thread in totals), totals
+    prof = pprof.decode(data)
+    assert [(v.type, v.unit) for v in prof.sample_types] == [("samples", "count"), ("cpu", "nanoseconds")]
+    assert prof.period == 10_000_000
+    assert prof.duration_nanos >= 500_000_000
+
+
+def test_wall_profile_has_every_thread_including_sleeping_ones(workload: threading.Event) -> None:
+    """Wall mode samples all threads, each sample weighted by the time since the previous tick."""
+    sampler = Sampler("wall", hz=50)
+    sampler.start()
+    time.sleep(0.5)
+    totals = _by_leaf(sampler.stop())
+    threads = {thread for _, thread in totals}
+    assert {"busy", "idle", "MainThread"} <= threads
+    # Event.wait blocks in Condition.wait (Python 3.10 has no co_qualname: just "wait")
+    leaf = "Condition.wait" if sys.version_info >= (3, 11) else "wait"
+    assert totals.get((leaf, "idle"), 0) > 0
+    assert "otel-perf-sampler" not in threads  # the sampler never samples itself
+    assert pprof.decode(sampler.encode()).sample_types[1].type == "wall"
+
+
+def test_a_parked_thread_is_walked_once_and_reused() -> None:
+    """A thread whose stack did not change since the previous tick is not walked again: wall mode costs
+    little for idle threads (ticks driven by hand, so the check does not depend on timing)."""
+    stop = threading.Event()
+
+    def parked(depth: int) -> None:
+        if depth:
+            parked(depth - 1)
+        else:
+            stop.wait()
+
+    threads = [threading.Thread(target=parked, args=(20,), name=f"parked-{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    try:
+        sampler = Sampler("wall", exclude={threading.get_ident()})
+        sampler._tick(10_000_000)
+        first = sampler.stats.frames_walked
+        assert first >= 3 * 20
+        for _ in range(20):
+            sampler._tick(10_000_000)
+        assert sampler.stats.frames_walked == first
+        assert sampler.stats.samples == 21 * 3
+        totals = _by_leaf(sampler.encode())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    # every tick still counted every thread, with its full stack
+    leaf = "Condition.wait" if sys.version_info >= (3, 11) else "wait"
+    assert {totals[(leaf, f"parked-{i}")] for i in range(3)} == {21 * 10_000_000}
+
+
+def test_asyncio_task_label_names_the_running_task() -> None:
+    """A sample taken while a task runs in an event loop carries that task's name."""
+    stop = threading.Event()
+
+    async def crunch() -> None:
+        while not stop.is_set():
+            # Bursts longer than the GIL switch interval, so the sampler gets the GIL inside the task
+            # (between bursts the loop thread gives the GIL up in select(), where no task runs).
+            sum(i * i for i in range(300_000))
+            await asyncio.sleep(0)
+
+    def run_loop() -> None:
+        asyncio.run(_named(crunch(), "crunch-task"))
+
+    async def _named(coro: object, name: str) -> None:
+        await asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=run_loop, name="loop-thread")
+    thread.start()
+    try:
+        data = profile(0.5, "cpu")
+    finally:
+        stop.set()
+        thread.join(5)
+    tasks = {label.value for s in pprof.decode(data).samples for label in s.labels if label.key == "task"}
+    assert "crunch-task" in tasks
+
+
+def test_distinct_stacks_are_bounded() -> None:
+    """Past max_stacks new stacks fold into one '(other stacks)' entry, so memory does not grow."""
+    stop = threading.Event()
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            stop.wait()
+
+    threads = [threading.Thread(target=deep, args=(n,), name=f"deep-{n}") for n in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        sampler = Sampler("wall", hz=50, max_stacks=2)
+        data = sampler.run(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    prof = pprof.decode(data)
+    names = {n for names, _ in prof.stacks() for n in names}
+    assert "(other stacks)" in names
+    assert len(prof.samples) <= 2 + 8  # the kept stacks plus one overflow stack per thread label
+
+
+def test_threads_that_exit_during_a_profile_do_not_break_it() -> None:
+    """Short-lived threads come and go between ticks; the profile still completes."""
+    sampler = Sampler("cpu", hz=200)
+    sampler.start()
+    for _ in range(20):
+        t = threading.Thread(target=lambda: sum(range(20000)))
+        t.start()
+        t.join()
+    data = sampler.stop()
+    assert pprof.decode(data).duration_nanos > 0
+
+
+def test_bad_arguments_are_rejected() -> None:
+    """Mode and rate are checked up front."""
+    with pytest.raises(ValueError):
+        Sampler("cpu", hz=0)
+    with pytest.raises(ValueError):
+        Sampler("heap")  # type: ignore[arg-type]
+    sampler = Sampler("wall")
+    sampler.run(0.05)
+    with pytest.raises(RuntimeError):
+        sampler.run(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread clocks by native id are Linux's")
+def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None:
+    """The clock derived from another thread's native id reads that thread's CPU time (what the thread
+    itself sees with time.thread_time_ns); /proc agrees to its tick resolution; an ended thread reads
+    None instead of anything else."""
+    from otel_perf.profiling.sampler import _cpu_ns_clock, _cpu_ns_proc
+
+    own: list[int] = []
+    parked = threading.Event()
+    release = threading.Event()
+
+    def work() -> None:
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        own.append(time.thread_time_ns())
+        parked.set()
+        release.wait()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    parked.wait(30)
+    assert thread.native_id is not None
+    from_clock = _cpu_ns_clock(thread.native_id)
+    from_proc = _cpu_ns_proc(thread.native_id)
+    release.set()
+    thread.join(10)
+    assert from_clock is not None and from_proc is not None
+    assert own[0] <= from_clock < own[0] + 20_000_000
+    assert abs(from_proc - from_clock) < 50_000_000
+    # join() returns when the Python thread is done; the OS thread ends a moment later
+    deadline = time.monotonic() + 10
+    while _cpu_ns_clock(thread.native_id) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _cpu_ns_clock(thread.native_id) is None
+    assert _cpu_ns_proc(thread.native_id) is None
