@@ -17,6 +17,7 @@ from otel_perf.version import __version__
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
     from otel_perf.instrumentations.memory import MemoryMonitor
+    from otel_perf.instrumentations.tools import tool, tool_call
     from otel_perf.pools import BufferPool
 
 # public name -> module that defines it
@@ -26,6 +27,8 @@ _LAZY = {
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
     "shutdown": "otel_perf._sdk",
+    "tool": "otel_perf.instrumentations.tools",
+    "tool_call": "otel_perf.instrumentations.tools",
 }
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "__version__",
     "configure",
     "shutdown",
+    "tool",
+    "tool_call",
 ]
 
 
