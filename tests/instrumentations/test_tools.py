@@ -99,7 +99,8 @@ def test_tool_name_type_and_description_come_from_the_decorator(instrumented, sp
     assert span.attributes[sc.GEN_AI_TOOL_DESCRIPTION] == "Search the index"
 
 
-def test_failing_tool_marks_error_and_propagates_the_same_exception(instrumented, span_exporter, metric_reader):
+def test_failing_tool_marks_error_and_propagates_the_same_exception(instrumented, span_exporter,
+                                                                    metric_reader):
     """The tool's exception propagates unchanged; the span and metric carry error.type."""
     with pytest.raises(ToolError) as info:
         failing("boom")
@@ -174,7 +175,8 @@ def test_async_tool(instrumented, span_exporter):
     assert bad.attributes[sc.ERROR_TYPE] == "ToolError"
 
 
-def test_generator_tool_span_covers_iteration_and_forwards_protocol(instrumented, tracer_provider, span_exporter):
+def test_generator_tool_span_covers_iteration_and_forwards_protocol(instrumented, tracer_provider,
+                                                                    span_exporter):
     """A generator tool: one span over the whole iteration; send/throw/return value pass through."""
     tracer = tracer_provider.get_tracer("test")
 
@@ -385,8 +387,8 @@ def test_uninstrument_makes_tools_plain_calls(tracer_provider, meter_provider, s
     assert span_exporter.get_finished_spans() == ()
 
 
-def test_instrument_twice_is_harmless_and_reinstrument_publishes(tracer_provider, meter_provider, span_exporter,
-                                                                 metric_reader):
+def test_instrument_twice_is_harmless_and_reinstrument_publishes(tracer_provider, meter_provider,
+                                                                 span_exporter, metric_reader):
     """Instrumenting twice gives one span per call; after uninstrument+instrument metrics still publish."""
     instrumentor = _instrument(tracer_provider, meter_provider)
     try:
@@ -448,7 +450,8 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     sys.modules.pop(name, None)
 
 
-def test_tools_by_path_patch_module_imported_later(tracer_provider, meter_provider, span_exporter, user_module):
+def test_tools_by_path_patch_module_imported_later(tracer_provider, meter_provider, span_exporter,
+                                                   user_module):
     """Paths whose module is imported after instrumentation become tools at import time."""
     paths = (f"{user_module}:lookup", f"{user_module}:Store.get", f"{user_module}:Store.make",
              f"{user_module}:broken")
