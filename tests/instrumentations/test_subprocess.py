@@ -253,7 +253,8 @@ def test_redact_args(argv, expected):
     assert redact_args(argv) == expected
 
 
-def test_uninstrument_restores_originals_and_twice_is_harmless(tracer_provider, meter_provider, span_exporter):
+def test_uninstrument_restores_originals_and_twice_is_harmless(tracer_provider, meter_provider,
+                                                               span_exporter):
     """Instrumenting twice gives one span per run; uninstrument restores every original (identity)."""
     import asyncio.base_subprocess as base
 
