@@ -42,6 +42,7 @@ from time import perf_counter
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from otel_perf import _semconv as sc
@@ -297,7 +298,7 @@ def _patch_init(original: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
         active = _active
-        if active is None:
+        if active is None or not is_instrumentation_enabled():  # suppress_instrumentation() is honoured
             return original(self, *args, **kwargs)
         begun = _begin(active, args, kwargs)
         if begun is None:  # our fault, logged once: launch untraced

@@ -224,6 +224,16 @@ def test_asyncio_subprocesses(instrumented, tracer_provider, span_exporter):
     assert shell_span.attributes[sc.ERROR_TYPE] == "5"
 
 
+def test_suppressed_instrumentation_runs_programs_untraced(instrumented, span_exporter):
+    """Inside suppress_instrumentation() (e.g. an exporter's own work) programs get no span or context."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        env = _child_env(env={"PATH": os.environ["PATH"]})
+    assert "TRACEPARENT" not in env
+    assert span_exporter.get_finished_spans() == ()
+
+
 def test_capture_args_redacts_secrets(tracer_provider, meter_provider, span_exporter):
     """With OTEL_PERF_SUBPROCESS_CAPTURE_ARGS the arguments are recorded, secrets redacted."""
     instrumentor = _instrument(tracer_provider, meter_provider, subprocess_capture_args=True)
