@@ -564,7 +564,8 @@ class ToolInstrumentor(PerfInstrumentor):
     Emits the ``execute_tool {gen_ai.tool.name}`` span and the ``gen_ai.execute_tool.duration``
     histogram; reads ``OTEL_PERF_TOOLS`` and ``OTEL_PERF_TOOL_CAPTURE_CONTENT``. A malformed
     ``OTEL_PERF_TOOLS`` entry is reported when the settings are read; a path whose module is never
-    imported is reported once at shutdown; a path to something that cannot be a tool is reported once
+    imported is reported once at shutdown (a warning in the root process of a process tree, DEBUG in its
+    children, which inherit the variable); a path to something that cannot be a tool is reported once
     when its module is imported.
     """
 
@@ -643,10 +644,15 @@ class ToolInstrumentor(PerfInstrumentor):
         with lock:
             waiting = sorted(self._waiting)
             self._waiting.clear()
+        # Children of an instrumented program inherit OTEL_PERF_TOOLS but are mostly other programs that
+        # never import the user's tool modules: only the root process warns, the others log at DEBUG.
+        from otel_perf._sdk import is_root_process  # not at import: it loads the SDK
+
+        level = logging.WARNING if is_root_process() else logging.DEBUG
         for path in waiting:
             log_once(("otel_perf_tools", "never-imported", path),
                      "otel-perf: %s names %s, but module %s was never imported; it was not treated as a tool",
-                     _VARIABLE, path, split_path(path)[0])
+                     _VARIABLE, path, split_path(path)[0], level=level)
 
 
 _exit_reporters: list[ToolInstrumentor] = []

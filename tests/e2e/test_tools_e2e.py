@@ -73,11 +73,17 @@ def test_tool_runs_child_program_in_one_trace(tmp_path: Path, otlp_receiver: OTL
     (tmp_path / "app.py").write_text(APP)
     env = clean_env(**otlp_receiver.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf",
                     OTEL_PYTHON_CONFIGURATOR="otel_perf", OTEL_SERVICE_NAME="tools-e2e",
-                    OTEL_PERF_TOOLS="mytools:run_child,mytools:failing_tool")
+                    OTEL_PERF_TOOLS="mytools:run_child,mytools:failing_tool,never_imported_mod:func,not a path")
     result = subprocess.run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "app done" in result.stdout
+    # Reported once each on stderr, naming the variable. The child program inherits OTEL_PERF_TOOLS and
+    # never imports mytools either: as a non-root process it does not warn about that.
+    # Parsed once per process: the app and each of its two child programs.
+    assert result.stderr.count("Expected OTEL_PERF_TOOLS") == 3
+    assert result.stderr.count("never_imported_mod:func, but module never_imported_mod was never imported") == 1
+    assert "mytools:run_child, but module" not in result.stderr
 
     def complete(receiver: OTLPReceiver) -> bool:
         names = [s.name for s in receiver.spans()]

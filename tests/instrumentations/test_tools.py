@@ -528,3 +528,19 @@ def test_disabled_instrumentation_leaves_tools_plain(tracer_provider, meter_prov
     finally:
         instrumentor.uninstrument()
     assert span_exporter.get_finished_spans() == ()
+
+
+def test_configure_instruments_tools_and_shutdown_reports(tracer_provider, meter_provider, span_exporter,
+                                                          caplog):
+    """otel_perf.configure() turns tools on (with its settings); shutdown() turns them off and reports."""
+    handle = otel_perf.configure(tracer_provider=tracer_provider, meter_provider=meter_provider,
+                                 tools=["never_imported_mod_abc:func"])
+    try:
+        assert add(1) == 2
+        assert [s.name for s in span_exporter.get_finished_spans()] == ["execute_tool add"]
+    finally:
+        with caplog.at_level(logging.WARNING, logger="otel_perf"):
+            handle.shutdown()
+    assert add(1) == 2
+    assert len(span_exporter.get_finished_spans()) == 1
+    assert "never_imported_mod_abc:func" in caplog.text and "OTEL_PERF_TOOLS" in caplog.text
