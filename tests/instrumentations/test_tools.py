@@ -440,6 +440,10 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
             def make(cls):
                 return cls()
 
+            @staticmethod
+            def version():
+                return 2
+
         class Sub(Store):
             pass
 
@@ -454,19 +458,21 @@ def test_tools_by_path_patch_module_imported_later(tracer_provider, meter_provid
                                                    user_module):
     """Paths whose module is imported after instrumentation become tools at import time."""
     paths = (f"{user_module}:lookup", f"{user_module}:Store.get", f"{user_module}:Store.make",
-             f"{user_module}:broken")
+             f"{user_module}:Store.version", f"{user_module}:broken")
     instrumentor = _instrument(tracer_provider, meter_provider, tools=paths)
     try:
         module = __import__(user_module)
         assert module.lookup("a") == {"k": "a"}
         assert module.Store().get(2) == 4
         assert isinstance(module.Store.make(), module.Store)
+        assert module.Store().version() == module.Store.version() == 2
         with pytest.raises(KeyError):
             module.broken()
     finally:
         instrumentor.uninstrument()
     names = [s.name for s in span_exporter.get_finished_spans()]
-    assert names == ["execute_tool lookup", "execute_tool get", "execute_tool make", "execute_tool broken"]
+    assert names == ["execute_tool lookup", "execute_tool get", "execute_tool make", "execute_tool version",
+                     "execute_tool version", "execute_tool broken"]
     assert span_exporter.get_finished_spans()[-1].attributes[sc.ERROR_TYPE] == "KeyError"
 
 
