@@ -85,7 +85,9 @@ def test_child_program_continues_parent_trace(otlp_receiver: OTLPReceiver, tmp_p
             print(out.stdout, end="")
         print("parent-pid=%d" % os.getpid())
     """))
-    env = clean_env(**otlp_receiver.env("grpc"), **SELECTORS)
+    # The hand-over alone, without otel_perf_subprocess's CLIENT span (tests/e2e/test_tools_e2e.py has that).
+    env = clean_env(**otlp_receiver.env("grpc"), **SELECTORS,
+                    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="otel_perf_subprocess")
     out = _run([str(BIN / "opentelemetry-instrument"), "python", "parent.py"], env, tmp_path)
     spans = {s.name: s for s in otlp_receiver.wait_for(lambda r: len(r.spans()) >= 2 and r.spans())}
     assert spans["child-work"].trace_id == spans["parent-work"].trace_id
