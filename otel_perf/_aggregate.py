@@ -166,6 +166,10 @@ def _merge_into(total: list[Any], cell: list[Any]) -> None:
 
 
 _all_histograms: weakref.WeakSet[AggregatedHistogram] = weakref.WeakSet()
+# meter -> histogram name -> the bindings its publication hook publishes (see _Binding.__init__)
+_publish_hooks: weakref.WeakKeyDictionary[Meter, dict[str, weakref.WeakSet[_Binding]]] = (
+    weakref.WeakKeyDictionary())
+_hooks_lock = threading.Lock()
 
 
 class AggregatedHistogram:
@@ -278,20 +282,31 @@ class _Binding:
             explicit_bucket_boundaries_advisory=list(histogram.boundaries),
         )
         # An observable instrument whose callback publishes and observes nothing: the SDK calls it at the
-        # start of every collection, before it reads its storage, for every reader.
-        ref = weakref.ref(self)
+        # start of every collection, before it reads its storage, for every reader. A second
+        # create_observable_gauge of the same name on the same meter returns the first instrument and
+        # drops the new callback, so the hook is created once per meter and name and publishes every
+        # binding registered under it since (re-instrumenting on the same meter keeps publishing).
+        with _hooks_lock:
+            per_meter = _publish_hooks.setdefault(meter, {})
+            bindings = per_meter.get(histogram.name)
+            if bindings is None:
+                bindings = per_meter[histogram.name] = weakref.WeakSet()
+                hooked = bindings
 
-        def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
-            binding = ref()
-            if binding is not None and binding.active:
-                binding.publish()
-            return ()
+                def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
+                    with _hooks_lock:
+                        current = list(hooked)
+                    for binding in current:
+                        if binding.active:
+                            binding.publish()
+                    return ()
 
-        meter.create_observable_gauge(
-            f"otel_perf.internal.publish.{histogram.name}",
-            callbacks=[_publish_callback],
-            description="otel-perf publication hook; emits no data",
-        )
+                meter.create_observable_gauge(
+                    f"otel_perf.internal.publish.{histogram.name}",
+                    callbacks=[_publish_callback],
+                    description="otel-perf publication hook; emits no data",
+                )
+            bindings.add(self)
 
     @guard
     def publish(self) -> None:
