@@ -16,15 +16,17 @@ from otel_perf.version import __version__
 
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
+    from otel_perf.instrumentations.parsers import parser
 
 # public name -> module that defines it
 _LAZY = {
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
+    "parser": "otel_perf.instrumentations.parsers",
     "shutdown": "otel_perf._sdk",
 }
 
-__all__ = ["ConfigError", "Handle", "__version__", "configure", "shutdown"]
+__all__ = ["ConfigError", "Handle", "__version__", "configure", "parser", "shutdown"]
 
 
 def __getattr__(name: str) -> Any:
