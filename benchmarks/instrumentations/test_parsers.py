@@ -1,0 +1,230 @@
+"""What the parsers instrumentation costs: each case against the bare parser in the same run.
+
+Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_parsers.py --benchmark-enable``.
+
+Per case (one ``group=``), four twins, each round being ``n`` calls of the parser:
+
+* ``bare``: not instrumented;
+* ``instrumented``: the hot path (no metric collection while timed);
+* ``instrumented+collect``: the hot path plus one metric collection per round (every ``n`` calls), so the
+  deferred publication is paid too: the total CPU;
+* ``sdk-direct``: the naive way, for comparison: bare parser, ``perf_counter`` around it and two SDK
+  ``Histogram.record`` calls per call, plus the same collection every ``n`` calls.
+
+pytest-benchmark runs the twins one after the other, and this machine's speed swings by about 2x within
+seconds (``/work/shared/reference/sdk-overhead-here.md``), so the ``instrumented`` twin also measures the
+four variants interleaved (A B C D D C B A blocks, the calling thread's CPU time) and stores the median
+per-block ratios in its ``extra_info`` (``--benchmark-json``), printed at the end of the run as well.
+Budgets (issue 5): json.loads 1 KB +15%, 100 KB +1%, argparse 10 options +3%, shlex.split of 200
+characters +3% on the hot path; the total must stay below the sdk-direct twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+
+from otel_perf._config import load_settings
+from otel_perf._patching import resolve
+from otel_perf._semconv import DURATION_BOUNDARIES, PARSER_NAME, SIZE_BOUNDARIES
+from otel_perf.instrumentations.parsers import ParserInstrumentor
+
+
+def _json_doc(target: int) -> str:
+    """A JSON array of small records, just under ``target`` characters."""
+    items: list[dict[str, Any]] = []
+    while True:
+        i = len(items)
+        items.append({"id": i, "name": f"item-{i}", "tags": ["red", "blue"], "score": i * 0.25, "ok": True})
+        if len(json.dumps(items)) > target:
+            return json.dumps(items[:-1])
+
+
+def _argparse_case() -> tuple[argparse.ArgumentParser, list[str]]:
+    parser = argparse.ArgumentParser(prog="tool")
+    argv: list[str] = []
+    for i in range(10):
+        parser.add_argument(f"--option-{i}", type=str if i % 2 else int)
+        argv += [f"--option-{i}", f"value{i}" if i % 2 else str(i)]
+    return parser, argv
+
+
+_COMMAND = ("git commit --amend -m 'fix: parse \"quoted\" words' --author 'Ann Example <ann@example.com>' "
+            "-- src/main.py src/util.py 'docs/read me.md' tests/test_main.py --verbose --dry-run -x "
+            "--cleanup=strip")
+_COMMAND += " " + "w" * (199 - len(_COMMAND))  # exactly 200 characters
+
+
+@dataclass
+class Case:
+    name: str
+    parser_name: str
+    paths: tuple[str, ...]  # what instrumentation patches (swapped for the interleaved measurement)
+    make: Callable[[], tuple[Callable[[], Any], int]]  # -> (one parse through the module, input size)
+    n: int  # calls per round = calls between two collections
+    rounds: int
+
+
+def _json_case(size: int) -> Callable[[], tuple[Callable[[], Any], int]]:
+    def make() -> tuple[Callable[[], Any], int]:
+        doc = _json_doc(size)
+        return (lambda: json.loads(doc)), len(doc)
+
+    return make
+
+
+def _make_argparse() -> tuple[Callable[[], Any], int]:
+    parser, argv = _argparse_case()
+    return (lambda: parser.parse_args(argv)), len(" ".join(argv))
+
+
+def _make_shlex() -> tuple[Callable[[], Any], int]:
+    assert len(_COMMAND) == 200
+    return (lambda: shlex.split(_COMMAND)), len(_COMMAND)
+
+
+CASES = [
+    Case("json.loads 1KB", "json", ("json:loads",), _json_case(1024), n=1000, rounds=30),
+    Case("json.loads 100KB", "json", ("json:loads",), _json_case(100 * 1024), n=20, rounds=15),
+    Case("argparse 10 options", "argparse",
+         ("argparse:ArgumentParser.parse_args", "argparse:ArgumentParser.parse_known_args"),
+         _make_argparse, n=200, rounds=30),
+    Case("shlex.split 200 chars", "shlex", ("shlex:split",), _make_shlex, n=200, rounds=20),
+]
+IDS = [c.name for c in CASES]
+
+
+class _Setup:
+    """The instrumentor on its own providers, and a way to swap patched and original functions."""
+
+    def __init__(self) -> None:
+        self.patched: dict[str, Any] = {}
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.instrumentor = ParserInstrumentor()
+        # A span only for parses slower than 60 s: what is timed is the metrics hot path.
+        self.instrumentor.instrument(tracer_provider=TracerProvider(), meter_provider=self.meter_provider,
+                                     settings=load_settings({}, parse_span_min_duration=60.0))
+        self.sdk_reader = InMemoryMetricReader()
+        meter = MeterProvider(metric_readers=[self.sdk_reader]).get_meter("sdk-direct")
+        self.sdk_duration = meter.create_histogram("sdk.parse.duration", unit="s",
+                                                   explicit_bucket_boundaries_advisory=DURATION_BOUNDARIES)
+        self.sdk_size = meter.create_histogram("sdk.parse.size", unit="By",
+                                               explicit_bucket_boundaries_advisory=SIZE_BOUNDARIES)
+
+    def set(self, paths: tuple[str, ...], instrumented: bool) -> None:
+        for path in paths:
+            target = resolve(path)
+            current = target.parent.__dict__[target.attribute]
+            patched = self.patched.get(path, current)
+            self.patched[path] = patched
+            setattr(target.parent, target.attribute, patched if instrumented else patched.__wrapped__)
+
+    def close(self) -> None:
+        self.instrumentor.uninstrument()
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[_Setup]:
+    state = _Setup()
+    yield state
+    state.close()
+
+
+def _variants(case: Case, setup: _Setup) -> dict[str, tuple[bool, Callable[[], None]]]:
+    """name -> (instrumented?, one round)."""
+    parse, size = case.make()
+    n = case.n
+    attributes = {PARSER_NAME: case.parser_name}
+    record_duration, record_size = setup.sdk_duration.record, setup.sdk_size.record
+
+    def loop() -> None:
+        for _ in range(n):
+            parse()
+
+    def loop_collect() -> None:
+        for _ in range(n):
+            parse()
+        setup.reader.collect()
+
+    def sdk_direct() -> None:
+        for _ in range(n):
+            start = perf_counter()
+            parse()
+            record_duration(perf_counter() - start, attributes)
+            record_size(size, attributes)
+        setup.sdk_reader.collect()
+
+    return {"bare": (False, loop), "instrumented": (True, loop),
+            "instrumented+collect": (True, loop_collect), "sdk-direct": (False, sdk_direct)}
+
+
+_paired_results: dict[str, dict[str, float]] = {}
+
+
+def _interleaved(case: Case, setup: _Setup, blocks: int = 24) -> dict[str, float]:
+    """Median over A B C D D C B A blocks of (variant / bare), in the calling thread's CPU time."""
+    variants = _variants(case, setup)
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm up
+        instrumented, run = variants[name]
+        setup.set(case.paths, instrumented)
+        run()
+    for block in range(blocks):
+        order = names if block % 2 == 0 else names[::-1]
+        timings: dict[str, float] = {}
+        for name in order:
+            instrumented, run = variants[name]
+            setup.set(case.paths, instrumented)
+            start = time.thread_time_ns()
+            run()
+            timings[name] = time.thread_time_ns() - start
+        for name in names:
+            samples[name].append(timings[name] / timings["bare"])
+    setup.set(case.paths, True)
+    return {f"{name} / bare": round(statistics.median(samples[name]), 4) for name in names[1:]}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("variant", ["bare", "instrumented", "instrumented+collect", "sdk-direct"])
+def test_parse(benchmark: Any, setup: _Setup, case: Case, variant: str) -> None:
+    """One twin of one case (see the module docstring)."""
+    benchmark.group = f"parsers: {case.name} (n={case.n} calls per round)"
+    benchmark.extra_info["calls_per_round"] = case.n
+    if variant == "instrumented":
+        ratios = _interleaved(case, setup)
+        benchmark.extra_info.update(ratios)
+        _paired_results[case.name] = ratios
+    instrumented, run = _variants(case, setup)[variant]
+    setup.set(case.paths, instrumented)
+    try:
+        benchmark.pedantic(run, rounds=case.rounds, iterations=1, warmup_rounds=2)
+    finally:
+        setup.set(case.paths, True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_interleaved(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the module: the interleaved ratios, past output capture (they are in --benchmark-json too)."""
+    yield
+    if not _paired_results:
+        return
+    lines = ["", "parsers: interleaved ratios (median of per-block ratios, calling thread's CPU time)"]
+    for name, ratios in _paired_results.items():
+        lines.append(f"  {name:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in ratios.items()))
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n".join(lines), flush=True)
