@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -470,6 +471,22 @@ def test_decorator_rejects_what_it_cannot_measure() -> None:
             otel_perf.parser(target)
 
 
+def test_argparse_wrapper_falls_back_for_an_unknown_signature(
+    instrument: Instrument, metric_reader: InMemoryMetricReader
+) -> None:
+    """Should argparse grow a parameter, the general wrapper passes it through."""
+    instrument()
+
+    def parse_args(self: Any, args: Any = None, namespace: Any = None, *, strict: bool = False) -> Any:
+        return (args, strict)
+
+    wrapped = parsers._wrap_argparse(parse_args, parsers._probe("future"))
+    assert inspect.signature(wrapped) == inspect.signature(parse_args)
+    assert wrapped(object(), ["-v", "x"], strict=True) == (["-v", "x"], True)
+    size = _one(metric_reader, "otel_perf.parse.size", "future")
+    assert (size.count, size.sum) == (1, len("-v x"))
+
+
 # --- pickling and fork ---------------------------------------------------------------------------------
 
 
@@ -494,7 +511,11 @@ def test_forked_child_measures_its_own_parses(
     for _ in range(3):
         json.loads("[]")
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns when forking with threads alive (earlier tests may leave daemon threads);
+        # this child only parses and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: report its count through the pipe, never return into pytest
         code = 1
         try:
