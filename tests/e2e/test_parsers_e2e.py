@@ -43,7 +43,7 @@ def test_launcher_exports_exact_parse_metrics_and_a_span_for_a_large_input(
     sizes = {p.attributes["otel_perf.parser.name"]: (p.count, p.sum)
              for p in otlp_receiver.latest_points("otel_perf.parse.size")}
     large = len('{"blob": "' + "x" * 300 + '"}')
-    assert sizes["json"] == (51, sum(len("[%d]" % i) for i in range(50)) + large)
+    assert sizes["json"] == (51, sum(len(f"[{i}]") for i in range(50)) + large)
     assert sizes["argparse"] == (1, len("--name demo"))
     spans = {s.name: s for s in otlp_receiver.spans()}
     assert set(spans) == {"request", "parse json"}
