@@ -292,8 +292,8 @@ def _source_size(source: Any, start: tuple[int, int]) -> int:
 # A plain closure instead of wrapt on this hot path (STYLE.md, "Hot paths"): wrapt's FunctionWrapper costs
 # about 20 bare calls, a closure about 5, and benchmarks/instrumentations/test_parsers.py holds the whole
 # wrapper to +15% of a 1 KB json.loads. For the same reason the wrappers below repeat their few lines
-# instead of sharing a helper call, and the text and argparse wrappers compute the size inline. functools.wraps passes
-# __wrapped__, signature and docstring through.
+# instead of sharing a helper call, and the text and argparse wrappers compute the size inline.
+# functools.wraps passes __wrapped__, signature and docstring through.
 
 
 def _wrap_text(original: _F, probe: _Probe, arg: str) -> _F:
@@ -455,7 +455,8 @@ def _check_plain(func: Any, what: str) -> str | None:
     """Why ``func`` cannot be measured as a parser, or None when it can."""
     if not callable(func) or isinstance(func, type):
         return f"{what} is not a function"
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+    if (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+            or inspect.isgeneratorfunction(func)):
         return (f"{what} is a coroutine or generator function; otel-perf measures parsers that return "
                 f"their result")
     return None
