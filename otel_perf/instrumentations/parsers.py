@@ -605,9 +605,10 @@ def parser(func: _F | None = None, /, *, name: str | None = None) -> _F | Callab
         def load_manifest(data: bytes) -> Manifest: ...
 
     Calls are measured while parsers are instrumented (``otel_perf.configure()`` or the launcher); at
-    other times the wrapper only checks two flags and calls the function. The size is ``len()`` of the first
-    argument that is text or bytes, or of the joined first list of strings (an argv); otherwise it is
-    not recorded. Parses nested inside it (``json.loads`` in your parser) are not counted separately.
+    other times the wrapper only checks two flags and calls the function. The size is ``len()`` of the
+    first argument that is text or bytes, or of the joined first list of strings (an argv); otherwise
+    it is not recorded. Parses nested inside it (``json.loads`` in your parser) are not counted
+    separately.
 
     Args:
         func: the function (when used as ``@otel_perf.parser`` without parentheses).
