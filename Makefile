@@ -30,12 +30,14 @@ test: $(STAMP) debian-packages
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
 
+# Benchmarks: timed runs, RESULTS.md, and the budget check (make test only smoke-runs each case once).
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only --benchmark-min-rounds=5 \
 		--benchmark-json=benchmarks/results.json -q $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/results.py benchmarks/results.json --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check otel_perf tests benchmarks
+	$(BIN)/ruff check otel_perf tests benchmarks scripts
 	$(BIN)/mypy
 
 clean:

@@ -16,17 +16,30 @@ from otel_perf.version import __version__
 
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
+    from otel_perf.instrumentations.memory import MemoryMonitor
     from otel_perf.instrumentations.parsers import parser
+    from otel_perf.pools import BufferPool
 
 # public name -> module that defines it
 _LAZY = {
+    "BufferPool": "otel_perf.pools",
+    "MemoryMonitor": "otel_perf.instrumentations.memory",
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
     "parser": "otel_perf.instrumentations.parsers",
     "shutdown": "otel_perf._sdk",
 }
 
-__all__ = ["ConfigError", "Handle", "__version__", "configure", "parser", "shutdown"]
+__all__ = [
+    "BufferPool",
+    "ConfigError",
+    "Handle",
+    "MemoryMonitor",
+    "__version__",
+    "configure",
+    "parser",
+    "shutdown",
+]
 
 
 def __getattr__(name: str) -> Any:

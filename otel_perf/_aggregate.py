@@ -264,6 +264,7 @@ class AggregatedHistogram:
         for binding in self._bindings:
             binding._lock = threading.Lock()
             binding.published.clear()
+            _forget_sdk_points(binding.instrument)
 
 
 class _Binding:
@@ -409,6 +410,23 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
                     for _ in range(count):
                         aggregation.aggregate(Measurement(value, now, real, get_current(), attrs))
     return True
+
+
+def _forget_sdk_points(instrument: Any) -> None:
+    """Drop what the SDK's storage holds for ``instrument`` (forked child: those were the parent's).
+
+    Runs in an after-fork hook: takes no lock (one held by a vanished parent thread is never released).
+    """
+    try:
+        found = _sdk_storages(instrument)
+        if found is None:
+            return
+        real, storages = found
+        for storage in list(storages.values()):
+            for vim in storage._instrument_view_instrument_matches.get(real, ()):
+                vim._attributes_aggregation = {}
+    except Exception:  # the SDK's private storage changed shape: the child keeps the parent's points
+        log_once("aggregate-fork-reset", "otel-perf: cannot reset the SDK's histogram storage after fork")
 
 
 def _representatives(delta: list[Any], bounds: tuple[float, ...]) -> list[tuple[float, int]]:

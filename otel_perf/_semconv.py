@@ -221,6 +221,21 @@ SPANS: Final[tuple[SpanSpec, ...]] = (
              (PARSER_NAME, ERROR_TYPE), "parsers"),
 )
 
+# --- added by memory (BufferPool) ---------------------------------------------------------------------
+BUFFER_POOL_HITS: Final = "otel_perf.buffer_pool.hits"
+BUFFER_POOL_MISSES: Final = "otel_perf.buffer_pool.misses"
+BUFFER_POOL_IN_USE: Final = "otel_perf.buffer_pool.in_use"
+
+_BUFFER_POOL_METRICS: Final[tuple[MetricSpec, ...]] = (
+    _m("memory", BUFFER_POOL_HITS, "counter", "{buffer}",
+       "Buffers handed out from a BufferPool's free list (no allocation)."),
+    _m("memory", BUFFER_POOL_MISSES, "counter", "{buffer}",
+       "Buffers a BufferPool had to allocate because its free list was empty."),
+    _m("memory", BUFFER_POOL_IN_USE, "updowncounter", "{buffer}", "Buffers checked out of BufferPools now."),
+)
+METRICS = METRICS + _BUFFER_POOL_METRICS  # type: ignore[misc]  # Final re-bound once, here
+METRICS_BY_NAME = {spec.name: spec for spec in METRICS}  # type: ignore[misc]
+
 # --- added by parsers ---
 PARSE_DURATION: Final = "otel_perf.parse.duration"
 PARSE_SIZE: Final = "otel_perf.parse.size"

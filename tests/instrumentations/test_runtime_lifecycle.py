@@ -1,0 +1,167 @@
+"""RuntimeInstrumentor's lifecycle: uninstrument restores, twice is harmless, pickling and fork stay right."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import pickle
+import threading
+import warnings
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from otel_perf.instrumentations.runtime import RuntimeInstrumentor
+from otel_perf.testing import metric_points
+
+
+def _ours_in_gc_callbacks() -> list[Any]:
+    return [cb for cb in gc.callbacks if getattr(cb, "__name__", "") == "_gc_pause_callback"]
+
+
+def test_uninstrument_restores_every_original(meter_provider: MeterProvider) -> None:
+    """Thread.start, asyncio's _set_running_loop and gc.callbacks are exactly as before (identity)."""
+    start = threading.Thread.__dict__["start"]
+    set_running_loop = asyncio.events._set_running_loop
+
+    def user_callback(phase: str, info: dict[str, Any]) -> None:
+        pass
+
+    gc.callbacks.append(user_callback)
+    callbacks = list(gc.callbacks)
+    try:
+        instrumentor = RuntimeInstrumentor()
+        instrumentor.instrument(meter_provider=meter_provider)
+        assert threading.Thread.__dict__["start"] is not start
+        assert len(_ours_in_gc_callbacks()) == 1
+        instrumentor.uninstrument()
+        assert threading.Thread.__dict__["start"] is start
+        assert asyncio.events._set_running_loop is set_running_loop
+        assert gc.callbacks == callbacks and all(a is b for a, b in zip(gc.callbacks, callbacks, strict=True))
+    finally:
+        gc.callbacks.remove(user_callback)
+
+
+def test_instrumenting_twice_is_harmless(meter_provider: MeterProvider,
+                                         metric_reader: InMemoryMetricReader) -> None:
+    """A second instrument() adds no second GC callback and no duplicate data points."""
+    instrumentor = RuntimeInstrumentor()
+    instrumentor.instrument(meter_provider=meter_provider)
+    instrumentor.instrument(meter_provider=meter_provider)
+    try:
+        assert len(_ours_in_gc_callbacks()) == 1
+        assert len(metric_points(metric_reader, "process.memory.usage")) == 1
+    finally:
+        instrumentor.uninstrument()
+    assert _ours_in_gc_callbacks() == []
+
+
+def test_reinstrumenting_on_the_same_provider_reports_again(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """instrument -> uninstrument -> instrument on one provider: values and GC pauses flow again."""
+    instrumentor = RuntimeInstrumentor()
+    instrumentor.instrument(meter_provider=meter_provider)
+    instrumentor.uninstrument()
+    metric_reader.get_metrics_data()
+    instrumentor.instrument(meter_provider=meter_provider)
+    try:
+        data = metric_reader.get_metrics_data()
+        before = {p.attributes["cpython.gc.generation"]: p.count
+                  for p in metric_points(data, "otel_perf.gc.pause.duration")}
+        gc.collect()
+        data = metric_reader.get_metrics_data()
+        after = {p.attributes["cpython.gc.generation"]: p.count
+                 for p in metric_points(data, "otel_perf.gc.pause.duration")}
+        assert after[2] - before.get(2, 0) >= 1
+        assert metric_points(data, "process.memory.usage")[0].value > 0
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_uninstrumented_instruments_report_nothing(meter_provider: MeterProvider,
+                                                   metric_reader: InMemoryMetricReader) -> None:
+    """After uninstrument() the observable instruments stay registered in the SDK but observe nothing."""
+    instrumentor = RuntimeInstrumentor()
+    instrumentor.instrument(meter_provider=meter_provider)
+    instrumentor.uninstrument()
+    assert metric_points(metric_reader, "process.cpu.time") == []
+
+
+def test_patched_functions_still_pickle_by_reference(meter_provider: MeterProvider) -> None:
+    """Pickling Thread.start or _set_running_loop (by reference) still works while instrumented."""
+    instrumentor = RuntimeInstrumentor()
+    instrumentor.instrument(meter_provider=meter_provider)
+    try:
+        assert pickle.loads(pickle.dumps(threading.Thread.start)) is threading.Thread.start
+        set_running_loop = asyncio.events._set_running_loop
+        assert pickle.loads(pickle.dumps(set_running_loop)) is set_running_loop
+        thread = threading.Thread(target=len, args=("x",))
+        thread.start()
+        thread.join()
+    finally:
+        instrumentor.uninstrument()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_reports_its_own_process(meter_provider: MeterProvider,
+                                                metric_reader: InMemoryMetricReader) -> None:
+    """After os.fork() the child's uptime, CPU time, GC counts and thread peak start from the fork."""
+    instrumentor = RuntimeInstrumentor()
+    instrumentor.instrument(meter_provider=meter_provider)
+    try:
+        for _ in range(3):
+            gc.collect()
+        threads = [threading.Thread(target=threading.Event().wait, args=(0.2,)) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        parent = _summary(metric_reader)
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a multi-threaded process
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                gc.collect()
+                os.write(write_end, json.dumps(_summary(metric_reader)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            child = json.loads(pipe.read() or b"null")
+        os.waitpid(pid, 0)
+    finally:
+        instrumentor.uninstrument()
+    assert child is not None, "the child reported nothing"
+    assert child["uptime"] < parent["uptime"]
+    assert child["cpu"] < parent["cpu"]
+    assert child["gc2"] == 1  # only the child's own gc.collect()
+    assert parent["gc2"] >= 3
+    assert child["pause2"] == 1  # the child's pause aggregate starts empty
+    # The parent had six threads at once; the child starts from its one thread (the SDK's after-fork hook
+    # may start a short-lived resource-detection thread in it, which counts).
+    assert child["thread_peak"] <= 2 < parent["thread_peak"]
+
+
+def _summary(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+
+    def by_generation(name: str, field: str) -> int:
+        for p in metric_points(data, name):
+            if p.attributes["cpython.gc.generation"] == 2:
+                return int(getattr(p, field))
+        return 0
+
+    return {
+        "uptime": metric_points(data, "process.uptime")[0].value,
+        "cpu": sum(p.value for p in metric_points(data, "process.cpu.time")),
+        "gc2": by_generation("cpython.gc.collections", "value"),
+        "pause2": by_generation("otel_perf.gc.pause.duration", "count"),
+        "thread_peak": metric_points(data, "otel_perf.thread.peak")[0].value,
+    }

@@ -1,0 +1,271 @@
+"""``otel-perf report``: objectives measured from the OTLP JSON lines files of real runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from otel_perf import _semconv as sc
+from otel_perf._objectives import DEFAULT_OBJECTIVES, load_objectives
+from otel_perf.errors import ConfigError
+from otel_perf.report import build_report, histogram_quantile, render_html
+from tests.conftest import BIN, clean_env
+
+# A program like the demo's: pool jobs, tool calls and the runtime gauges, recorded through the global SDK
+# that `otel-perf run` sets up (files, since no endpoint is set), with the catalogue's names, units and
+# boundaries. JOB_SECONDS / TOOL_SECONDS / PEAK_MIB tune it to meet or miss objectives. Metrics are
+# exported every 100 ms, so the files hold several cumulative points per series.
+APP = r'''
+import os, time
+from opentelemetry import metrics
+from otel_perf import _semconv as sc
+
+meter = metrics.get_meter(sc.INSTRUMENTATION_SCOPE)
+def histogram(name, boundaries):
+    spec = sc.metric(name)
+    return meter.create_histogram(spec.name, unit=spec.unit,
+                                  explicit_bucket_boundaries_advisory=list(boundaries))
+def gauge(name):
+    spec = sc.metric(name)
+    return meter.create_gauge(spec.name, unit=spec.unit)
+
+jobs = histogram("otel_perf.pool.job.duration", sc.DURATION_BOUNDARIES)
+tools = histogram("gen_ai.execute_tool.duration", sc.TOOL_DURATION_BOUNDARIES)
+job_seconds = float(os.environ["JOB_SECONDS"])
+tool_seconds = float(os.environ["TOOL_SECONDS"])
+peak = int(os.environ["PEAK_MIB"]) * 2**20
+pool = {sc.POOL_NAME: "commands", sc.POOL_KIND: sc.POOL_KIND_THREAD, sc.JOB_OUTCOME: sc.OUTCOME_OK}
+queue_spec = sc.metric("otel_perf.pool.queue.depth")
+queue = meter.create_up_down_counter(queue_spec.name, unit=queue_spec.unit)
+for round_ in range(4):
+    for i in range(50):
+        # 48 of every 50 jobs take JOB_SECONDS, 2 take a hundredth of it: p95 lies in JOB_SECONDS' bucket.
+        jobs.record(job_seconds if i >= 2 else job_seconds / 100, pool)
+        tools.record(tool_seconds, {sc.GEN_AI_TOOL_NAME: "search", sc.GEN_AI_TOOL_TYPE: "function"})
+    queue.add(3, {sc.POOL_NAME: "commands", sc.POOL_KIND: sc.POOL_KIND_THREAD})
+    gauge("otel_perf.memory.peak").set(peak // 2 + round_)
+    gauge("otel_perf.process_tree.memory.peak").set(peak)
+    gauge("otel_perf.gc.pause.max").set(0.002, {sc.CPYTHON_GC_GENERATION: 2})
+    gauge("otel_perf.thread.peak").set(4)
+    time.sleep(0.25)
+'''
+
+
+def _run_app(tmp_path: Path, name: str, *, job_seconds: float, tool_seconds: float = 0.05,
+             peak_mib: int = 100) -> Path:
+    """Run APP under `otel-perf run` (the launcher, otel-perf's distro) and return its output directory."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    out = tmp_path / name
+    env = clean_env(OTEL_PERF_OUTPUT_DIR=str(out), OTEL_SERVICE_NAME=name, OTEL_METRIC_EXPORT_INTERVAL="100",
+                    JOB_SECONDS=str(job_seconds), TOOL_SECONDS=str(tool_seconds), PEAK_MIB=str(peak_mib))
+    done = subprocess.run([str(BIN / "otel-perf"), "run", "-q", "--", "python", str(app)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(out.glob("metrics-*.jsonl")), done.stderr
+    return out
+
+
+def _report(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "otel-perf"), "report", *args], env=clean_env(), capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two real runs: one within every objective, one tuned to miss the command p95 and memory ones."""
+    base = tmp_path_factory.mktemp("runs")
+    return {
+        "good": _run_app(base, "good", job_seconds=0.02),
+        "bad": _run_app(base, "bad", job_seconds=0.7, peak_mib=300),
+    }
+
+
+@pytest.mark.e2e
+def test_report_on_a_run_within_the_objectives_prints_the_table_and_exits_0(runs: dict[str, Path]) -> None:
+    """Every objective the run has data for is PASS; the exit status is 0."""
+    done = _report(str(runs["good"]))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines()}
+    for title in ("command processing p95", "tool execution p99", "worker peak memory", "system total memory",
+                  "GC pause", "threads peak"):
+        assert rows[title].endswith("PASS"), done.stdout
+    assert "All objectives with data met" in done.stdout
+
+
+@pytest.mark.e2e
+def test_report_on_a_run_tuned_to_miss_exits_1_naming_the_missed_objectives(runs: dict[str, Path]) -> None:
+    """Slow jobs and a 300 MiB process tree miss their objectives: MISS rows and exit status 1."""
+    done = _report(str(runs["bad"]))
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines()}
+    assert rows["command processing p95"].endswith("MISS")
+    assert rows["worker peak memory"].endswith("PASS")  # the process itself peaked at 150 MiB
+    assert rows["tool execution p99"].endswith("PASS")
+    assert "objective(s) missed: command processing p95" in done.stdout
+
+
+@pytest.mark.e2e
+def test_json_output_counts_each_job_once_across_cumulative_exports(runs: dict[str, Path]) -> None:
+    """The files hold several cumulative exports; the report uses the latest, so 200 jobs count 200 times,
+    and the p95 is interpolated inside the 0.5-0.75 s bucket the slow jobs fell into."""
+    done = _report("--format", "json", str(runs["bad"]))
+    document = json.loads(done.stdout)
+    by_key = {o["key"]: o for o in document["objectives"]}
+    assert by_key["command_p95"]["samples"] == 200
+    assert 0.5 < by_key["command_p95"]["measured"] <= 0.75
+    assert by_key["command_p95"]["status"] == "MISS"
+    assert by_key["tool_p99"]["samples"] == 200
+    assert by_key["system_memory"]["measured"] == 300 * 2**20
+    assert by_key["worker_memory"]["metric"] == "otel_perf.memory.peak"
+    assert document["missed"] == ["command_p95"]
+    assert document["services"] == ["bad"]
+
+
+@pytest.mark.e2e
+def test_objectives_file_changes_thresholds(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A stricter command p95 from --objectives turns the good run into a miss; unknown keys are refused."""
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[objectives]\ncommand_p95 = 0.005\n")
+    done = _report("--objectives", str(strict), str(runs["good"]))
+    assert done.returncode == 1
+    assert "< 5 ms" in done.stdout
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[objectives]\ncomand_p95 = 0.3\n")
+    done = _report("--objectives", str(wrong), str(runs["good"]))
+    assert done.returncode == 2
+    assert "comand_p95" in done.stderr
+
+
+@pytest.mark.e2e
+def test_markdown_output_and_several_paths(runs: dict[str, Path]) -> None:
+    """Markdown table over both runs together: the slow run's jobs dominate the merged p95."""
+    done = _report("--format", "markdown", str(runs["good"]), str(runs["bad"]))
+    assert done.returncode == 1
+    assert "| objective | measured by | measured | threshold | result |" in done.stdout
+    assert "| command processing p95 | otel_perf.pool.job.duration |" in done.stdout
+    assert "**MISS**" in done.stdout
+    assert "services: bad, good" in done.stdout
+
+
+@pytest.mark.e2e
+def test_html_report_is_self_contained_with_a_chart_per_objective(runs: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    """--html writes one page: the table and inline SVG charts, nothing fetched from anywhere."""
+    page = tmp_path / "report.html"
+    done = _report("--html", str(page), str(runs["bad"]))
+    assert done.returncode == 1
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    # Context charts (here the pool's queue depth) follow the objectives.
+    text, _, context = text.partition("<h2>Context</h2>")
+    assert "otel_perf.pool.queue.depth" in context
+    # One chart per objective: the five the app records, plus CPU and threads where the launcher's runtime
+    # instrumentation reported them; an objective without data says so instead.
+    assert text.count("<svg") >= 5
+    assert text.count("<svg") + text.count('class="nodata"') == len(DEFAULT_OBJECTIVES)
+    for fetch in ("<script", "src=", "href=", "@import", "url("):
+        assert fetch not in text + context
+    assert "command processing p95" in text and ">MISS<" in text
+
+
+def test_unreadable_input_exits_2(tmp_path: Path) -> None:
+    """A path that does not exist, a directory without files, or a binary file is an error, not a PASS."""
+    assert _report(str(tmp_path / "nope")).returncode == 2
+    done = _report(str(tmp_path))
+    assert done.returncode == 2
+    assert "no OTLP JSON lines" in done.stderr
+    (tmp_path / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+    done = _report(str(tmp_path))
+    assert done.returncode == 2
+    assert "not UTF-8" in done.stderr
+
+
+# --- quantiles as Prometheus computes them -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("q", "bounds", "counts", "expected"), [
+    # The values promtool checks for the same distributions in deploy/prometheus/rules/*.test.yml.
+    (0.95, [0.25, 0.5, 1.0], [0, 0, 60, 0], 0.975),
+    (0.95, [0.25, 0.5, 1.0], [60, 0, 0, 0], 0.2375),
+    (0.95, [0.1, 0.25, 0.5], [0, 0, 60, 0], 0.4875),
+    (0.99, [1.0, 1.28], [0, 60, 0], 1.2772),
+    # Rank in the overflow bucket: the largest finite bound.
+    (0.99, [0.5, 1.0], [1, 0, 99], 1.0),
+    # Empty histogram: no value.
+    (0.5, [1.0], [0, 0], None),
+])
+def test_histogram_quantile_matches_prometheus(q: float, bounds: list[float], counts: list[int],
+                                               expected: float | None) -> None:
+    """Linear interpolation inside the bucket the rank falls in, like histogram_quantile."""
+    value = histogram_quantile(q, bounds, counts)
+    assert value == (None if expected is None else pytest.approx(expected))
+
+
+def _line(points: list[tuple[int, str, list[int]]], temporality: int = 2) -> str:
+    """One OTLP JSON metrics request with pool-job histogram points (time, service instance, counts)."""
+    resource_metrics = []
+    for time_ns, instance, counts in points:
+        resource_metrics.append({
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}},
+                                        {"key": "service.instance.id", "value": {"stringValue": instance}}]},
+            "scopeMetrics": [{"scope": {"name": "otel_perf"}, "metrics": [{
+                "name": "otel_perf.pool.job.duration", "unit": "s",
+                "histogram": {"aggregationTemporality": temporality, "dataPoints": [{
+                    "timeUnixNano": str(time_ns), "count": str(sum(counts)), "sum": 1.0,
+                    "bucketCounts": [str(c) for c in counts], "explicitBounds": [0.1, 0.5, 1.0]}]},
+            }]}],
+        })
+    return json.dumps({"resourceMetrics": resource_metrics})
+
+
+def test_cumulative_series_take_their_latest_point_and_processes_are_merged(tmp_path: Path) -> None:
+    """Two processes, each exported twice: the latest point of each counts, then the two are added."""
+    (tmp_path / "metrics.jsonl").write_text("\n".join([
+        _line([(1_000_000_000, "a", [10, 0, 0, 0]), (1_000_000_000, "b", [0, 0, 0, 0])]),
+        _line([(2_000_000_000, "a", [20, 0, 0, 0]), (2_000_000_000, "b", [0, 0, 5, 0])]),
+    ]) + "\n")
+    report = build_report([tmp_path], DEFAULT_OBJECTIVES)
+    result = report.results[0]
+    assert result.samples == 25
+    # rank 23.75 of 25: bucket (0.5, 1.0] holds ranks 20-25.
+    assert result.value == pytest.approx(0.5 + 0.5 * (3.75 / 5))
+    assert result.status == "MISS"
+
+
+def test_delta_points_are_added_up(tmp_path: Path) -> None:
+    """Delta temporality: every point is an increment, so all of them count."""
+    (tmp_path / "metrics.jsonl").write_text("\n".join([
+        _line([(1_000_000_000, "a", [10, 0, 0, 0])], temporality=1),
+        _line([(2_000_000_000, "a", [10, 0, 0, 0])], temporality=1),
+    ]) + "\n")
+    result = build_report([tmp_path], DEFAULT_OBJECTIVES).results[0]
+    assert result.samples == 20
+    assert result.status == "PASS"
+    assert "<svg" in render_html(build_report([tmp_path], DEFAULT_OBJECTIVES))
+
+
+def test_objective_metrics_are_in_the_catalogue() -> None:
+    """Each objective is measured by metrics otel-perf emits (the catalogue in _semconv)."""
+    for objective in DEFAULT_OBJECTIVES:
+        for name in objective.metrics:
+            assert name in sc.METRICS_BY_NAME
+
+
+def test_load_objectives_rejects_bad_files(tmp_path: Path) -> None:
+    """Unreadable TOML and non-positive thresholds raise ConfigError naming the problem."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[objectives\n")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_objectives(bad)
+    bad.write_text("[objectives]\ngc_pause = -1\n")
+    with pytest.raises(ConfigError, match="gc_pause"):
+        load_objectives(bad)
+    good = tmp_path / "good.toml"
+    good.write_text("[objectives]\ngc_pause = 0.02\n[objectives.threads_peak]\nthreshold = 500\n")
+    by_key = {o.key: o for o in load_objectives(good)}
+    assert by_key["gc_pause"].threshold == 0.02
+    assert by_key["threads_peak"].threshold == 500
+    assert by_key["command_p95"].threshold == 0.5
