@@ -393,10 +393,10 @@ def test_instrument_twice_is_harmless_and_reinstrument_keeps_publishing(
 
 def test_builtin_selection_patches_only_the_named_parsers(instrument: Instrument) -> None:
     """OTEL_PERF_PARSERS_BUILTIN=shlex leaves json alone."""
-    loads = json.loads
+    loads, split = json.loads, shlex.split
     instrument(parsers_builtin=["shlex"])
     assert json.loads is loads
-    assert shlex.split.__wrapped__ is not None
+    assert shlex.split is not split and shlex.split.__wrapped__ is split
 
 
 def test_builtin_selection_from_the_environment(
