@@ -235,3 +235,18 @@ _BUFFER_POOL_METRICS: Final[tuple[MetricSpec, ...]] = (
 )
 METRICS = METRICS + _BUFFER_POOL_METRICS  # type: ignore[misc]  # Final re-bound once, here
 METRICS_BY_NAME = {spec.name: spec for spec in METRICS}  # type: ignore[misc]
+
+# --- added by parsers ---
+PARSE_DURATION: Final = "otel_perf.parse.duration"
+PARSE_SIZE: Final = "otel_perf.parse.size"
+# The span of a slow or large parse: PARSE_SPAN_NAME.format(parser name), e.g. "parse json".
+PARSE_SPAN_NAME: Final = "parse {}"
+# Size of the parsed input on that span (By; same measure as otel_perf.parse.size), so a reader of the
+# span sees whether it exists because the parse was slow or because its input was large.
+PARSE_INPUT_SIZE: Final = "otel_perf.parse.input.size"
+
+SPANS = tuple(  # type: ignore[misc]  # Final rebound once, here, to add the attribute above
+    SpanSpec(s.name, s.kind, s.description, (*s.attributes, PARSE_INPUT_SIZE), s.group)
+    if s.group == "parsers" and PARSE_INPUT_SIZE not in s.attributes else s
+    for s in SPANS
+)
