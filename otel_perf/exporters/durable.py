@@ -229,6 +229,9 @@ class _GrpcTransport:
             code = exc.code() if hasattr(exc, "code") else None
             name = getattr(code, "name", str(code))
             detail = f"gRPC {name}: {exc.details() if hasattr(exc, 'details') else exc}"
+            if name == "UNAVAILABLE":
+                # A fresh channel connects at our next attempt instead of after the channel's own backoff.
+                self.close()
             return _Result(_Outcome.RETRY if name in _GRPC_RETRYABLE else _Outcome.REJECT, detail)
         return _Result(_Outcome.OK)
 
