@@ -244,7 +244,8 @@ def test_signal_specific_variables_win_over_the_general_ones(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_exports_through_its_own_sender(
-        otlp_receiver: OTLPReceiver, tmp_path: Path, exporters: list[Any], tracer_provider: TracerProvider) -> None:
+        otlp_receiver: OTLPReceiver, tmp_path: Path, exporters: list[Any],
+        tracer_provider: TracerProvider) -> None:
     """After fork the child starts its own sender thread (threads do not survive fork) and delivers."""
     exporter = _span_exporter(exporters, otlp_receiver, "http/protobuf", tmp_path)
     exporter.export(_batch(tracer_provider, ["parent"]))
