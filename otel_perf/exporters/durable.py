@@ -324,7 +324,8 @@ class _Sender:
         self._backoff_until = 0.0
         self._stopping = False
         self.sending = False
-        self.failures = 0
+        self.failures = 0  # consecutive failed attempts (reset by a success)
+        self.failed_attempts = 0  # all failed attempts, ever
         self._thread = threading.Thread(target=self._run, name=f"otel-perf-durable-{exporter.signal}",
                                         daemon=True)
         self._thread.start()
@@ -432,6 +433,7 @@ class _Sender:
     def _back_off(self, result: _Result) -> float:
         exporter = self._exporter
         self.failures += 1
+        self.failed_attempts += 1
         if self.failures == 1:
             _logger.debug("otel-perf: %s backend unavailable (%s); spooling and retrying",
                           exporter.signal, result.detail)
@@ -551,17 +553,26 @@ class _DurableExporter:
         """Whether a request is on its way to the backend right now."""
         return self._sender is not None and self._sender.sending
 
-    def _flush(self, timeout_millis: float | None) -> bool:
-        """Wait until what this exporter wrote was delivered; at most the configured timeout."""
+    def _flush(self, timeout_millis: float | None, until_failure: bool = False) -> bool:
+        """Wait until what this exporter wrote was delivered; at most the configured timeout.
+
+        Args:
+            timeout_millis: the caller's limit (the configured timeout caps it).
+            until_failure: stop waiting at the first failed attempt (shutdown: the data is safe on
+                disk, so exiting need not wait out the timeout for a backend that is down).
+        """
         limit = self.timeout if timeout_millis is None else min(self.timeout, timeout_millis / 1000.0)
         deadline = time.monotonic() + max(0.0, limit)
         if not self.pending:
             return True
         sender = self._ensure_sender()
+        failed_before = sender.failed_attempts
         sender.request_pass()
         while True:
             if not self.pending:
                 return True
+            if until_failure and sender.failed_attempts > failed_before:
+                return False
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -571,7 +582,7 @@ class _DurableExporter:
         if self._shutdown:
             return
         started = time.monotonic()
-        self._flush(timeout_millis)
+        self._flush(timeout_millis, until_failure=True)
         self._shutdown = True
         sender = self._sender
         limit = self.timeout if timeout_millis is None else min(self.timeout, timeout_millis / 1000.0)
