@@ -233,7 +233,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_nonnegative_int,
             "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks."),
     Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_directory,
-            "Enables durable export, spooling failed batches into this directory.", default_doc=""),
+            "Enables durable export: each batch is kept in this directory until the backend accepts it.", default_doc=""),
     Setting("spool_max_bytes", "OTEL_PERF_SPOOL_MAX_BYTES", 268435456, parse_size,
             "Bound of the spool in bytes (oldest entries are dropped first)."),
     Setting("output_dir", "OTEL_PERF_OUTPUT_DIR", "./otel-perf-data", _parse_directory,
