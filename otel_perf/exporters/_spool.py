@@ -174,7 +174,12 @@ class Spool:
         name = _next_name()
         tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{name}"
         header = _HEADER.pack(_MAGIC, _VERSION, items, zlib.crc32(payload), len(payload))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileNotFoundError:  # the directory was removed under us (a cleanup): make it again
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o600)
         try:
             try:
                 os.write(fd, header)

@@ -8,7 +8,6 @@ stops and starts the receiver on fixed ports between phases, kills the program, 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -283,12 +282,16 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
     app.write_text(textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from opentelemetry import trace
+        from opentelemetry import _logs, metrics, trace
         tracer = trace.get_tracer("launched")
+        counter = metrics.get_meter("launched").create_counter("launched.items")
         for i in range(5):
             with tracer.start_as_current_span(f"launched-{{i}}"):
-                pass
+                _logs.get_logger("launched").emit(body=f"launched-{{i}}")
+                counter.add(1)
         trace.get_tracer_provider().force_flush()
+        _logs.get_logger_provider().force_flush()
+        metrics.get_meter_provider().force_flush(500)
         Path({str(marker)!r}).write_text("")
         deadline = time.monotonic() + 60
         while not Path({str(go)!r}).exists() and time.monotonic() < deadline:
@@ -296,7 +299,7 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
     """))
     env = clean_env(**backend.env("grpc"), OTEL_PERF_SPOOL_DIR=str(tmp_path / "spool"),
                     OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
-                    OTEL_SERVICE_NAME="launched", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+                    OTEL_SERVICE_NAME="launched", OTEL_METRIC_EXPORT_INTERVAL="60000")
     env["OTEL_EXPORTER_OTLP_TIMEOUT"] = "5"
     process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), sys.executable, str(app)], env=env)
     try:
@@ -304,7 +307,8 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
         while not marker.exists():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        assert list((tmp_path / "spool" / "traces").glob("*.otlp"))  # spooled: nobody is listening
+        for signal_dir in ("traces", "metrics", "logs"):  # spooled: nobody is listening
+            assert list((tmp_path / "spool" / signal_dir).glob("*.otlp")), signal_dir
         backend.up()
         go.write_text("")
         assert process.wait(timeout=60) == 0
@@ -313,4 +317,6 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
             process.kill()
             process.wait(timeout=30)
     assert [s.name for s in backend.spans()] == [f"launched-{i}" for i in range(5)]
-    assert os.listdir(tmp_path / "spool" / "traces") in ([], [".replay.lock"])
+    assert [str(r.body) for r in backend.logs()] == [f"launched-{i}" for i in range(5)]
+    assert backend.points("launched.items")[-1].value == 5
+    assert not list((tmp_path / "spool").rglob("*.otlp"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def test_entries_come_back_in_the_order_they_were_written(tmp_path: Path) -> Non
         assert (entry.payload, entry.items) == (f"payload-{i}".encode(), i + 1)
         entry.remove()
     assert spool.entries() == []
+
+
+def test_a_spool_directory_removed_while_running_is_made_again(tmp_path: Path) -> None:
+    """Someone cleaning up the spool directory does not stop later batches from being kept."""
+    spool = Spool(tmp_path / "spool", "traces", 1 << 30)
+    spool.append(b"before", items=1)
+    shutil.rmtree(tmp_path / "spool")
+    name = spool.append(b"after", items=1)
+    assert spool.entries() == [name]
 
 
 def test_a_crash_mid_write_leaves_nothing_that_blocks_the_queue(tmp_path: Path) -> None:
