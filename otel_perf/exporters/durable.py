@@ -30,7 +30,6 @@ from __future__ import annotations
 import enum
 import gzip
 import http.client
-import logging
 import os
 import random
 import ssl
@@ -63,8 +62,6 @@ from otel_perf.exporters._spool import Spool
 from otel_perf.exporters.otlp import Signal, otlp_protocol, resolved_endpoint
 
 __all__ = ["DurableLogExporter", "DurableMetricExporter", "DurableSpanExporter"]
-
-_logger = logging.getLogger("otel_perf")
 
 _DEFAULT_TIMEOUT = 10.0
 _HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
@@ -437,8 +434,10 @@ class _Sender:
         self.failures += 1
         self.failed_attempts += 1
         if self.failures == 1:
-            _logger.debug("otel-perf: %s backend unavailable (%s); spooling and retrying",
-                          exporter.signal, result.detail)
+            log_once(("durable-unreachable", exporter.signal),
+                     "otel-perf: the %s backend %s does not accept data yet (%s); batches are kept in %s "
+                     "and retried. Not logged again.", exporter.signal, exporter.target.endpoint,
+                     result.detail, exporter.spool.directory)
         doubled = self._backoff * 2 if self._backoff else exporter.min_backoff
         self._backoff = min(exporter.max_backoff, doubled)
         delay = self._backoff * random.uniform(0.5, 1.0)
