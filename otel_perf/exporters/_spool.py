@@ -9,10 +9,10 @@ owns the files.
 
 Layout under the spool directory (``OTEL_PERF_SPOOL_DIR``)::
 
-    <signal>/<time_ns>-<pid>-<seq>.otlp   one entry: header + one encoded OTLP export request
-    <signal>/.tmp-<pid>-<seq>             an entry being written (renamed into place when complete)
-    <signal>/.replay.lock                 flock'd by the one process replaying this signal right now
-    <signal>/corrupt/                     entries that failed their checks, moved aside
+    <signal>/<time_ns>-<pid>-<seq>-<size>.otlp   one entry: header + one encoded OTLP export request
+    <signal>/.tmp-<pid>-<name>                   an entry being written (renamed into place when complete)
+    <signal>/.replay.lock                        flock'd by the one process replaying this signal right now
+    <signal>/corrupt/                            entries that failed their checks, moved aside
 
 Entry names sort by time, then pid, then a per-process sequence number, so a plain sort is the replay
 order. An entry file is ``flock``'d while it is being sent, so eviction never removes an entry that is in
@@ -47,6 +47,9 @@ _LOCK_NAME = ".replay.lock"
 _CORRUPT_DIR = "corrupt"
 #: A temporary file this old, or whose writer is gone, is the remains of a crash mid-write.
 _STALE_TMP_SECONDS = 300.0
+
+_BUSY = object()  # an entry another sender holds right now
+_GONE = object()  # an entry that no longer exists
 
 DropCallback = Callable[[str, int, str], None]
 """``on_drop(signal, items, reason)``: called for every entry the spool removes undelivered."""
@@ -85,14 +88,24 @@ _seq = 0
 _name_lock = threading.Lock()
 
 
-def _next_name() -> str:
-    """A name that sorts after every name this process made before (even if the wall clock steps back)."""
+def _next_name(size: int) -> str:
+    """A name that sorts after every name this process made before (even if the wall clock steps back).
+
+    It ends with the entry's size in bytes, so the bound can be kept from a directory listing alone.
+    """
     global _last_ns, _seq
     with _name_lock:
         now = max(time.time_ns(), _last_ns + 1)
         _last_ns = now
         _seq += 1
-        return f"{now:020d}-{os.getpid():010d}-{_seq:010d}{_SUFFIX}"
+        return f"{now:020d}-{os.getpid():010d}-{_seq:010d}-{size}{_SUFFIX}"
+
+
+def _size_from_name(name: str) -> int | None:
+    parts = name[:-len(_SUFFIX)].split("-")
+    if len(parts) != 4 or not parts[3].isdigit():
+        return None
+    return int(parts[3])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,6 +132,10 @@ _spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    global _listings_lock
+    # Another thread may have held these locks at fork time: the child starts with fresh ones.
+    _listings_lock = threading.Lock()
+    _listings.clear()
     # flock belongs to the open file description, which a forked child shares: close the child's copies
     # so the parent's locks end when the parent lets go, not when the child exits.
     for spool in list(_spools):
@@ -127,6 +144,51 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Listing:
+    """The cached listing of one spool directory, shared by this process's spools of that directory."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: list[tuple[str, str, int]] | None = None  # (name, signal, size), oldest first
+        self.total = 0
+        self.listed_at = 0.0
+
+    def rescan(self, root: Path) -> None:
+        entries: list[tuple[str, str, int]] = []
+        total = 0
+        for signal in SIGNALS:
+            try:
+                names = os.listdir(root / signal)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(_SUFFIX) and not name.startswith("."):
+                    size = _size_from_name(name)
+                    if size is None:  # not named by us: ask the file system
+                        try:
+                            size = os.stat(root / signal / name).st_size
+                        except FileNotFoundError:
+                            continue
+                    entries.append((name, signal, size))
+                    total += size
+        entries.sort()
+        self.entries = entries
+        self.total = total
+
+
+_listings: dict[str, _Listing] = {}
+_listings_lock = threading.Lock()
+
+
+def _listing_of(root: Path) -> _Listing:
+    key = os.path.realpath(root)
+    with _listings_lock:
+        listing = _listings.get(key)
+        if listing is None:
+            listing = _listings[key] = _Listing()
+        return listing
 
 
 class Spool:
@@ -157,6 +219,8 @@ class Spool:
         self._fds: set[int] = set()
         self._fds_lock = threading.Lock()
         self._lock_fd: int | None = None
+        #: Seconds a cached listing of the spool is trusted for the bound (see :meth:`enforce_bound`).
+        self.rescan_seconds = 2.0
         self.directory.mkdir(parents=True, exist_ok=True)
         _spools.add(self)
 
@@ -171,9 +235,9 @@ class Spool:
         Raises:
             OSError: the entry could not be written (nothing was left behind).
         """
-        name = _next_name()
-        tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{name}"
         header = _HEADER.pack(_MAGIC, _VERSION, items, zlib.crc32(payload), len(payload))
+        name = _next_name(len(header) + len(payload))
+        tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{name}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(tmp, flags, 0o600)
@@ -198,58 +262,66 @@ class Spool:
             except OSError:
                 pass
             raise
-        self.enforce_bound()
+        self.enforce_bound((name, _HEADER.size + len(payload)))
         return name
 
-    def enforce_bound(self) -> int:
+    def enforce_bound(self, added: tuple[str, int] | None = None) -> int:
         """Drop the oldest entries of all signals until the spool fits ``max_bytes``.
+
+        The listing of the spool is shared by the process's spools of the same directory and cached
+        for ``rescan_seconds``, so that a long outage with many entries does not cost a scan of them all
+        at every write: within one process the bound is exact; entries other processes wrote count from
+        the next scan on.
+
+        Args:
+            added: (name, size) of the entry this process just wrote, for the cached listing.
 
         Returns:
             How many entries were dropped.
         """
-        listing: list[tuple[str, str, int]] = []  # (name, signal, size)
-        total = 0
-        for signal in SIGNALS:
-            directory = self.root / signal
-            try:
-                scan = os.scandir(directory)
-            except FileNotFoundError:
-                continue
-            with scan:
-                for item in scan:
-                    if item.name.endswith(_SUFFIX) and not item.name.startswith("."):
-                        try:
-                            size = item.stat().st_size
-                        except FileNotFoundError:
-                            continue
-                        listing.append((item.name, signal, size))
-                        total += size
-        if total <= self.max_bytes:
-            return 0
-        dropped = 0
-        for name, signal, size in sorted(listing):
-            if total <= self.max_bytes:
-                break
-            items = self._drop(self.root / signal / name)
-            if items is None:
-                continue  # in flight (another sender holds it) or already gone
-            total -= size
-            dropped += 1
-            if self._on_drop is not None:
+        listing = _listing_of(self.root)
+        with listing.lock:
+            now = time.monotonic()
+            if listing.entries is None or now - listing.listed_at > self.rescan_seconds:
+                listing.rescan(self.root)
+                listing.listed_at = now
+            elif added is not None:
+                listing.entries.append((added[0], self.signal, added[1]))
+                listing.total += added[1]
+            entries = listing.entries
+            assert entries is not None
+            if listing.total <= self.max_bytes:
+                return 0
+            dropped: list[tuple[str, int]] = []
+            kept: list[tuple[str, str, int]] = []
+            for index, (name, signal, size) in enumerate(entries):
+                if listing.total <= self.max_bytes:
+                    kept.extend(entries[index:])
+                    break
+                outcome = self._drop(self.root / signal / name)
+                if outcome is _BUSY:
+                    kept.append((name, signal, size))
+                    continue
+                listing.total -= size
+                if isinstance(outcome, int):  # else gone: delivered or dropped elsewhere meanwhile
+                    dropped.append((signal, outcome))
+            listing.entries = kept
+        if self._on_drop is not None:
+            for signal, items in dropped:
                 self._on_drop(signal, items, "spool_full")
-        return dropped
+        return len(dropped)
 
-    def _drop(self, path: Path) -> int | None:
-        """Delete one entry unless it is being sent. Returns its items (0 if unreadable), None if kept."""
+    def _drop(self, path: Path) -> int | object:
+        """Delete one entry unless it is being sent. Returns its items (0 if unreadable), _BUSY or _GONE."""
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            return None
+            return _GONE
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return None
+                return _BUSY
             try:
                 items = read_header(os.pread(fd, _HEADER.size, 0))[0]
             except SpoolCorruptError:
@@ -257,7 +329,7 @@ class Spool:
             try:
                 os.unlink(path)
             except FileNotFoundError:
-                return None
+                return _GONE
             return items
         finally:
             os.close(fd)
@@ -272,8 +344,22 @@ class Spool:
             return []
         return sorted(n for n in names if n.endswith(_SUFFIX) and not n.startswith("."))
 
-    def exists(self, name: str) -> bool:
-        return (self.directory / name).exists()
+    def has_entries(self) -> bool:
+        """Whether any complete entry is waiting (stops at the first one: cheap with a long queue)."""
+        try:
+            with os.scandir(self.directory) as scan:
+                return any(item.name.endswith(_SUFFIX) and not item.name.startswith(".") for item in scan)
+        except FileNotFoundError:
+            return False
+
+    def present(self, names: set[str]) -> set[str]:
+        """Which of ``names`` are still in the queue."""
+        if len(names) <= 8:
+            return {n for n in names if (self.directory / n).exists()}
+        try:
+            return names & set(os.listdir(self.directory))
+        except FileNotFoundError:
+            return set()
 
     def claim(self, name: str) -> Entry | None:
         """Lock, read and check one entry for sending.

@@ -383,7 +383,7 @@ class _Sender:
         """Send what the spool holds. Returns the seconds until the next pass."""
         exporter = self._exporter
         spool = exporter.spool
-        if not spool.entries():
+        if not spool.has_entries():
             return exporter.poll_interval
         if not spool.try_lock():
             return exporter.lock_poll_interval  # another process is replaying this signal
@@ -483,7 +483,7 @@ class _DurableExporter:
         self.min_backoff = min_backoff
         self.max_backoff = max(max_backoff, min_backoff)
         self.poll_interval = poll_interval
-        self.lock_poll_interval = min(0.1, poll_interval)
+        self.lock_poll_interval = poll_interval
         self.target = _target(signal, os.environ, endpoint=endpoint, protocol=protocol, headers=headers,
                               insecure=insecure, certificate_file=certificate_file,
                               compression=compression, timeout=timeout)
@@ -546,7 +546,7 @@ class _DurableExporter:
     def pending(self) -> list[str]:
         """Entries this exporter wrote that are still in the spool (not yet accepted by the backend)."""
         with self._lock:
-            self._pending = {n for n in self._pending if self.spool.exists(n)}
+            self._pending = self.spool.present(self._pending)
             return sorted(self._pending)
 
     @property

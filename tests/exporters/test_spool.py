@@ -169,3 +169,23 @@ def test_a_forked_child_does_not_keep_the_parents_locks(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
         for fd in (go_read, go_write, ready_read, ready_write):
             os.close(fd)
+
+
+def test_entries_other_processes_wrote_count_toward_the_bound(tmp_path: Path) -> None:
+    """The bound covers the whole directory: another process's entries are dropped oldest first too."""
+    script = textwrap.dedent(f"""
+        from otel_perf.exporters._spool import Spool
+        spool = Spool({str(tmp_path)!r}, "logs", 1 << 30)
+        for i in range(3):
+            spool.append(b"o" * 1000, items=2)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    drops: list[tuple[str, int, str]] = []
+    spool = Spool(tmp_path, "traces", 1 << 30, on_drop=lambda *a: drops.append(a))
+    spool.rescan_seconds = 0.0  # look at the directory at every write
+    entry_size = max(p.stat().st_size for p in (tmp_path / "logs").iterdir())
+    spool.max_bytes = 2 * entry_size + entry_size // 2
+    mine = spool.append(b"m" * 1000, items=1)
+    assert drops == [("logs", 2, "spool_full"), ("logs", 2, "spool_full")]
+    assert len(list((tmp_path / "logs").glob("*.otlp"))) == 1
+    assert spool.entries() == [mine]
