@@ -112,7 +112,7 @@ class _Backend:
         endpoint = (f"http://127.0.0.1:{self.grpc_port}" if protocol == "grpc"
                     else f"http://127.0.0.1:{self.http_port}")
         return {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-                "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+                "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_EXPORTER_OTLP_TIMEOUT": "5"}
 
     def spans(self) -> list[Any]:
         return [s for r in self.received for s in r.spans()]

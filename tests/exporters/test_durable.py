@@ -47,7 +47,7 @@ def exporters() -> Iterator[list[Any]]:
 
 def _span_exporter(made: list[Any], receiver: OTLPReceiver, protocol: str, spool: Path,
                    **kwargs: Any) -> DurableSpanExporter:
-    options = {**FAST, "timeout": 2.0, **kwargs}
+    options = {**FAST, "timeout": 5.0, **kwargs}
     exporter = DurableSpanExporter(spool_dir=str(spool), endpoint=_endpoint(receiver, protocol, "traces"),
                                    protocol=protocol, insecure=True, **options)
     made.append(exporter)
