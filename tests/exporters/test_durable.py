@@ -265,3 +265,28 @@ def test_a_forked_child_exports_through_its_own_sender(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert sorted(s.name for s in otlp_receiver.spans()) == ["child", "parent"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_only_the_batch_whose_answer_was_lost_is_duplicated(
+        otlp_receiver: OTLPReceiver, tmp_path: Path, protocol: str, exporters: list[Any],
+        tracer_provider: TracerProvider) -> None:
+    """A backend that accepts but answers after the timeout gets the head batch again; nothing else."""
+    otlp_receiver.stall_seconds = 1.0
+    exporter = _span_exporter(exporters, otlp_receiver, protocol, tmp_path, timeout=0.3)
+    batches = [[f"b{b}-s{i}" for i in range(3)] for b in range(3)]
+    for batch in batches:
+        exporter.export(_batch(tracer_provider, batch))
+    otlp_receiver.wait_for(lambda r: r.spans(), timeout=10)  # accepted, but the answer came too late
+    otlp_receiver.stall_seconds = 0.0
+    expected = [n for batch in batches for n in batch]
+    otlp_receiver.wait_for(lambda r: set(expected) <= {s.name for s in r.spans()}, timeout=10)
+    sender = exporter._sender
+    assert sender is not None
+    # Every attempt that timed out was still accepted: one copy each, plus the answered one.
+    otlp_receiver.wait_for(
+        lambda r: [s.name for s in r.spans()].count("b0-s0") == sender.failed_attempts + 1, timeout=10)
+    received = [s.name for s in otlp_receiver.spans()]
+    assert list(dict.fromkeys(received)) == expected
+    duplicated = {n for n in received if received.count(n) > 1}
+    assert duplicated == set(batches[0])
