@@ -234,6 +234,19 @@ _BUFFER_POOL_METRICS: Final[tuple[MetricSpec, ...]] = (
     _m("memory", BUFFER_POOL_IN_USE, "updowncounter", "{buffer}", "Buffers checked out of BufferPools now."),
 )
 METRICS = METRICS + _BUFFER_POOL_METRICS  # type: ignore[misc]  # Final re-bound once, here
+
+# --- added by durable export ---
+#: Values of EXPORTER_DROP_REASON.
+EXPORTER_DROP_REASON_SPOOL_FULL: Final = "spool_full"
+EXPORTER_DROP_REASON_REJECTED: Final = "rejected"
+EXPORTER_DROP_REASON_SPOOL_ERROR: Final = "spool_error"
+EXPORTER_SPOOL_CORRUPT: Final = "otel_perf.exporter.spool.corrupt"
+
+_DURABLE_METRICS: tuple[MetricSpec, ...] = (
+    _m("exporters", EXPORTER_SPOOL_CORRUPT, "counter", "{entry}",
+       "Spool entries that failed their checks and were moved aside to corrupt/.", EXPORTER_SIGNAL),
+)
+METRICS = METRICS + _DURABLE_METRICS  # type: ignore[misc]
 METRICS_BY_NAME = {spec.name: spec for spec in METRICS}  # type: ignore[misc]
 
 # --- added by parsers ---

@@ -341,6 +341,10 @@ class OTLPReceiver:
                 signal = _SIGNAL_BY_PATH.get(self.path.split("?")[0])
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if receiver._http_server is None:
+                    # Stopped: a kept-alive connection must not outlive the receiver ("down" means down).
+                    self.close_connection = True
+                    return
                 if signal is None:
                     self._reply(404, b"unknown path", "text/plain")
                     return
