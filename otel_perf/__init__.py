@@ -16,15 +16,20 @@ from otel_perf.version import __version__
 
 if TYPE_CHECKING:
     from otel_perf._sdk import Handle, configure, shutdown
+    from otel_perf.instrumentations.workers import job, name_pool, track_queue
 
 # public name -> module that defines it
 _LAZY = {
     "Handle": "otel_perf._sdk",
     "configure": "otel_perf._sdk",
     "shutdown": "otel_perf._sdk",
+    "job": "otel_perf.instrumentations.workers",
+    "name_pool": "otel_perf.instrumentations.workers",
+    "track_queue": "otel_perf.instrumentations.workers",
 }
 
-__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "shutdown"])
+__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "job", "name_pool", "shutdown",
+                  "track_queue"])
 
 
 def __getattr__(name: str) -> Any:

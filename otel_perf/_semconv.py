@@ -220,3 +220,13 @@ SPANS: Final[tuple[SpanSpec, ...]] = (
     SpanSpec("parse {otel_perf.parser.name}", "INTERNAL", "A parse slower or larger than the thresholds.",
              (PARSER_NAME, ERROR_TYPE), "parsers"),
 )
+
+# --- added by workers ---
+POOL_QUEUE_DEPTH: Final = "otel_perf.pool.queue.depth"
+POOL_WORKER_BUSY: Final = "otel_perf.pool.worker.busy"
+POOL_WORKER_LIMIT: Final = "otel_perf.pool.worker.limit"
+POOL_JOB_WAIT_DURATION: Final = "otel_perf.pool.job.wait.duration"
+POOL_JOB_DURATION: Final = "otel_perf.pool.job.duration"
+POOL_JOB_REJECTED: Final = "otel_perf.pool.job.rejected"
+POOL_JOB_RETRIES: Final = "otel_perf.pool.job.retries"
+POOL_WORKER_MEMORY_MAX: Final = "otel_perf.pool.worker.memory.max"
