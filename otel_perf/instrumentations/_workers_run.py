@@ -71,9 +71,12 @@ def function_names(fn: Any) -> tuple[str, str]:
     qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     if not isinstance(qual, str):
         qual = type(target).__qualname__
+    short = getattr(target, "__name__", None)
+    if not isinstance(short, str):
+        short = qual
     module = getattr(target, "__module__", None)
     full = f"{module}.{qual}" if isinstance(module, str) and module != "builtins" else qual
-    return qual, full
+    return short, full
 
 
 def _span_attributes(state_name: str, kind: str, full: str, wait: float) -> dict[str, Any]:
