@@ -153,9 +153,8 @@ def test_job_sees_its_own_span_as_current(instrumented: Any, span_exporter: Any)
 
 def test_failing_thread_job_span_has_error_status_and_type(instrumented: Any, span_exporter: Any) -> None:
     pool = otel_perf.name_pool(cf.ThreadPoolExecutor(1), unique("failing"))
-    with pool:
-        with pytest.raises(ValueError, match="job 3 failed"):
-            pool.submit(fail, 3).result()
+    with pool, pytest.raises(ValueError, match="job 3 failed"):
+        pool.submit(fail, 3).result()
     (span,) = job_spans(span_exporter, _workers_state.state_for(pool).name)
     assert span.status.status_code == StatusCode.ERROR
     assert span.attributes[ERROR_TYPE] == "ValueError"
@@ -318,9 +317,8 @@ def test_job_context_manager_records_span_metrics_and_retries(
     name = unique("ingest")
     with otel_perf.job(pool=name, attempt=1, enqueued_at=time.monotonic()):
         pass
-    with pytest.raises(KeyError):
-        with otel_perf.job(pool=name, name="load", attempt=2):
-            raise KeyError("missing")
+    with pytest.raises(KeyError), otel_perf.job(pool=name, name="load", attempt=2):
+        raise KeyError("missing")
     spans = job_spans(span_exporter, name)
     assert [s.name for s in spans] == [f"{name} job", f"{name} load"]
     assert spans[0].attributes[POOL_KIND] == "custom"
@@ -391,7 +389,7 @@ def test_uninstrument_restores_the_original_methods() -> None:
     after = (thread.ThreadPoolExecutor.submit, process.ProcessPoolExecutor.submit,
              process.ProcessPoolExecutor.map, _base.Future.cancel, mpp.Pool.apply_async, mpp.Pool._map_async,
              mpp.Pool.imap, mpp.Pool.imap_unordered)
-    assert all(a is b for a, b in zip(before, after))
+    assert all(a is b for a, b in zip(before, after, strict=False))
 
 
 def test_instrumenting_twice_records_each_job_once(tracer_provider: Any, meter_provider: Any,
@@ -428,9 +426,10 @@ def test_works_together_with_contrib_threading_instrumentation(
     ThreadingInstrumentor().instrument()
     try:
         name = unique("contrib")
-        with otel_perf.name_pool(cf.ThreadPoolExecutor(1), name) as pool:
-            with tracer_provider.get_tracer("t").start_as_current_span("parent") as parent:
-                assert pool.submit(current_trace_id).result() == parent.get_span_context().trace_id
+        tracer = tracer_provider.get_tracer("t")
+        with otel_perf.name_pool(cf.ThreadPoolExecutor(1), name) as pool, \
+                tracer.start_as_current_span("parent") as parent:
+            assert pool.submit(current_trace_id).result() == parent.get_span_context().trace_id
         (span,) = job_spans(span_exporter, name)
         assert span.parent.span_id == parent.get_span_context().span_id
     finally:

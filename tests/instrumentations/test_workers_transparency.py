@@ -77,8 +77,9 @@ def normalise(text: str) -> str:
 def describe(exc: BaseException) -> tuple[Any, ...]:
     """What a program can observe of an exception raised by a job."""
     cause = exc.__cause__
-    return (type(exc), normalise(repr(exc.args)), normalise(repr(vars(exc))) if hasattr(exc, "__dict__") else None,
-            normalise(str(exc)), type(cause).__name__ if cause is not None else None)
+    attributes = normalise(repr(vars(exc))) if hasattr(exc, "__dict__") else None
+    return (type(exc), normalise(repr(exc.args)), attributes, normalise(str(exc)),
+            type(cause).__name__ if cause is not None else None)
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def both(tracer_provider: Any, meter_provider: Any) -> Callable[..., Any]:
 def outcome(call: Callable[[], Any]) -> Any:
     try:
         return ("ok", call())
-    except BaseException as exc:  # noqa: BLE001 - the test compares every outcome
+    except BaseException as exc:
         return ("raised", describe(exc))
 
 
@@ -126,7 +127,8 @@ def test_return_values_and_exceptions_are_unchanged(both: Any) -> None:
         return seen
 
     seen = both(scenario)
-    assert seen[1] == ("raised", (JobError, "('job 3 failed', 3)", "{'code': 3}", "('job 3 failed', 3)", None))
+    expected = (JobError, "('job 3 failed', 3)", "{'code': 3}", "('job 3 failed', 3)", None)
+    assert seen[1] == ("raised", expected)
     assert seen[3][1][4] == "_RemoteTraceback"
 
 
@@ -140,7 +142,8 @@ def test_tracebacks_still_end_in_the_users_frame(both: Any) -> None:
         with cf.ProcessPoolExecutor(1, mp_context=FORK) as pool:
             remote = pool.submit(fail, 2).exception()
         remote_text = str(remote.__cause__)
-        return (last.name, last.line, "in fail" in remote_text, 'raise JobError(f"job {x} failed", x)' in remote_text)
+        raise_line = 'raise JobError(f"job {x} failed", x)'
+        return last.name, last.line, "in fail" in remote_text, raise_line in remote_text
 
     assert both(scenario) == ("fail", 'raise JobError(f"job {x} failed", x)', True, True)
 
@@ -155,7 +158,7 @@ def test_cancel_behaves_as_before_and_counts_cancelled(both: Any, metric_reader:
             with pytest.raises(cf.CancelledError):
                 queued.result()
             release.set()
-        return seen + (running.result(),)
+        return (*seen, running.result())
 
     def counted_once() -> None:
         cancelled = [p for p in metric_points(metric_reader, POOL_JOB_DURATION)
@@ -169,10 +172,7 @@ def test_cancel_behaves_as_before_and_counts_cancelled(both: Any, metric_reader:
 def test_shutdown_wait_and_cancel_futures_behave_as_before(both: Any, kind: str) -> None:
     def scenario() -> Any:
         pool: cf.Executor
-        if kind == "thread":
-            pool = cf.ThreadPoolExecutor(1)
-        else:
-            pool = cf.ProcessPoolExecutor(1, mp_context=FORK)
+        pool = cf.ThreadPoolExecutor(1) if kind == "thread" else cf.ProcessPoolExecutor(1, mp_context=FORK)
         first = pool.submit(sleepy, 0.3)
         rest = [pool.submit(work, i) for i in range(5)]
         time.sleep(0.1)
