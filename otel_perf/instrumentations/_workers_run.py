@@ -5,14 +5,15 @@ and run time recorded by the process that owns the pool (DESIGN.md, "Worker pool
 
 * Thread pools run :func:`run_thread_job` inside a copy of the submitter's ``contextvars`` context, so
   the span's parent is the submitter's span however often the pool's threads are reused.
-* Process pools get a :class:`Job`: a module-level, picklable trampoline (a wrapped callable would not
-  pickle) carrying the user's function, a W3C ``traceparent`` carrier, the submission time and, for a
-  ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which a spawn or
-  forkserver worker without an SDK configures itself once. In the worker the trampoline runs the job
-  under the carried context, ends its span and **flushes the worker's tracer and logger providers before
-  the result leaves the worker**: fork and forkserver workers end with ``os._exit`` and ``with
-  multiprocessing.Pool()`` terminates its workers as soon as the block ends, so anything still queued in
-  a batch processor then would be lost. An empty flush costs a lock; a flush with spans is one export.
+* Process pools run :func:`trampoline`: a module-level function (a wrapped callable would not pickle)
+  given the user's function and a tuple of primitives: a W3C ``traceparent`` carrier, the submission
+  time and, for a ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which
+  a spawn or forkserver worker without an SDK configures itself once. In the worker the trampoline runs
+  the job under the carried context, ends its span and **flushes the worker's tracer (and logger)
+  provider before the result leaves the worker** whenever a span (or log record) ended during the job:
+  fork and forkserver workers end with ``os._exit`` and ``with multiprocessing.Pool()`` terminates its
+  workers as soon as the block ends, so anything still queued in a batch processor would be lost. A job
+  that recorded nothing costs no flush; a job with spans costs one export, synchronously.
 * The job's timings travel back with its outcome without changing what the pool delivers: the result is
   wrapped in an :class:`_Envelope` whose ``__reduce__`` unpickles, in the owner, into the user's own
   value (recording the timings as a side effect); an exception gets an instance-level ``__reduce_ex__``
@@ -31,11 +32,21 @@ from threading import get_ident
 from time import perf_counter
 from typing import Any
 
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 
-from otel_perf._safety import guard, guarded
+from otel_perf._safety import guard, log_once, raise_internal_errors
+from otel_perf._sdk import current_handle
 from otel_perf._semconv import (
     CODE_FUNCTION_NAME,
     ERROR_TYPE,
@@ -48,14 +59,14 @@ from otel_perf._semconv import (
 )
 from otel_perf.instrumentations._workers_state import (
     SOURCE_MP,
-    SOURCE_MP_THREAD,
     PoolState,
     error_type,
     runtime,
     state_by_id,
 )
 
-__all__ = ["Job", "function_names", "new_job", "run_thread_job"]
+__all__ = ["function_names", "is_process_job", "job_info", "local_job", "process_job", "run_thread_job",
+           "trampoline"]
 
 #: (owner pid, pool id, wait seconds, run seconds, error.type or None)
 Meta = tuple[int, int, float, float, "str | None"]
@@ -66,8 +77,6 @@ def function_names(fn: Any) -> tuple[str, str]:
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
-    if isinstance(target, Job):
-        target = target.fn
     qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
     if not isinstance(qual, str):
         qual = type(target).__qualname__
@@ -136,16 +145,46 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
     return result
 
 
+_my_pid = os.getpid()
+
+
+def _pid() -> int:
+    return _my_pid
+
+
+def _refresh_pid() -> None:
+    global _my_pid
+    _my_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _fault(where: str, exc: Exception) -> None:
+    """The guard's behaviour, inline: ``guarded()`` (a generator context manager) costs about 1.5 µs,
+    a visible share of a process pool's round trip (benchmark group workers.process.roundtrip)."""
+    if raise_internal_errors():
+        raise exc
+    log_once(("fault", where, type(exc).__name__),
+             "otel-perf internal error in %s (%s: %s); the program continues, this measurement is skipped.",
+             where, type(exc).__name__, exc, exc_info=True)
+
+
 # --- process pools: the trampoline --------------------------------------------------------------------
 
 _snapshot_cache: tuple[Any, bytes] | None = None
+
+#: What travels with each process job (a tuple of primitives: it pickles fast, in C):
+#: (owner pid, pool id, pool name, pool kind, spans on, context carrier, submission time, snapshot).
+#: The carrier is a W3C ``traceparent`` string, or a full propagator dict when the context also has
+#: trace state or baggage, or None without a valid span.
+Info = tuple[int, int, str, str, bool, "str | dict[str, str] | None", float, "bytes | None"]
 
 
 def _snapshot() -> bytes | None:
     """The pickled configuration snapshot of this process's ``configure()``, if it made one."""
     global _snapshot_cache
-    from otel_perf._sdk import current_handle
-
     handle = current_handle()
     if handle is None or handle._stopped:
         return None
@@ -157,177 +196,232 @@ def _snapshot() -> bytes | None:
     return data
 
 
-class Job:
-    """The picklable trampoline a process pool runs instead of the user's function.
-
-    ``local`` is set only for pools that run jobs in the owning process (``multiprocessing`` thread
-    pools); it never pickles.
-    """
-
-    __slots__ = ("carrier", "fn", "local", "owner", "pool_id", "pool_kind", "pool_name", "snapshot", "spans",
-                 "submitted")
-
-    def __init__(self, fn: Callable[..., Any], pool_id: int, pool_name: str, pool_kind: str, spans: bool,
-                 carrier: dict[str, str], submitted: float, snapshot: bytes | None, owner: int,
-                 local: tuple[PoolState, contextvars.Context, float] | None = None) -> None:
-        self.fn = fn
-        self.pool_id = pool_id
-        self.pool_name = pool_name
-        self.pool_kind = pool_kind
-        self.spans = spans
-        self.carrier = carrier
-        self.submitted = submitted
-        self.snapshot = snapshot
-        self.owner = owner
-        self.local = local
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Job, (self.fn, self.pool_id, self.pool_name, self.pool_kind, self.spans, self.carrier,
-                      self.submitted, self.snapshot, self.owner))
-
-    def __repr__(self) -> str:
-        return repr(self.fn)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        local = self.local
-        if local is not None:
-            state, ctx, submitted = local
-            try:
-                return ctx.copy().run(run_thread_job, state, self.fn, submitted, args, kwargs)
-            finally:
-                state.add_outstanding(-1)
-        return _run_in_worker(self, args, kwargs)
+_last_header: tuple[Any, str] = (None, "")
 
 
-def new_job(state: PoolState, fn: Callable[..., Any]) -> Job:
-    """A trampoline for ``fn`` submitted now, in the current context, to the pool of ``state``."""
-    if state.source == SOURCE_MP_THREAD:
-        return Job(fn, state.id, state.name, state.kind, runtime.spans, {}, 0.0, None, os.getpid(),
-                   (state, contextvars.copy_context(), perf_counter()))
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return Job(fn, state.id, state.name, state.kind, runtime.spans, carrier, time.time(), _snapshot(),
-               os.getpid())
+def _carrier() -> str | dict[str, str] | None:
+    global _last_header
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    if span_context.trace_state or baggage.get_all():
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
+    # Formatting traceparent ourselves (and once per span context: a request submits many jobs) costs a
+    # fraction of propagate.inject/extract (benchmark group workers.process.roundtrip).
+    last = _last_header
+    if last[0] is span_context:
+        return last[1]
+    header = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    _last_header = (span_context, header)
+    return header
+
+
+def job_info(state: PoolState) -> Info:
+    """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
+    return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot())
+
+
+def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any) -> Any:
+    """What a process pool runs instead of the user's function (module level: it pickles by name)."""
+    if _my_pid == info[0]:  # called in the owning process itself: nothing to carry back
+        return fn(*args, **kwargs)
+    wait = max(0.0, time.time() - info[6])
+    start = perf_counter()
+    span, token, ends = _enter_worker_job(fn, info, wait)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        run = perf_counter() - start
+        etype = error_type(exc)
+        _leave_worker_job(span, token, ends, exc, etype)
+        _tag_exception(exc, (info[0], info[1], wait, run, etype))
+        raise
+    run = perf_counter() - start
+    _leave_worker_job(span, token, ends, None, None)
+    return _Envelope(result, (info[0], info[1], wait, run, None))
+
+
+def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
+    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``)."""
+    return functools.partial(trampoline, fn, job_info(state))
+
+
+def is_process_job(fn: Any) -> bool:
+    return isinstance(fn, functools.partial) and fn.func is trampoline
+
+
+def _local_job(state: PoolState, ctx: contextvars.Context, submitted: float, fn: Callable[..., Any], /,
+               *args: Any, **kwargs: Any) -> Any:
+    try:
+        # One captured context may run several items at once (map): each runs in its own copy.
+        return ctx.copy().run(run_thread_job, state, fn, submitted, args, kwargs)
+    finally:
+        state.add_outstanding(-1)
+
+
+def local_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
+    """``fn`` for a pool that runs jobs on threads of this process (``multiprocessing.pool.ThreadPool``)."""
+    return functools.partial(_local_job, state, contextvars.copy_context(), perf_counter(), fn)
+
+
+# --- in the worker process --------------------------------------------------------------------------
+
+
+class _EndCounter:
+    """Counts spans (or log records) ended in this process, so a job flushes only when it has to."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def _on_ending(self, span: Any) -> None:
+        return None
+
+    def on_end(self, span: Any) -> None:
+        self.count += 1
+
+    def on_emit(self, log_record: Any) -> None:
+        self.count += 1
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
 _worker_pid: int | None = None
-_worker_tracer: tuple[int, Tracer] | None = None
+_worker_tracer: Tracer | None = None
+_span_ends: _EndCounter | None = None
+_log_ends: _EndCounter | None = None
 
 
-@guard
+def _counter_on(provider: Any, add: str) -> _EndCounter | None:
+    """Our counter on ``provider`` (added once; a forked child inherits its parent's)."""
+    if not hasattr(provider, add) or not hasattr(provider, "__dict__"):
+        return None
+    found = provider.__dict__.get("_otel_perf_end_counter")
+    if found is None:
+        found = _EndCounter()
+        getattr(provider, add)(found)
+        provider.__dict__["_otel_perf_end_counter"] = found
+    return found  # type: ignore[no-any-return]
+
+
 def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     """Once per worker process: configure the SDK from the parent's snapshot when none is set up.
 
     Under the launcher a spawn worker re-ran sitecustomize and a forked worker inherited its parent's
     providers; only a ``configure()``d parent's spawn/forkserver workers start without an SDK.
     """
-    global _worker_pid
-    pid = os.getpid()
-    if _worker_pid == pid:
-        return
-    _worker_pid = pid
+    global _worker_pid, _worker_tracer, _span_ends, _log_ends
+    _worker_pid = _my_pid
     from opentelemetry.sdk.trace import TracerProvider
 
-    if snapshot is None or isinstance(trace.get_tracer_provider(), TracerProvider):
-        return
-    from otel_perf._sdk import configure_from_snapshot, current_handle
+    if snapshot is not None and not isinstance(trace.get_tracer_provider(), TracerProvider):
+        from otel_perf._sdk import configure_from_snapshot
 
-    if current_handle() is None:
-        configure_from_snapshot(pickle.loads(snapshot))
-
-
-def _tracer_here() -> Tracer:
-    global _worker_tracer
-    pid = os.getpid()
-    cached = _worker_tracer
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    from otel_perf.version import __version__
-
-    tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, schema_url=SCHEMA_URL)
-    _worker_tracer = (pid, tracer)
-    return tracer
-
-
-@guard
-def _flush_worker() -> None:
-    """Export what the job recorded before its result leaves the worker (see the module docstring)."""
-    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-    if flush is not None:
-        flush(10_000)
+        if current_handle() is None:
+            configure_from_snapshot(pickle.loads(snapshot))
     from opentelemetry._logs import get_logger_provider
 
-    flush = getattr(get_logger_provider(), "force_flush", None)
-    if flush is not None:
-        flush(10_000)
+    from otel_perf.version import __version__
+
+    _worker_tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, schema_url=SCHEMA_URL)
+    _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
+    _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
 
 
-def _enter_worker_job(job: Job, wait: float) -> tuple[Span | None, object | None]:
-    with guarded("pool job start in a worker process"):
-        return _enter_worker_job_unguarded(job, wait)
-    return None, None
+def _ended() -> tuple[int, int]:
+    spans = _span_ends.count if _span_ends is not None else 0
+    return spans, (_log_ends.count if _log_ends is not None else 0)
 
 
-def _enter_worker_job_unguarded(job: Job, wait: float) -> tuple[Span | None, object | None]:
-    _ensure_worker_sdk(job.snapshot)
-    ctx = propagate.extract(job.carrier) if job.carrier else None
-    span = None
-    if job.spans:
-        span = _start_span(_tracer_here(), job.pool_name, job.pool_kind, job.fn, wait, ctx, os.getpid())
-        if span is not None:
-            ctx = trace.set_span_in_context(span, ctx)
-    token = otel_context.attach(ctx) if ctx is not None else None
-    return span, token
+_last_context: tuple[Any, Any] = (None, None)
 
 
-@guard
-def _leave_worker_job(span: Span | None, token: object | None, exc: BaseException | None,
-                      etype: str | None) -> None:
-    if token is not None:
-        otel_context.detach(token)  # type: ignore[arg-type]
-    if span is not None:
-        _end_span(span, exc, etype)
-    _flush_worker()
+def _context_from(carrier: str | dict[str, str] | None) -> otel_context.Context | None:
+    global _last_context
+    if carrier is None:
+        return None
+    if isinstance(carrier, dict):
+        return propagate.extract(carrier, context=otel_context.Context())
+    last = _last_context
+    if last[0] == carrier:  # jobs of one request share it; contexts are immutable
+        return last[1]  # type: ignore[no-any-return]
+    _, trace_id, span_id, flags = carrier.split("-")
+    parent = NonRecordingSpan(SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                                          trace_flags=TraceFlags(int(flags, 16))))
+    ctx = trace.set_span_in_context(parent, otel_context.Context())
+    _last_context = (carrier, ctx)
+    return ctx
 
 
-def _run_in_worker(job: Job, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    if os.getpid() == job.owner:  # called directly in the owning process: nothing to carry back
-        return job.fn(*args, **kwargs)
-    wait = max(0.0, time.time() - job.submitted)
-    start = perf_counter()
-    span, token = _enter_worker_job(job, wait)
+def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, object, tuple[int, int]]:
+    span = token = None
     try:
-        result = job.fn(*args, **kwargs)
-    except BaseException as exc:
-        run = perf_counter() - start
-        etype = error_type(exc)
-        _leave_worker_job(span, token, exc, etype)
-        _tag_exception(exc, (job.owner, job.pool_id, wait, run, etype))
-        raise
-    run = perf_counter() - start
-    _leave_worker_job(span, token, None, None)
-    return _Envelope(result, (job.owner, job.pool_id, wait, run, None))
+        if _worker_pid != _my_pid:
+            _ensure_worker_sdk(info[7])
+        ctx = _context_from(info[5])
+        if info[4] and _worker_tracer is not None:
+            span = _start_span(_worker_tracer, info[2], info[3], fn, wait, ctx or otel_context.Context(),
+                               _my_pid)
+            if span is not None:
+                ctx = trace.set_span_in_context(span, ctx)
+        if ctx is not None:
+            token = otel_context.attach(ctx)
+    except Exception as exc:
+        _fault("pool job start in a worker process", exc)
+    return span, token, _ended()
+
+
+def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int], exc: BaseException | None,
+                      etype: str | None) -> None:
+    try:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        if span is not None:
+            _end_span(span, exc, etype)
+        spans_ended, logs_ended = _ended()
+        # Export what the job recorded before its result leaves the worker (module docstring); a job that
+        # recorded nothing costs no flush (a provider we cannot count on is always flushed).
+        if spans_ended != ends[0] or _span_ends is None:
+            flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+            if flush is not None:
+                flush(10_000)
+        if logs_ended != ends[1]:
+            from opentelemetry._logs import get_logger_provider
+
+            get_logger_provider().force_flush(10_000)  # type: ignore[attr-defined]
+    except Exception as failure:
+        _fault("pool job end in a worker process", failure)
 
 
 # --- carrying the timings back ------------------------------------------------------------------------
 
 
-@guard
 def record_meta(meta: Meta) -> None:
     """In the owner: record a finished process job's wait and run time into its pool's series."""
-    owner, pool_id, wait, run, etype = meta
-    if owner != os.getpid():
-        return
-    state = state_by_id(pool_id)
-    if state is None:
-        return
-    state.wait.record(wait)
-    if etype is None:
-        state.ok.record(run)
-    else:
-        state.error_series(etype).record(run)
-    if state.source == SOURCE_MP:
-        state.add_outstanding(-1)
+    try:
+        owner, pool_id, wait, run, etype = meta
+        if owner != _pid():
+            return
+        state = state_by_id(pool_id)
+        if state is None:
+            return
+        state.wait.record(wait)
+        if etype is None:
+            state.ok.record(run)
+        else:
+            state.error_series(etype).record(run)
+        if state.source == SOURCE_MP:
+            state.add_outstanding(-1)
+    except Exception as exc:
+        _fault("recording a process job", exc)
 
 
 def _deliver(value: Any, meta: Meta) -> Any:

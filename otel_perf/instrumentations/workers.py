@@ -60,13 +60,17 @@ from otel_perf._semconv import (
 )
 from otel_perf.instrumentations import PerfInstrumentor
 from otel_perf.instrumentations._workers_run import (
-    Job,
     _end_span,
     function_names,
-    new_job,
+    is_process_job,
+    job_info,
+    local_job,
+    process_job,
     run_thread_job,
+    trampoline,
 )
 from otel_perf.instrumentations._workers_state import (
+    SOURCE_MP_THREAD,
     PoolState,
     create_instruments,
     custom_state,
@@ -130,7 +134,7 @@ def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _is_job_chunk(fn: Any) -> bool:
-    return isinstance(fn, functools.partial) and bool(fn.args) and isinstance(fn.args[0], Job)
+    return isinstance(fn, functools.partial) and bool(fn.args) and is_process_job(fn.args[0])
 
 
 def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -143,10 +147,11 @@ def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
         state = state_for(self)
         if state.ignored:
             return call(self, fn, *args, **kwargs)
-        # ProcessPoolExecutor.map submits partial(_process_chunk, <our Job>, ...): already wrapped.
-        job = fn if _is_job_chunk(fn) else new_job(state, fn)
         try:
-            future = call(self, job, *args, **kwargs)
+            if _is_job_chunk(fn):  # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
+                future = call(self, fn, *args, **kwargs)
+            else:
+                future = call(self, trampoline, fn, job_info(state), *args, **kwargs)
         except BaseException:
             state.record_rejected()
             raise
@@ -164,7 +169,7 @@ def _process_map(original: Callable[..., Any]) -> Callable[..., Any]:
         state = state_for(self) if runtime.active else None
         if state is None or state.ignored:
             return call(self, fn, *iterables, **kwargs)
-        return call(self, new_job(state, fn), *iterables, **kwargs)
+        return call(self, process_job(state, fn), *iterables, **kwargs)
 
     return map
 
@@ -189,6 +194,10 @@ def _future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
 # --- multiprocessing.pool ----------------------------------------------------------------------------
 
 
+def _job_for(state: PoolState, func: Callable[..., Any]) -> functools.partial[Any]:
+    return local_job(state, func) if state.source == SOURCE_MP_THREAD else process_job(state, func)
+
+
 def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
     call = _callable_original(original)
 
@@ -199,7 +208,7 @@ def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
             return call(self, func, *args, **kwargs)
         state.add_outstanding(1)
         try:
-            return call(self, new_job(state, func), *args, **kwargs)
+            return call(self, _job_for(state, func), *args, **kwargs)
         except BaseException:
             state.add_outstanding(-1)
             state.record_rejected()
@@ -228,7 +237,7 @@ def _mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
         count = len(iterable)  # type: ignore[arg-type]
         state.add_outstanding(count)
         try:
-            return call(self, new_job(state, func), iterable, *args, **kwargs)
+            return call(self, _job_for(state, func), iterable, *args, **kwargs)
         except BaseException:
             state.add_outstanding(-count)
             raise
@@ -255,7 +264,7 @@ def _mp_imap(original: Callable[..., Any]) -> Callable[..., Any]:
         except ValueError:
             state.record_rejected()
             raise
-        return call(self, new_job(state, func), _counted(state, iterable), *args, **kwargs)
+        return call(self, _job_for(state, func), _counted(state, iterable), *args, **kwargs)
 
     return imap
 

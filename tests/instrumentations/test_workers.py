@@ -40,7 +40,7 @@ from otel_perf._semconv import (
     POOL_WORKER_MEMORY_MAX,
 )
 from otel_perf.instrumentations import _workers_state
-from otel_perf.instrumentations._workers_run import Job
+from otel_perf.instrumentations._workers_run import process_job, trampoline
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import metric_points
 
@@ -436,11 +436,12 @@ def test_works_together_with_contrib_threading_instrumentation(
         ThreadingInstrumentor().uninstrument()
 
 
-def test_trampoline_pickles_without_its_local_state() -> None:
-    """The process-pool trampoline pickles (the user's function by reference) and runs the job."""
-    job = Job(work, 1, "p", "process", False, {}, time.time(), None, os.getpid())
+def test_process_job_pickles_and_runs_as_a_plain_call_in_its_owner(instrumented: Any) -> None:
+    """The process-pool job (trampoline + info) pickles, the user's function by reference."""
+    with cf.ThreadPoolExecutor(1) as pool:
+        job = process_job(_workers_state.state_for(pool), work)
     clone = pickle.loads(pickle.dumps(job))
-    assert clone.fn is work and clone.local is None
+    assert clone.func is trampoline and clone.args[0] is work
     assert clone(21) == 42  # in the owning process it is a plain call
 
 
