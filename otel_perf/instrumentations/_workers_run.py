@@ -176,10 +176,10 @@ def _fault(where: str, exc: Exception) -> None:
 _snapshot_cache: tuple[Any, bytes] | None = None
 
 #: What travels with each process job (a tuple of primitives: it pickles fast, in C):
-#: (owner pid, pool id, pool name, pool kind, spans on, context carrier, submission time, snapshot).
-#: The carrier is a W3C ``traceparent`` string, or a full propagator dict when the context also has
-#: trace state or baggage, or None without a valid span.
-Info = tuple[int, int, str, str, bool, "str | dict[str, str] | None", float, "bytes | None"]
+#: (owner pid, pool id, pool name, pool kind, spans on, context carrier, submission time, snapshot,
+#: flush after each job). The carrier is a W3C ``traceparent`` string, or a full propagator dict when the
+#: context also has trace state or baggage, or None without a valid span.
+Info = tuple[int, int, str, str, bool, "str | dict[str, str] | None", float, "bytes | None", bool]
 
 
 def _snapshot() -> bytes | None:
@@ -220,7 +220,11 @@ def _carrier() -> str | dict[str, str] | None:
 
 def job_info(state: PoolState) -> Info:
     """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
-    return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot())
+    # multiprocessing.pool workers are terminated (SIGTERM) by Pool.terminate() and `with Pool()`: they
+    # flush after each job that recorded something. ProcessPoolExecutor workers always end gracefully
+    # (also with max_tasks_per_child), so they flush once, when they exit.
+    return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot(),
+            state.source == SOURCE_MP)
 
 
 def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any) -> Any:
@@ -235,11 +239,11 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     except BaseException as exc:
         run = perf_counter() - start
         etype = error_type(exc)
-        _leave_worker_job(span, token, ends, exc, etype)
+        _leave_worker_job(span, token, ends if info[8] else None, exc, etype)
         _tag_exception(exc, (info[0], info[1], wait, run, etype))
         raise
     run = perf_counter() - start
-    _leave_worker_job(span, token, ends, None, None)
+    _leave_worker_job(span, token, ends if info[8] else None, None, None)
     return _Envelope(result, (info[0], info[1], wait, run, None))
 
 
@@ -332,8 +336,31 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     from otel_perf.version import __version__
 
     _worker_tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, schema_url=SCHEMA_URL)
+    # A worker that ends gracefully runs multiprocessing's finalizers, also when it leaves by os._exit
+    # (fork, forkserver), where atexit handlers do not run.
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _flush_at_exit, exitpriority=100)
     _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
     _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
+
+
+def _flush(spans: bool = True, logs: bool = True) -> None:
+    if spans:
+        flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if flush is not None:
+            flush(10_000)
+    if logs:
+        from opentelemetry._logs import get_logger_provider
+
+        flush = getattr(get_logger_provider(), "force_flush", None)
+        if flush is not None:
+            flush(10_000)
+
+
+@guard
+def _flush_at_exit() -> None:
+    _flush()
 
 
 def _ended() -> tuple[int, int]:
@@ -379,24 +406,18 @@ def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, ob
     return span, token, _ended()
 
 
-def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int], exc: BaseException | None,
-                      etype: str | None) -> None:
+def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | None,
+                      exc: BaseException | None, etype: str | None) -> None:
     try:
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
         if span is not None:
             _end_span(span, exc, etype)
-        spans_ended, logs_ended = _ended()
-        # Export what the job recorded before its result leaves the worker (module docstring); a job that
-        # recorded nothing costs no flush (a provider we cannot count on is always flushed).
-        if spans_ended != ends[0] or _span_ends is None:
-            flush = getattr(trace.get_tracer_provider(), "force_flush", None)
-            if flush is not None:
-                flush(10_000)
-        if logs_ended != ends[1]:
-            from opentelemetry._logs import get_logger_provider
-
-            get_logger_provider().force_flush(10_000)  # type: ignore[attr-defined]
+        if ends is not None:
+            spans_ended, logs_ended = _ended()
+            # Export what the job recorded before its result leaves the worker (module docstring); a job
+            # that recorded nothing costs no flush (a provider we cannot count on is always flushed).
+            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1])
     except Exception as failure:
         _fault("pool job end in a worker process", failure)
 

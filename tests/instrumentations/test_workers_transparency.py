@@ -182,9 +182,9 @@ def test_shutdown_wait_and_cancel_futures_behave_as_before(both: Any, kind: str)
         pool.shutdown(wait=True)
         with pytest.raises(RuntimeError):
             pool.submit(work, 1)
-        # A process pool may already have handed one queued job to its worker: at most one ran (and
-        # CPython may leave that one's future pending, instrumented or not).
-        return first_result, cancelled >= len(rest) - 1, kind == "process" or all(f.done() for f in rest)
+        # A process pool may already have moved queued jobs into its call queue (max_workers + 1 of them):
+        # those run (and CPython may leave such a future pending, instrumented or not).
+        return first_result, cancelled >= len(rest) - 2, kind == "process" or all(f.done() for f in rest)
 
     assert both(scenario) == (0.3, True, True)
 
