@@ -26,6 +26,8 @@ import contextvars
 import functools
 import os
 import pickle
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from threading import get_ident
@@ -221,8 +223,9 @@ def _carrier() -> str | dict[str, str] | None:
 def job_info(state: PoolState) -> Info:
     """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
     # multiprocessing.pool workers are terminated (SIGTERM) by Pool.terminate() and `with Pool()`: they
-    # flush after each job that recorded something. ProcessPoolExecutor workers always end gracefully
-    # (also with max_tasks_per_child), so they flush once, when they exit.
+    # flush on that SIGTERM, or, where they cannot take it over, after each job that recorded something.
+    # ProcessPoolExecutor workers always end gracefully (also with max_tasks_per_child): they flush once,
+    # when they exit.
     return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot(),
             state.source == SOURCE_MP)
 
@@ -233,17 +236,19 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
         return fn(*args, **kwargs)
     wait = max(0.0, time.time() - info[6])
     start = perf_counter()
-    span, token, ends = _enter_worker_job(fn, info, wait)
+    span, token, counted = _enter_worker_job(fn, info, wait)
+    # Flushed when the worker ends instead (finalizer, or the SIGTERM of terminate()), where possible.
+    ends = None if not info[8] or _flush_on_sigterm() else counted
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         run = perf_counter() - start
         etype = error_type(exc)
-        _leave_worker_job(span, token, ends if info[8] else None, exc, etype)
+        _leave_worker_job(span, token, ends, exc, etype)
         _tag_exception(exc, (info[0], info[1], wait, run, etype))
         raise
     run = perf_counter() - start
-    _leave_worker_job(span, token, ends if info[8] else None, None, None)
+    _leave_worker_job(span, token, ends, None, None)
     return _Envelope(result, (info[0], info[1], wait, run, None))
 
 
@@ -358,9 +363,60 @@ def _flush(spans: bool = True, logs: bool = True) -> None:
             flush(10_000)
 
 
+_flushing = False
+
+
 @guard
 def _flush_at_exit() -> None:
-    _flush()
+    global _flushing
+    _flushing = True
+    try:
+        _flush()
+    finally:
+        _flushing = False
+
+
+_SIGTERM_FLUSH_SECONDS = 10.0
+_sigterm_pid: int | None = None
+_sigterm_ours = False
+
+
+def _flush_on_sigterm() -> bool:
+    """Once per worker: flush on SIGTERM, then die of it as before. False where we cannot (the signal has
+    a handler already, or this is not the main thread): the caller then flushes after each job.
+
+    ``multiprocessing.pool.Pool.terminate()`` (and so the end of ``with Pool()``) sends SIGTERM to its
+    workers, idle or not; flushing there instead of after every job saves one export per job (about
+    1 ms with OTLP/gRPC here; see docs/workers.md).
+    """
+    global _sigterm_pid, _sigterm_ours
+    if _sigterm_pid == _my_pid:
+        return _sigterm_ours
+    _sigterm_pid, _sigterm_ours = _my_pid, False
+    try:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _sigterm_ours = True
+    except (ValueError, OSError, AttributeError):
+        pass
+    return _sigterm_ours
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _flushing:
+        # The SIGTERM interrupted our own exit flush (Pool.terminate() may send the exit sentinel, then
+        # SIGTERM): let that flush finish; the worker is exiting anyway.
+        return
+    try:
+        # In another thread, bounded: the main thread may be inside an export (holding the exporter's
+        # lock) right now; a flush here would then wait forever, and so would Pool.terminate().
+        flusher = threading.Thread(target=_flush_at_exit, name="otel-perf-flush", daemon=True)
+        flusher.start()
+        flusher.join(_SIGTERM_FLUSH_SECONDS)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # end exactly as without otel-perf: killed by SIGTERM
 
 
 def _ended() -> tuple[int, int]:
