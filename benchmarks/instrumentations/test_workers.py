@@ -113,7 +113,7 @@ def _with_collection(env: _Env, op: Callable[[], Any], per_op: int) -> Callable[
 def _bench(benchmark: Any, env: _Env, group: str, op: Callable[[], Any], mode: str, per_op: int = 1) -> None:
     benchmark.group = group
     stop = None
-    if mode != "bare":
+    if mode.startswith("spans"):
         stop = _instrumented(env, spans=mode.startswith("spans_on"))
     if mode.endswith("total"):
         op = _with_collection(env, op, per_op)
@@ -142,9 +142,94 @@ def _burst(pool: cf.Executor, n: int) -> Callable[[], None]:
 MODES = ["bare", "spans_off", "spans_on", "spans_off_total", "spans_on_total"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_thread_roundtrip(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.thread.roundtrip", _roundtrip(env.thread_pool, noop), mode)
+def _span_direct(env: _Env) -> Callable[[], None]:
+    """A job that creates, itself, the span otel-perf would give it: same name, kind, attributes, parent
+    (the submitter's span, passed explicitly since a bare pool carries no context)."""
+    tracer = env.tracer_provider.get_tracer("bench")
+    parent = trace.set_span_in_context(env.parent)
+
+    def job() -> None:
+        span = tracer.start_span("ThreadPoolExecutor noop", context=parent, kind=SpanKind.INTERNAL,
+                                 attributes={POOL_NAME: "ThreadPoolExecutor", POOL_KIND: "thread",
+                                             CODE_FUNCTION_NAME: "bench.noop", JOB_WAIT_DURATION: 0.00002})
+        token = otel_context.attach(trace.set_span_in_context(span))
+        otel_context.detach(token)
+        span.end()
+
+    return job
+
+
+def _make(group: str, build: Callable[[_Env], Callable[[], Any]], mode: str, per_op: int) -> Any:
+    def case(benchmark: Any, env: _Env, under_parent: None) -> None:
+        _bench(benchmark, env, group, build(env), mode, per_op)
+
+    return case
+
+
+def _job_makes_span(build: Callable[[_Env], Callable[[], Any]]) -> Any:
+    def case(benchmark: Any, env: _Env, under_parent: None) -> None:
+        """The bare pool running a job that makes the identical span itself (the spans-on budget unit)."""
+        _bench(benchmark, env, build.__doc__ or "", build(env), "bare")
+
+    return case
+
+
+def _thread_roundtrip(env: _Env) -> Callable[[], None]:
+    """workers.thread.roundtrip"""
+    return _roundtrip(env.thread_pool, noop)
+
+
+def _thread_burst(env: _Env) -> Callable[[], None]:
+    """workers.thread.burst1000"""
+    return _burst(env.thread_pool, 1000)
+
+
+def _thread_job_1ms(env: _Env) -> Callable[[], None]:
+    """workers.thread.job1ms"""
+    return _roundtrip(env.thread_pool, sleep_1ms)
+
+
+def _process_roundtrip(env: _Env) -> Callable[[], None]:
+    """workers.process.roundtrip"""
+    return _roundtrip(env.process_pool, noop)
+
+
+def _process_burst(env: _Env) -> Callable[[], None]:
+    """workers.process.burst100"""
+    return _burst(env.process_pool, 100)
+
+
+def _process_job_1ms(env: _Env) -> Callable[[], None]:
+    """workers.process.job1ms"""
+    return _roundtrip(env.process_pool, sleep_1ms)
+
+
+def _thread_roundtrip_span(env: _Env) -> Callable[[], None]:
+    """workers.thread.roundtrip"""
+    return _roundtrip(env.thread_pool, _span_direct(env))
+
+
+def _thread_burst_span(env: _Env) -> Callable[[], None]:
+    """workers.thread.burst1000"""
+    job = _span_direct(env)
+
+    def op() -> None:
+        cf.wait([env.thread_pool.submit(job) for _ in range(1000)])
+
+    return op
+
+
+# One function per case (not parametrize): the bare case of a group is the one whose name says "bare"
+# (benchmarks/results.py).
+for _scenario, _build, _per_op in (
+    ("thread_roundtrip", _thread_roundtrip, 1), ("thread_burst_1000", _thread_burst, 1000),
+    ("thread_job_1ms", _thread_job_1ms, 1), ("process_roundtrip", _process_roundtrip, 1),
+    ("process_burst_100", _process_burst, 100), ("process_job_1ms", _process_job_1ms, 1),
+):
+    for _mode in MODES:
+        globals()[f"test_{_scenario}_{_mode}"] = _make(_build.__doc__ or "", _build, _mode, _per_op)
+test_thread_roundtrip_job_makes_span_itself = _job_makes_span(_thread_roundtrip_span)
+test_thread_burst_1000_job_makes_span_itself = _job_makes_span(_thread_burst_span)
 
 
 def test_thread_roundtrip_contrib_threading(benchmark: Any, env: _Env, under_parent: None) -> None:
@@ -153,34 +238,9 @@ def test_thread_roundtrip_contrib_threading(benchmark: Any, env: _Env, under_par
 
     ThreadingInstrumentor().instrument()
     try:
-        _bench(benchmark, env, "workers.thread.roundtrip", _roundtrip(env.thread_pool, noop), "bare-of-contrib")
+        _bench(benchmark, env, "workers.thread.roundtrip", _roundtrip(env.thread_pool, noop), "contrib")
     finally:
         ThreadingInstrumentor().uninstrument()
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_thread_burst_1000(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.thread.burst1000", _burst(env.thread_pool, 1000), mode, per_op=1000)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_thread_job_1ms(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.thread.job1ms", _roundtrip(env.thread_pool, sleep_1ms), mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_process_roundtrip(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.process.roundtrip", _roundtrip(env.process_pool, noop), mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_process_burst_100(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.process.burst100", _burst(env.process_pool, 100), mode, per_op=100)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_process_job_1ms(benchmark: Any, env: _Env, under_parent: None, mode: str) -> None:
-    _bench(benchmark, env, "workers.process.job1ms", _roundtrip(env.process_pool, sleep_1ms), mode)
 
 
 # --- the budget units, measured in the same run ----------------------------------------------------------

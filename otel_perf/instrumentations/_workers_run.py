@@ -74,8 +74,25 @@ __all__ = ["function_names", "is_process_job", "job_info", "local_job", "process
 Meta = tuple[int, int, float, float, "str | None"]
 
 
+#: code object -> (short name, code.function.name, qualname): plain functions sharing a code object
+#: (closures made by one def) share their names, so a job's names are computed once per def.
+_names_by_code: dict[Any, tuple[str, str, Any]] = {}
+
+
 def function_names(fn: Any) -> tuple[str, str]:
     """(short name for the span name, ``code.function.name``) of a job's callable."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        found = _names_by_code.get(code)
+        if found is not None and found[2] == getattr(fn, "__qualname__", None):
+            return found[0], found[1]
+    names = _function_names(fn)
+    if code is not None and len(_names_by_code) < 4096:
+        _names_by_code[code] = (names[0], names[1], getattr(fn, "__qualname__", None))
+    return names
+
+
+def _function_names(fn: Any) -> tuple[str, str]:
     target = fn
     while isinstance(target, functools.partial):
         target = target.func
@@ -90,18 +107,19 @@ def function_names(fn: Any) -> tuple[str, str]:
     return short, full
 
 
-def _span_attributes(state_name: str, kind: str, full: str, wait: float) -> dict[str, Any]:
-    return {POOL_NAME: state_name, POOL_KIND: kind, CODE_FUNCTION_NAME: full, JOB_WAIT_DURATION: wait}
-
-
-@guard
 def _start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
-                context: otel_context.Context | None = None, pid: int | None = None) -> Span:
-    qual, full = function_names(fn)
-    attributes = _span_attributes(name, kind, full, wait)
-    if pid is not None:
-        attributes[PROCESS_PID] = pid
-    return tracer.start_span(f"{name} {qual}", context=context, kind=SpanKind.INTERNAL, attributes=attributes)
+                context: otel_context.Context | None = None, pid: int | None = None) -> Span | None:
+    try:
+        short, full = function_names(fn)
+        attributes: dict[str, Any] = {POOL_NAME: name, POOL_KIND: kind, CODE_FUNCTION_NAME: full,
+                                      JOB_WAIT_DURATION: wait}
+        if pid is not None:
+            attributes[PROCESS_PID] = pid
+        return tracer.start_span(f"{name} {short}", context=context, kind=SpanKind.INTERNAL,
+                                 attributes=attributes)
+    except Exception as exc:
+        _fault("starting a pool job span", exc)
+        return None
 
 
 @guard
