@@ -462,3 +462,49 @@ def test_forked_child_reports_only_its_own_pools(instrumented: Any) -> None:
         os.close(read)
         os.waitpid(pid, 0)
     assert reported == b"0"
+
+
+@needs_fork
+def test_multiprocessing_pool_rejection_is_counted_and_raises_as_before(instrumented: Any,
+                                                                      metric_reader: Any) -> None:
+    name = unique("closed")
+    pool = otel_perf.name_pool(FORK.Pool(1), name)
+    pool.close()
+    for call in (lambda: pool.apply_async(work, (1,)), lambda: pool.map(work, [1]),
+                 lambda: pool.imap(work, [1])):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    pool.join()
+    assert one_value(metric_reader, POOL_JOB_REJECTED, name) == 3
+
+
+def test_process_context_carrier_keeps_trace_state_and_baggage(tracer_provider: Any) -> None:
+    """The carrier sent to worker processes: a bare traceparent, or the full propagation when the context
+    has trace state or baggage; the worker rebuilds the same parent either way."""
+    from opentelemetry import baggage
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from otel_perf.instrumentations._workers_run import _carrier, _context_from
+
+    tracer = tracer_provider.get_tracer("t")
+    with tracer.start_as_current_span("plain") as span:
+        carrier = _carrier()
+        assert isinstance(carrier, str)
+        rebuilt = trace.get_current_span(_context_from(carrier)).get_span_context()
+        assert (rebuilt.trace_id, rebuilt.span_id, rebuilt.is_remote) == (
+            span.get_span_context().trace_id, span.get_span_context().span_id, True)
+    stated = SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1),
+                         trace_state=TraceState([("vendor", "v1")]))
+    ctx = baggage.set_baggage("tenant", "t1", trace.set_span_in_context(NonRecordingSpan(stated)))
+    token = otel_context.attach(ctx)
+    try:
+        carrier = _carrier()
+    finally:
+        otel_context.detach(token)
+    assert isinstance(carrier, dict)
+    rebuilt_ctx = _context_from(carrier)
+    rebuilt = trace.get_current_span(rebuilt_ctx).get_span_context()
+    assert (rebuilt.trace_id, rebuilt.span_id, rebuilt.trace_state.get("vendor")) == (0x1234, 0x5678, "v1")
+    assert baggage.get_baggage("tenant", rebuilt_ctx) == "t1"
+    assert _carrier() is None  # no span: nothing to carry
