@@ -132,9 +132,10 @@ def _run(tmp_path: Path, receiver, mode: str) -> dict:
     app.write_text(APP)
     # Long export intervals: the metrics checked are those of the app's explicit collection and of the
     # final one at exit, so every count is exact; and no span reaches the receiver by a batch processor's
-    # timer: only the flushes otel-perf does (after each job of a multiprocessing.Pool, whose workers
-    # are terminated; when a ProcessPoolExecutor worker exits) and the parent's own at exit.
-    otel = {**receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    # timer: only by the flushes otel-perf does when a worker ends (ProcessPoolExecutor workers at exit;
+    # multiprocessing.Pool workers at exit or on the SIGTERM of `with Pool()`) and the parent's at exit.
+    otel = {**receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+            "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     env = clean_env(**otel, OTEL_SERVICE_NAME="workers-e2e", OTEL_PYTHON_DISTRO="otel_perf",
                     OTEL_PYTHON_CONFIGURATOR="otel_perf")
     if mode == "launcher":
