@@ -32,6 +32,7 @@ import pickle
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from threading import get_ident
 from time import perf_counter
@@ -271,6 +272,13 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     run = perf_counter() - start
     _leave_worker_job(span, token, ends, None, None)
     return _Envelope(result, (info[0], info[1], wait, run, None))
+
+
+#: Envelopes made in this worker and not yet sent. A chunk (``map`` with ``chunksize > 1``) returns its
+#: results as one list, and an item failing discards the list of the items before it, which did run:
+#: their timings then travel with the failing item's exception instead.
+#: Held weakly: an envelope whose sending failed (an unpicklable result) just disappears.
+_unsent: weakref.WeakValueDictionary[int, _Envelope] = weakref.WeakValueDictionary()
 
 
 def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
@@ -530,13 +538,15 @@ def _deliver(value: Any, meta: Meta) -> Any:
 class _Envelope:
     """A job's result with its timings; unpickles into the bare result (see the module docstring)."""
 
-    __slots__ = ("meta", "value")
+    __slots__ = ("__weakref__", "meta", "value")
 
     def __init__(self, value: Any, meta: Meta) -> None:
         self.value = value
         self.meta = meta
+        _unsent[id(self)] = self
 
     def __reduce__(self) -> tuple[Any, ...]:
+        _unsent.pop(id(self), None)
         return (_deliver, (self.value, self.meta))
 
     def __repr__(self) -> str:
@@ -547,11 +557,11 @@ class _Envelope:
 class _ReduceWithMeta:
     """Instance-level ``__reduce_ex__`` of a job's exception: the exception's own reduction, plus meta."""
 
-    __slots__ = ("exc", "meta")
+    __slots__ = ("exc", "metas")
 
-    def __init__(self, exc: BaseException, meta: Meta) -> None:
+    def __init__(self, exc: BaseException, metas: list[Meta]) -> None:
         self.exc = exc
-        self.meta = meta
+        self.metas = metas
 
     def __call__(self, protocol: int) -> Any:
         exc = self.exc
@@ -559,17 +569,21 @@ class _ReduceWithMeta:
         reduced = type(exc).__reduce_ex__(exc, protocol)
         if not isinstance(reduced, tuple):
             return reduced
-        return (_rebuild_exception, (reduced, self.meta))
+        return (_rebuild_exception, (reduced, self.metas))
 
 
 def _tag_exception(exc: BaseException, meta: Meta) -> None:
+    metas = [meta]
+    if _unsent:  # earlier items of this job's chunk: they ran, their list of results is discarded
+        metas.extend(envelope.meta for envelope in list(_unsent.values()))
+        _unsent.clear()
     try:
-        exc.__dict__["__reduce_ex__"] = _ReduceWithMeta(exc, meta)
+        exc.__dict__["__reduce_ex__"] = _ReduceWithMeta(exc, metas)
     except (AttributeError, TypeError):
         pass  # no instance dict: the timings of this failed job are not carried back
 
 
-def _rebuild_exception(reduced: tuple[Any, ...], meta: Meta) -> Any:
+def _rebuild_exception(reduced: tuple[Any, ...], metas: list[Meta]) -> Any:
     """Unpickle an exception exactly as pickle would from its own reduction, and record the meta."""
     func, args = reduced[0], reduced[1]
     obj = func(*args)
@@ -593,5 +607,6 @@ def _rebuild_exception(reduced: tuple[Any, ...], meta: Meta) -> Any:
     if len(reduced) > 4 and reduced[4] is not None:
         for key, value in reduced[4]:
             obj[key] = value
-    record_meta(meta)
+    for meta in metas:
+        record_meta(meta)
     return obj

@@ -183,9 +183,20 @@ class PoolState:
         else:
             from multiprocessing.pool import RUN
 
-            pending = self.outstanding if pool._state == RUN else 0
+            pending = self._mp_outstanding(pool) if pool._state == RUN else 0
             processes = sum(1 for p in list(pool._pool) if p.exitcode is None)
         return pending, processes
+
+    def _mp_outstanding(self, pool: Any) -> int:
+        """Jobs submitted and not finished, for ``multiprocessing`` pools.
+
+        Items of a chunk after a failing item never run and so are never counted off; once the pool has
+        no pending result left (its ``_cache`` is empty), nothing is outstanding, whatever the count says.
+        """
+        if not pool._cache:
+            with self._lock:
+                self.outstanding = 0
+        return self.outstanding
 
     def busy(self) -> int | None:
         """Workers running a job. Process pools: unfinished jobs, at most one per live worker."""
@@ -213,7 +224,7 @@ class PoolState:
             # After shutdown one None sentinel stays in the queue (each exiting worker puts it back).
             return max(0, int(pool._work_queue.qsize()) - (1 if pool._shutdown else 0))
         if self.source == SOURCE_MP_THREAD:
-            return max(0, self.outstanding - len(self.running))
+            return max(0, self._mp_outstanding(pool) - len(self.running))
         pending, processes = self._process_pending(pool)
         return max(0, pending - min(pending, processes))
 

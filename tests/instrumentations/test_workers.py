@@ -508,3 +508,28 @@ def test_process_context_carrier_keeps_trace_state_and_baggage(tracer_provider: 
     assert (rebuilt.trace_id, rebuilt.span_id, rebuilt.trace_state.get("vendor")) == (0x1234, 0x5678, "v1")
     assert baggage.get_baggage("tenant", rebuilt_ctx) == "t1"
     assert _carrier() is None  # no span: nothing to carry
+
+
+@needs_fork
+def test_failing_item_of_a_chunk_still_counts_the_items_that_ran(instrumented: Any,
+                                                                metric_reader: Any) -> None:
+    """map with chunksize: items before a failing one ran (counted ok), the failing one counts as an
+    error, items after it never ran; the multiprocessing pool's busy/depth return to 0."""
+    makers = ((lambda: cf.ProcessPoolExecutor(1, mp_context=FORK), "ppe"), (lambda: FORK.Pool(1), "mp"))
+    for make, kind in makers:
+        name = unique(f"chunk-{kind}")
+        with otel_perf.name_pool(make(), name) as pool:
+            with pytest.raises(ValueError):
+                list(pool.map(fail_on_three, range(6), chunksize=6))
+            assert one_value(metric_reader, POOL_WORKER_BUSY, name) == 0
+            assert one_value(metric_reader, POOL_QUEUE_DEPTH, name) == 0
+        ok = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "ok"})
+        errors = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "error"})
+        assert [p.count for p in ok] == [3], kind
+        assert [p.count for p in errors] == [1], kind
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    return x
