@@ -374,7 +374,7 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     # (fork, forkserver), where atexit handlers do not run.
     from multiprocessing.util import Finalize
 
-    Finalize(None, _flush_at_exit, exitpriority=100)
+    Finalize(None, _flush_at_graceful_exit, exitpriority=100)
     _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
     _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
 
@@ -405,9 +405,19 @@ def _flush_at_exit() -> None:
         _flushing = False
 
 
+@guard
+def _flush_at_graceful_exit() -> None:
+    """The worker's finalizer: flush, then let a later SIGTERM (terminate() after the exit sentinel) kill
+    the exiting worker at once, as without otel-perf."""
+    _flush_at_exit()
+    if _sigterm_ours and _sigterm_pid == _my_pid and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 _SIGTERM_FLUSH_SECONDS = 10.0
 _sigterm_pid: int | None = None
 _sigterm_ours = False
+_flusher: tuple[threading.Event, threading.Event] | None = None
 
 
 def _flush_on_sigterm() -> bool:
@@ -418,18 +428,36 @@ def _flush_on_sigterm() -> bool:
     workers, idle or not; flushing there instead of after every job saves one export per job (about
     1 ms with OTLP/gRPC here; see docs/workers.md).
     """
-    global _sigterm_pid, _sigterm_ours
+    global _sigterm_pid, _sigterm_ours, _flusher
     if _sigterm_pid == _my_pid:
         return _sigterm_ours
     _sigterm_pid, _sigterm_ours = _my_pid, False
     try:
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            _flusher = _start_flusher()
             signal.signal(signal.SIGTERM, _on_sigterm)
             _sigterm_ours = True
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError, AttributeError, RuntimeError):
         pass
     return _sigterm_ours
+
+
+def _start_flusher() -> tuple[threading.Event, threading.Event]:
+    """A thread, started now, that flushes when asked: the SIGTERM handler must not start threads (the
+    main thread may hold threading's own locks when the signal arrives) nor export itself (it may hold
+    the exporter's lock)."""
+    request, done = threading.Event(), threading.Event()
+
+    def run() -> None:
+        request.wait()
+        try:
+            _flush_at_exit()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="otel-perf-flush", daemon=True).start()
+    return request, done
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -438,11 +466,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         # SIGTERM): let that flush finish; the worker is exiting anyway.
         return
     try:
-        # In another thread, bounded: the main thread may be inside an export (holding the exporter's
-        # lock) right now; a flush here would then wait forever, and so would Pool.terminate().
-        flusher = threading.Thread(target=_flush_at_exit, name="otel-perf-flush", daemon=True)
-        flusher.start()
-        flusher.join(_SIGTERM_FLUSH_SECONDS)
+        flusher = _flusher
+        if flusher is not None:
+            flusher[0].set()
+            flusher[1].wait(_SIGTERM_FLUSH_SECONDS)  # bounded: terminate() waits for this worker
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # end exactly as without otel-perf: killed by SIGTERM

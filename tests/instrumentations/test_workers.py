@@ -533,3 +533,37 @@ def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("three")
     return x
+
+
+def _span_then_sleep(_: object = None) -> None:
+    trace.get_tracer("job").start_span("inner").end()
+    time.sleep(20)
+
+
+@needs_fork
+def test_terminated_multiprocessing_worker_flushes_then_dies_of_sigterm(otel_globals: None,
+                                                                      otlp_receiver: Any) -> None:
+    """Pool.terminate() while a job runs: the worker exports what it recorded (here with a batch timer that
+    would never fire), then ends killed by SIGTERM exactly as without otel-perf."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=f"{otlp_receiver.http_endpoint}/v1/traces"), schedule_delay_millis=600_000))
+    trace.set_tracer_provider(provider)
+    instrumentor = WorkerPoolInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, settings=load_settings(pool_spans=False))
+    try:
+        pool = FORK.Pool(1)
+        pool.apply_async(_span_then_sleep)
+        time.sleep(1.0)  # the job starts, ends its span, and sleeps
+        workers = list(pool._pool)
+        pool.terminate()
+        pool.join()
+        assert [w.exitcode for w in workers] == [-15]
+        otlp_receiver.wait_for(lambda r: [s for s in r.spans() if s.name == "inner"], timeout=15)
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
