@@ -12,11 +12,14 @@ and run time recorded by the process that owns the pool (DESIGN.md, "Worker pool
   the job under the carried context and ends its span.
 * Nothing recorded in a job may be lost when its worker ends. Fork and forkserver workers end with
   ``os._exit`` (no ``atexit``), and ``with multiprocessing.Pool()`` terminates its workers (SIGTERM) as
-  soon as the block ends. Flushing after every job costs one synchronous export per job (about 1.1 ms
-  with OTLP/gRPC here, against a 63 µs round trip), so workers flush when they end instead: every
-  graceful exit runs a ``multiprocessing`` finalizer, and ``multiprocessing.pool`` workers also flush on
-  the SIGTERM of ``terminate()`` before dying of it. Where that signal already has a handler, a
-  ``multiprocessing.pool`` worker falls back to flushing after each job that recorded something.
+  soon as the block ends. Flushing after every job costs one synchronous export per job that recorded
+  something (about 1.1 ms with OTLP/gRPC here, against a 63 µs round trip), so ``ProcessPoolExecutor``
+  workers, which always end gracefully, flush once when they exit (a ``multiprocessing`` finalizer runs
+  even before ``os._exit``). ``multiprocessing.pool`` workers can be terminated at any moment, so they
+  flush after each job that recorded a span or log record, before its result leaves. Flushing on the
+  SIGTERM instead was tried and rejected: a Python signal handler runs only in the main thread, and when
+  the kernel hands the signal to another thread of a worker blocked on the pool's queue lock, the worker
+  never dies and ``terminate()`` waits forever (seen on 3.13, about 1 run in 20).
 * The job's timings travel back with its outcome without changing what the pool delivers: the result is
   wrapped in an :class:`_Envelope` whose ``__reduce__`` unpickles, in the owner, into the user's own
   value (recording the timings as a side effect); an exception gets an instance-level ``__reduce_ex__``
@@ -29,8 +32,6 @@ import contextvars
 import functools
 import os
 import pickle
-import signal
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -244,10 +245,9 @@ def _carrier() -> str | dict[str, str] | None:
 
 def job_info(state: PoolState) -> Info:
     """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
-    # multiprocessing.pool workers are terminated (SIGTERM) by Pool.terminate() and `with Pool()`: they
-    # flush on that SIGTERM, or, where they cannot take it over, after each job that recorded something.
-    # ProcessPoolExecutor workers always end gracefully (also with max_tasks_per_child): they flush once,
-    # when they exit.
+    # multiprocessing.pool workers are killed (SIGTERM) by Pool.terminate() and `with Pool()`: they flush
+    # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
+    # max_tasks_per_child): they flush once, when they exit.
     return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot(),
             state.source == SOURCE_MP)
 
@@ -259,8 +259,7 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     wait = max(0.0, time.time() - info[6])
     start = perf_counter()
     span, token, counted = _enter_worker_job(fn, info, wait)
-    # Flushed when the worker ends instead (finalizer, or the SIGTERM of terminate()), where possible.
-    ends = None if not info[8] or _flush_on_sigterm() else counted
+    ends = counted if info[8] else None  # else flushed once, when the worker exits (a finalizer)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -374,7 +373,7 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     # (fork, forkserver), where atexit handlers do not run.
     from multiprocessing.util import Finalize
 
-    Finalize(None, _flush_at_graceful_exit, exitpriority=100)
+    Finalize(None, _flush_at_exit, exitpriority=100)
     _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
     _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
 
@@ -403,76 +402,6 @@ def _flush_at_exit() -> None:
         _flush()
     finally:
         _flushing = False
-
-
-@guard
-def _flush_at_graceful_exit() -> None:
-    """The worker's finalizer: flush, then let a later SIGTERM (terminate() after the exit sentinel) kill
-    the exiting worker at once, as without otel-perf."""
-    _flush_at_exit()
-    if _sigterm_ours and _sigterm_pid == _my_pid and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-_SIGTERM_FLUSH_SECONDS = 10.0
-_sigterm_pid: int | None = None
-_sigterm_ours = False
-_flusher: tuple[threading.Event, threading.Event] | None = None
-
-
-def _flush_on_sigterm() -> bool:
-    """Once per worker: flush on SIGTERM, then die of it as before. False where we cannot (the signal has
-    a handler already, or this is not the main thread): the caller then flushes after each job.
-
-    ``multiprocessing.pool.Pool.terminate()`` (and so the end of ``with Pool()``) sends SIGTERM to its
-    workers, idle or not; flushing there instead of after every job saves one export per job (about
-    1 ms with OTLP/gRPC here; see docs/workers.md).
-    """
-    global _sigterm_pid, _sigterm_ours, _flusher
-    if _sigterm_pid == _my_pid:
-        return _sigterm_ours
-    _sigterm_pid, _sigterm_ours = _my_pid, False
-    try:
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
-            _flusher = _start_flusher()
-            signal.signal(signal.SIGTERM, _on_sigterm)
-            _sigterm_ours = True
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        pass
-    return _sigterm_ours
-
-
-def _start_flusher() -> tuple[threading.Event, threading.Event]:
-    """A thread, started now, that flushes when asked: the SIGTERM handler must not start threads (the
-    main thread may hold threading's own locks when the signal arrives) nor export itself (it may hold
-    the exporter's lock)."""
-    request, done = threading.Event(), threading.Event()
-
-    def run() -> None:
-        request.wait()
-        try:
-            _flush_at_exit()
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="otel-perf-flush", daemon=True).start()
-    return request, done
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if _flushing:
-        # The SIGTERM interrupted our own exit flush (Pool.terminate() may send the exit sentinel, then
-        # SIGTERM): let that flush finish; the worker is exiting anyway.
-        return
-    try:
-        flusher = _flusher
-        if flusher is not None:
-            flusher[0].set()
-            flusher[1].wait(_SIGTERM_FLUSH_SECONDS)  # bounded: terminate() waits for this worker
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)  # end exactly as without otel-perf: killed by SIGTERM
 
 
 def _ended() -> tuple[int, int]:
