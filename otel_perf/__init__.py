@@ -28,8 +28,16 @@ _LAZY = {
     "track_queue": "otel_perf.instrumentations.workers",
 }
 
-__all__ = sorted(["ConfigError", "Handle", "__version__", "configure", "job", "name_pool", "shutdown",
-                  "track_queue"])
+__all__ = [
+    "ConfigError",
+    "Handle",
+    "__version__",
+    "configure",
+    "job",
+    "name_pool",
+    "shutdown",
+    "track_queue",
+]
 
 
 def __getattr__(name: str) -> Any:
