@@ -263,3 +263,13 @@ SPANS = tuple(  # type: ignore[misc]  # Final rebound once, here, to add the att
     if s.group == "parsers" and PARSE_INPUT_SIZE not in s.attributes else s
     for s in SPANS
 )
+
+# --- added by workers ---
+POOL_QUEUE_DEPTH: Final = "otel_perf.pool.queue.depth"
+POOL_WORKER_BUSY: Final = "otel_perf.pool.worker.busy"
+POOL_WORKER_LIMIT: Final = "otel_perf.pool.worker.limit"
+POOL_JOB_WAIT_DURATION: Final = "otel_perf.pool.job.wait.duration"
+POOL_JOB_DURATION: Final = "otel_perf.pool.job.duration"
+POOL_JOB_REJECTED: Final = "otel_perf.pool.job.rejected"
+POOL_JOB_RETRIES: Final = "otel_perf.pool.job.retries"
+POOL_WORKER_MEMORY_MAX: Final = "otel_perf.pool.worker.memory.max"

@@ -1,0 +1,275 @@
+"""Worker pools: what instrumentation adds to a job, against bare twins measured in the same run.
+
+Groups (each has a ``bare`` case): a submit+result round trip of a no-op job, 1000 submits then wait
+(100 for process pools), and a 1 ms job, for ThreadPoolExecutor and ProcessPoolExecutor (fork), with
+spans off and on. ``*_total`` twins also pay the deferred work: a metric collection every 1000 jobs
+(spans are exported synchronously by a SimpleSpanProcessor to a dropping exporter, so their export is
+always counted). Group ``workers.reference`` holds the budget units measured in the same run: one SDK
+``Histogram.record`` with 3 attributes and the identical job span created directly.
+
+Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers.py --benchmark-enable``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
+
+from otel_perf._config import load_settings
+from otel_perf._semconv import CODE_FUNCTION_NAME, JOB_WAIT_DURATION, POOL_KIND, POOL_NAME
+from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
+from otel_perf.testing import reset_otel_globals
+
+COLLECT_EVERY = 1000
+
+
+class _Drop(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def noop() -> None:
+    return None
+
+
+def sleep_1ms() -> None:
+    time.sleep(0.001)
+
+
+class _Env:
+    def __init__(self) -> None:
+        reset_otel_globals()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(_Drop()))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        trace.set_tracer_provider(self.tracer_provider)  # forked workers use the global one
+        metrics.set_meter_provider(self.meter_provider)
+        self.instrumentor = WorkerPoolInstrumentor()
+        self.thread_pool = cf.ThreadPoolExecutor(2)
+        self.process_pool = cf.ProcessPoolExecutor(2, mp_context=mp.get_context("fork"))
+        self.process_pool.submit(noop).result()  # start the workers before instrumenting
+        self.parent = self.tracer_provider.get_tracer("bench").start_span("request")
+
+    def close(self) -> None:
+        self.thread_pool.shutdown()
+        self.process_pool.shutdown()
+        self.parent.end()
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+        reset_otel_globals()
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[_Env]:
+    environment = _Env()
+    yield environment
+    environment.close()
+
+
+@pytest.fixture
+def under_parent(env: _Env) -> Iterator[None]:
+    """Every case runs with a current parent span, as jobs submitted while serving a request do."""
+    token = otel_context.attach(trace.set_span_in_context(env.parent))
+    yield
+    otel_context.detach(token)
+
+
+def _instrumented(env: _Env, spans: bool) -> Callable[[], None]:
+    env.instrumentor.instrument(tracer_provider=env.tracer_provider, meter_provider=env.meter_provider,
+                                settings=load_settings(pool_spans=spans))
+    return env.instrumentor.uninstrument  # type: ignore[no-any-return]
+
+
+def _with_collection(env: _Env, op: Callable[[], Any], per_op: int) -> Callable[[], None]:
+    """``op`` plus a metric collection every COLLECT_EVERY jobs (the deferred publication work)."""
+    state = {"jobs": 0}
+
+    def run() -> None:
+        op()
+        state["jobs"] += per_op
+        if state["jobs"] >= COLLECT_EVERY:
+            state["jobs"] = 0
+            env.reader.collect()
+
+    return run
+
+
+def _bench(benchmark: Any, env: _Env, group: str, op: Callable[[], Any], mode: str, per_op: int = 1) -> None:
+    benchmark.group = group
+    stop = None
+    if mode.startswith("spans"):
+        stop = _instrumented(env, spans=mode.startswith("spans_on"))
+    if mode.endswith("total"):
+        op = _with_collection(env, op, per_op)
+    try:
+        op()  # warm-up: first-use set-up (pool state, series) is not what is measured
+        benchmark(op)
+    finally:
+        if stop is not None:
+            stop()
+
+
+def _roundtrip(pool: cf.Executor, fn: Callable[[], None]) -> Callable[[], None]:
+    def op() -> None:
+        pool.submit(fn).result()
+
+    return op
+
+
+def _burst(pool: cf.Executor, n: int) -> Callable[[], None]:
+    def op() -> None:
+        cf.wait([pool.submit(noop) for _ in range(n)])
+
+    return op
+
+
+MODES = ["bare", "spans_off", "spans_on", "spans_off_total", "spans_on_total"]
+
+
+def _span_direct(env: _Env) -> Callable[[], None]:
+    """A job that creates, itself, the span otel-perf would give it: same name, kind, attributes, parent
+    (the submitter's span, passed explicitly since a bare pool carries no context)."""
+    tracer = env.tracer_provider.get_tracer("bench")
+    parent = trace.set_span_in_context(env.parent)
+
+    def job() -> None:
+        span = tracer.start_span("ThreadPoolExecutor noop", context=parent, kind=SpanKind.INTERNAL,
+                                 attributes={POOL_NAME: "ThreadPoolExecutor", POOL_KIND: "thread",
+                                             CODE_FUNCTION_NAME: "bench.noop", JOB_WAIT_DURATION: 0.00002})
+        token = otel_context.attach(trace.set_span_in_context(span))
+        otel_context.detach(token)
+        span.end()
+
+    return job
+
+
+def _make(group: str, build: Callable[[_Env], Callable[[], Any]], mode: str, per_op: int) -> Any:
+    def case(benchmark: Any, env: _Env, under_parent: None) -> None:
+        _bench(benchmark, env, group, build(env), mode, per_op)
+
+    return case
+
+
+def _job_makes_span(build: Callable[[_Env], Callable[[], Any]]) -> Any:
+    def case(benchmark: Any, env: _Env, under_parent: None) -> None:
+        """The bare pool running a job that makes the identical span itself (the spans-on budget unit)."""
+        _bench(benchmark, env, build.__doc__ or "", build(env), "bare")
+
+    return case
+
+
+def _thread_roundtrip(env: _Env) -> Callable[[], None]:
+    """workers.thread.roundtrip"""
+    return _roundtrip(env.thread_pool, noop)
+
+
+def _thread_burst(env: _Env) -> Callable[[], None]:
+    """workers.thread.burst1000"""
+    return _burst(env.thread_pool, 1000)
+
+
+def _thread_job_1ms(env: _Env) -> Callable[[], None]:
+    """workers.thread.job1ms"""
+    return _roundtrip(env.thread_pool, sleep_1ms)
+
+
+def _process_roundtrip(env: _Env) -> Callable[[], None]:
+    """workers.process.roundtrip"""
+    return _roundtrip(env.process_pool, noop)
+
+
+def _process_burst(env: _Env) -> Callable[[], None]:
+    """workers.process.burst100"""
+    return _burst(env.process_pool, 100)
+
+
+def _process_job_1ms(env: _Env) -> Callable[[], None]:
+    """workers.process.job1ms"""
+    return _roundtrip(env.process_pool, sleep_1ms)
+
+
+def _thread_roundtrip_span(env: _Env) -> Callable[[], None]:
+    """workers.thread.roundtrip"""
+    return _roundtrip(env.thread_pool, _span_direct(env))
+
+
+def _thread_burst_span(env: _Env) -> Callable[[], None]:
+    """workers.thread.burst1000"""
+    job = _span_direct(env)
+
+    def op() -> None:
+        cf.wait([env.thread_pool.submit(job) for _ in range(1000)])
+
+    return op
+
+
+# One function per case (not parametrize): the bare case of a group is the one whose name says "bare"
+# (benchmarks/results.py).
+for _scenario, _build, _per_op in (
+    ("thread_roundtrip", _thread_roundtrip, 1), ("thread_burst_1000", _thread_burst, 1000),
+    ("thread_job_1ms", _thread_job_1ms, 1), ("process_roundtrip", _process_roundtrip, 1),
+    ("process_burst_100", _process_burst, 100), ("process_job_1ms", _process_job_1ms, 1),
+):
+    for _mode in MODES:
+        globals()[f"test_{_scenario}_{_mode}"] = _make(_build.__doc__ or "", _build, _mode, _per_op)
+test_thread_roundtrip_job_makes_span_itself = _job_makes_span(_thread_roundtrip_span)
+test_thread_burst_1000_job_makes_span_itself = _job_makes_span(_thread_burst_span)
+
+
+def test_thread_roundtrip_contrib_threading(benchmark: Any, env: _Env, under_parent: None) -> None:
+    """Contrib's context-only ThreadingInstrumentor, for comparison (no spans, no metrics)."""
+    from opentelemetry.instrumentation.threading import ThreadingInstrumentor
+
+    ThreadingInstrumentor().instrument()
+    try:
+        _bench(benchmark, env, "workers.thread.roundtrip", _roundtrip(env.thread_pool, noop), "contrib")
+    finally:
+        ThreadingInstrumentor().uninstrument()
+
+
+# --- the budget units, measured in the same run ----------------------------------------------------------
+
+ATTRS3 = {POOL_NAME: "ThreadPoolExecutor", POOL_KIND: "thread", "otel_perf.job.outcome": "ok"}
+
+
+def test_reference_bare(benchmark: Any) -> None:
+    benchmark.group = "workers.reference"
+    benchmark(noop)
+
+
+def test_reference_sdk_histogram_record_3_attrs(benchmark: Any, env: _Env) -> None:
+    benchmark.group = "workers.reference"
+    histogram = env.meter_provider.get_meter("bench").create_histogram("bench.reference", unit="s")
+    benchmark(histogram.record, 0.003, ATTRS3)
+
+
+def test_reference_job_span_direct(benchmark: Any, env: _Env, under_parent: None) -> None:
+    """The span a job gets, created directly: same name, kind, attributes and parent, made current."""
+    benchmark.group = "workers.reference"
+    tracer = env.tracer_provider.get_tracer("bench")
+
+    def op() -> None:
+        span = tracer.start_span("ThreadPoolExecutor noop", kind=SpanKind.INTERNAL, attributes={
+            POOL_NAME: "ThreadPoolExecutor", POOL_KIND: "thread", CODE_FUNCTION_NAME: "bench.noop",
+            JOB_WAIT_DURATION: 0.00002})
+        token = otel_context.attach(trace.set_span_in_context(span))
+        otel_context.detach(token)
+        span.end()
+
+    benchmark(op)

@@ -1,0 +1,568 @@
+"""Running one pool job: in a thread of the owning process, or in a worker process through a trampoline.
+
+Why this module exists: a job must run in the context that submitted it, get its span, and have its wait
+and run time recorded by the process that owns the pool (DESIGN.md, "Worker pools" and "Processes").
+
+* Thread pools run :func:`run_thread_job` inside a copy of the submitter's ``contextvars`` context, so
+  the span's parent is the submitter's span however often the pool's threads are reused.
+* Process pools run :func:`trampoline`: a module-level function (a wrapped callable would not pickle)
+  given the user's function and a tuple of primitives: a W3C ``traceparent`` carrier, the submission
+  time and, for a ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which
+  a spawn or forkserver worker without an SDK configures itself once. In the worker the trampoline runs
+  the job under the carried context and ends its span.
+* Nothing recorded in a job may be lost when its worker ends. Fork and forkserver workers end with
+  ``os._exit`` (no ``atexit``), and ``with multiprocessing.Pool()`` terminates its workers (SIGTERM) as
+  soon as the block ends. Flushing after every job costs one synchronous export per job that recorded
+  something (about 1.1 ms with OTLP/gRPC here, against a 63 µs round trip), so ``ProcessPoolExecutor``
+  workers, which always end gracefully, flush once when they exit (a ``multiprocessing`` finalizer runs
+  even before ``os._exit``). ``multiprocessing.pool`` workers can be terminated at any moment, so they
+  flush after each job that recorded a span or log record, before its result leaves. Flushing on the
+  SIGTERM instead was tried and rejected: a Python signal handler runs only in the main thread, and when
+  the kernel hands the signal to another thread of a worker blocked on the pool's queue lock, the worker
+  never dies and ``terminate()`` waits forever (seen on 3.13, about 1 run in 20).
+* The job's timings travel back with its outcome without changing what the pool delivers: the result is
+  wrapped in an :class:`_Envelope` whose ``__reduce__`` unpickles, in the owner, into the user's own
+  value (recording the timings as a side effect); an exception gets an instance-level ``__reduce_ex__``
+  that does the same for it. Nothing of otel-perf reaches the user's future or ``AsyncResult``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import pickle
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from threading import get_ident
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
+
+from otel_perf._safety import guard, log_once, raise_internal_errors
+from otel_perf._sdk import current_handle
+from otel_perf._semconv import (
+    CODE_FUNCTION_NAME,
+    ERROR_TYPE,
+    INSTRUMENTATION_SCOPE,
+    JOB_WAIT_DURATION,
+    POOL_KIND,
+    POOL_NAME,
+    PROCESS_PID,
+    SCHEMA_URL,
+)
+from otel_perf.instrumentations._workers_state import (
+    SOURCE_MP,
+    PoolState,
+    error_type,
+    runtime,
+    state_by_id,
+)
+
+__all__ = ["function_names", "is_process_job", "job_info", "local_job", "process_job", "run_thread_job",
+           "trampoline"]
+
+#: (owner pid, pool id, wait seconds, run seconds, error.type or None)
+Meta = tuple[int, int, float, float, "str | None"]
+
+
+#: code object -> (short name, code.function.name, qualname): plain functions sharing a code object
+#: (closures made by one def) share their names, so a job's names are computed once per def.
+_names_by_code: dict[Any, tuple[str, str, Any]] = {}
+
+
+def function_names(fn: Any) -> tuple[str, str]:
+    """(short name for the span name, ``code.function.name``) of a job's callable."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        found = _names_by_code.get(code)
+        if found is not None and found[2] == getattr(fn, "__qualname__", None):
+            return found[0], found[1]
+    names = _function_names(fn)
+    if code is not None and len(_names_by_code) < 4096:
+        _names_by_code[code] = (names[0], names[1], getattr(fn, "__qualname__", None))
+    return names
+
+
+def _function_names(fn: Any) -> tuple[str, str]:
+    target = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    qual = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if not isinstance(qual, str):
+        qual = type(target).__qualname__
+    short = getattr(target, "__name__", None)
+    if not isinstance(short, str):
+        short = qual
+    module = getattr(target, "__module__", None)
+    full = f"{module}.{qual}" if isinstance(module, str) and module != "builtins" else qual
+    return short, full
+
+
+def _start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
+                context: otel_context.Context | None = None, pid: int | None = None) -> Span | None:
+    try:
+        short, full = function_names(fn)
+        attributes: dict[str, Any] = {POOL_NAME: name, POOL_KIND: kind, CODE_FUNCTION_NAME: full,
+                                      JOB_WAIT_DURATION: wait}
+        if pid is not None:
+            attributes[PROCESS_PID] = pid
+        return tracer.start_span(f"{name} {short}", context=context, kind=SpanKind.INTERNAL,
+                                 attributes=attributes)
+    except Exception as exc:
+        _fault("starting a pool job span", exc)
+        return None
+
+
+@guard
+def _end_span(span: Span, exc: BaseException | None, etype: str | None) -> None:
+    if exc is not None:
+        span.set_attribute(ERROR_TYPE, etype or type(exc).__qualname__)
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+    span.end()
+
+
+def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> Any:
+    """Run one job of a thread pool; call it inside a copy of the submitter's context."""
+    start = perf_counter()
+    ident = get_ident()
+    running = state.running
+    running[ident] = fn
+    span = None
+    tracer = runtime.tracer
+    if runtime.spans and tracer is not None:
+        span = _start_span(tracer, state.name, state.kind, fn, start - submitted)
+        if span is not None:
+            # Inside a context copy made for this job only: no detach needed.
+            otel_context.attach(trace.set_span_in_context(span))
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        end = perf_counter()
+        running.pop(ident, None)
+        etype = error_type(exc)
+        state.wait.record(start - submitted)
+        state.error_series(etype).record(end - start)
+        if span is not None:
+            _end_span(span, exc, etype)
+        raise
+    end = perf_counter()
+    running.pop(ident, None)
+    state.wait.record(start - submitted)
+    state.ok.record(end - start)
+    if span is not None:
+        span.end()
+    return result
+
+
+_my_pid = os.getpid()
+
+
+def _pid() -> int:
+    return _my_pid
+
+
+def _refresh_pid() -> None:
+    global _my_pid
+    _my_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _fault(where: str, exc: Exception) -> None:
+    """The guard's behaviour, inline: ``guarded()`` (a generator context manager) costs about 1.5 µs,
+    a visible share of a process pool's round trip (benchmark group workers.process.roundtrip)."""
+    if raise_internal_errors():
+        raise exc
+    log_once(("fault", where, type(exc).__name__),
+             "otel-perf internal error in %s (%s: %s); the program continues, this measurement is skipped.",
+             where, type(exc).__name__, exc, exc_info=True)
+
+
+# --- process pools: the trampoline --------------------------------------------------------------------
+
+_snapshot_cache: tuple[Any, bytes] | None = None
+
+#: What travels with each process job (a tuple of primitives: it pickles fast, in C):
+#: (owner pid, pool id, pool name, pool kind, spans on, context carrier, submission time, snapshot,
+#: flush after each job). The carrier is a W3C ``traceparent`` string, or a full propagator dict when the
+#: context also has trace state or baggage, or None without a valid span.
+Info = tuple[int, int, str, str, bool, "str | dict[str, str] | None", float, "bytes | None", bool]
+
+
+def _snapshot() -> bytes | None:
+    """The pickled configuration snapshot of this process's ``configure()``, if it made one."""
+    global _snapshot_cache
+    handle = current_handle()
+    if handle is None or handle._stopped:
+        return None
+    cached = _snapshot_cache
+    if cached is not None and cached[0] is handle:
+        return cached[1]
+    data = pickle.dumps(handle.snapshot())
+    _snapshot_cache = (handle, data)
+    return data
+
+
+_last_header: tuple[Any, str] = (None, "")
+
+
+def _carrier() -> str | dict[str, str] | None:
+    global _last_header
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    if span_context.trace_state or baggage.get_all():
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return carrier
+    # Formatting traceparent ourselves (and once per span context: a request submits many jobs) costs a
+    # fraction of propagate.inject/extract (benchmark group workers.process.roundtrip).
+    last = _last_header
+    if last[0] is span_context:
+        return last[1]
+    header = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    _last_header = (span_context, header)
+    return header
+
+
+def job_info(state: PoolState) -> Info:
+    """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
+    # multiprocessing.pool workers are killed (SIGTERM) by Pool.terminate() and `with Pool()`: they flush
+    # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
+    # max_tasks_per_child): they flush once, when they exit.
+    return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot(),
+            state.source == SOURCE_MP)
+
+
+def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any) -> Any:
+    """What a process pool runs instead of the user's function (module level: it pickles by name)."""
+    if _my_pid == info[0]:  # called in the owning process itself: nothing to carry back
+        return fn(*args, **kwargs)
+    wait = max(0.0, time.time() - info[6])
+    start = perf_counter()
+    span, token, counted = _enter_worker_job(fn, info, wait)
+    ends = counted if info[8] else None  # else flushed once, when the worker exits (a finalizer)
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        run = perf_counter() - start
+        etype = error_type(exc)
+        _leave_worker_job(span, token, ends, exc, etype)
+        _tag_exception(exc, (info[0], info[1], wait, run, etype))
+        raise
+    run = perf_counter() - start
+    _leave_worker_job(span, token, ends, None, None)
+    return _Envelope(result, (info[0], info[1], wait, run, None))
+
+
+#: Envelopes made in this worker and not yet sent. A chunk (``map`` with ``chunksize > 1``) returns its
+#: results as one list, and an item failing discards the list of the items before it, which did run:
+#: their timings then travel with the failing item's exception instead.
+#: Held weakly: an envelope whose sending failed (an unpicklable result) just disappears.
+_unsent: weakref.WeakValueDictionary[int, _Envelope] = weakref.WeakValueDictionary()
+
+
+def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
+    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``)."""
+    return functools.partial(trampoline, fn, job_info(state))
+
+
+def is_process_job(fn: Any) -> bool:
+    return isinstance(fn, functools.partial) and fn.func is trampoline
+
+
+def _local_job(state: PoolState, ctx: contextvars.Context, submitted: float, fn: Callable[..., Any], /,
+               *args: Any, **kwargs: Any) -> Any:
+    try:
+        # One captured context may run several items at once (map): each runs in its own copy.
+        return ctx.copy().run(run_thread_job, state, fn, submitted, args, kwargs)
+    finally:
+        state.add_outstanding(-1)
+
+
+def local_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
+    """``fn`` for a pool that runs jobs on threads of this process (``multiprocessing.pool.ThreadPool``)."""
+    return functools.partial(_local_job, state, contextvars.copy_context(), perf_counter(), fn)
+
+
+# --- in the worker process --------------------------------------------------------------------------
+
+
+class _EndCounter:
+    """Counts spans (or log records) ended in this process, so a job flushes only when it has to."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def _on_ending(self, span: Any) -> None:
+        return None
+
+    def on_end(self, span: Any) -> None:
+        self.count += 1
+
+    def on_emit(self, log_record: Any) -> None:
+        self.count += 1
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+_worker_pid: int | None = None
+_worker_tracer: Tracer | None = None
+_span_ends: _EndCounter | None = None
+_log_ends: _EndCounter | None = None
+
+
+def _counter_on(provider: Any, add: str) -> _EndCounter | None:
+    """Our counter on ``provider`` (added once; a forked child inherits its parent's)."""
+    if not hasattr(provider, add) or not hasattr(provider, "__dict__"):
+        return None
+    found = provider.__dict__.get("_otel_perf_end_counter")
+    if found is None:
+        found = _EndCounter()
+        getattr(provider, add)(found)
+        provider.__dict__["_otel_perf_end_counter"] = found
+    return found  # type: ignore[no-any-return]
+
+
+def _ensure_worker_sdk(snapshot: bytes | None) -> None:
+    """Once per worker process: configure the SDK from the parent's snapshot when none is set up.
+
+    Under the launcher a spawn worker re-ran sitecustomize and a forked worker inherited its parent's
+    providers; only a ``configure()``d parent's spawn/forkserver workers start without an SDK.
+    """
+    global _worker_pid, _worker_tracer, _span_ends, _log_ends
+    _worker_pid = _my_pid
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if snapshot is not None and not isinstance(trace.get_tracer_provider(), TracerProvider):
+        from otel_perf._sdk import configure_from_snapshot
+
+        if current_handle() is None:
+            configure_from_snapshot(pickle.loads(snapshot))
+    from opentelemetry._logs import get_logger_provider
+
+    from otel_perf.version import __version__
+
+    _worker_tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, schema_url=SCHEMA_URL)
+    # A worker that ends gracefully runs multiprocessing's finalizers, also when it leaves by os._exit
+    # (fork, forkserver), where atexit handlers do not run.
+    from multiprocessing.util import Finalize
+
+    Finalize(None, _flush_at_exit, exitpriority=100)
+    _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
+    _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
+
+
+def _flush(spans: bool = True, logs: bool = True) -> None:
+    if spans:
+        flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+        if flush is not None:
+            flush(10_000)
+    if logs:
+        from opentelemetry._logs import get_logger_provider
+
+        flush = getattr(get_logger_provider(), "force_flush", None)
+        if flush is not None:
+            flush(10_000)
+
+
+_flushing = False
+
+
+@guard
+def _flush_at_exit() -> None:
+    global _flushing
+    _flushing = True
+    try:
+        _flush()
+    finally:
+        _flushing = False
+
+
+def _ended() -> tuple[int, int]:
+    spans = _span_ends.count if _span_ends is not None else 0
+    return spans, (_log_ends.count if _log_ends is not None else 0)
+
+
+_last_context: tuple[Any, Any] = (None, None)
+
+
+def _context_from(carrier: str | dict[str, str] | None) -> otel_context.Context | None:
+    global _last_context
+    if carrier is None:
+        return None
+    if isinstance(carrier, dict):
+        return propagate.extract(carrier, context=otel_context.Context())
+    last = _last_context
+    if last[0] == carrier:  # jobs of one request share it; contexts are immutable
+        return last[1]  # type: ignore[no-any-return]
+    _, trace_id, span_id, flags = carrier.split("-")
+    parent = NonRecordingSpan(SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                                          trace_flags=TraceFlags(int(flags, 16))))
+    ctx = trace.set_span_in_context(parent, otel_context.Context())
+    _last_context = (carrier, ctx)
+    return ctx
+
+
+def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, object, tuple[int, int]]:
+    span = token = None
+    try:
+        if _worker_pid != _my_pid:
+            _ensure_worker_sdk(info[7])
+        ctx = _context_from(info[5])
+        if info[4] and _worker_tracer is not None:
+            span = _start_span(_worker_tracer, info[2], info[3], fn, wait, ctx or otel_context.Context(),
+                               _my_pid)
+            if span is not None:
+                ctx = trace.set_span_in_context(span, ctx)
+        if ctx is not None:
+            token = otel_context.attach(ctx)
+    except Exception as exc:
+        _fault("pool job start in a worker process", exc)
+    return span, token, _ended()
+
+
+def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | None,
+                      exc: BaseException | None, etype: str | None) -> None:
+    try:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        if span is not None:
+            _end_span(span, exc, etype)
+        if ends is not None:
+            spans_ended, logs_ended = _ended()
+            # Export what the job recorded before its result leaves the worker (module docstring); a job
+            # that recorded nothing costs no flush (a provider we cannot count on is always flushed).
+            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1])
+    except Exception as failure:
+        _fault("pool job end in a worker process", failure)
+
+
+# --- carrying the timings back ------------------------------------------------------------------------
+
+
+def record_meta(meta: Meta) -> None:
+    """In the owner: record a finished process job's wait and run time into its pool's series."""
+    try:
+        owner, pool_id, wait, run, etype = meta
+        if owner != _pid():
+            return
+        state = state_by_id(pool_id)
+        if state is None:
+            return
+        state.wait.record(wait)
+        if etype is None:
+            state.ok.record(run)
+        else:
+            state.error_series(etype).record(run)
+        if state.source == SOURCE_MP:
+            state.add_outstanding(-1)
+    except Exception as exc:
+        _fault("recording a process job", exc)
+
+
+def _deliver(value: Any, meta: Meta) -> Any:
+    record_meta(meta)
+    return value
+
+
+class _Envelope:
+    """A job's result with its timings; unpickles into the bare result (see the module docstring)."""
+
+    __slots__ = ("__weakref__", "meta", "value")
+
+    def __init__(self, value: Any, meta: Meta) -> None:
+        self.value = value
+        self.meta = meta
+        _unsent[id(self)] = self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _unsent.pop(id(self), None)
+        return (_deliver, (self.value, self.meta))
+
+    def __repr__(self) -> str:
+        # multiprocessing.pool puts repr(result) into MaybeEncodingError when a result does not pickle.
+        return repr(self.value)
+
+
+class _ReduceWithMeta:
+    """Instance-level ``__reduce_ex__`` of a job's exception: the exception's own reduction, plus meta."""
+
+    __slots__ = ("exc", "metas")
+
+    def __init__(self, exc: BaseException, metas: list[Meta]) -> None:
+        self.exc = exc
+        self.metas = metas
+
+    def __call__(self, protocol: int) -> Any:
+        exc = self.exc
+        exc.__dict__.pop("__reduce_ex__", None)  # one shot, and never part of the pickled state
+        reduced = type(exc).__reduce_ex__(exc, protocol)
+        if not isinstance(reduced, tuple):
+            return reduced
+        return (_rebuild_exception, (reduced, self.metas))
+
+
+def _tag_exception(exc: BaseException, meta: Meta) -> None:
+    metas = [meta]
+    if _unsent:  # earlier items of this job's chunk: they ran, their list of results is discarded
+        metas.extend(envelope.meta for envelope in list(_unsent.values()))
+        _unsent.clear()
+    try:
+        exc.__dict__["__reduce_ex__"] = _ReduceWithMeta(exc, metas)
+    except (AttributeError, TypeError):
+        pass  # no instance dict: the timings of this failed job are not carried back
+
+
+def _rebuild_exception(reduced: tuple[Any, ...], metas: list[Meta]) -> Any:
+    """Unpickle an exception exactly as pickle would from its own reduction, and record the meta."""
+    func, args = reduced[0], reduced[1]
+    obj = func(*args)
+    state = reduced[2] if len(reduced) > 2 else None
+    if state is not None:
+        setstate = getattr(obj, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+        else:
+            slotstate = None
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slotstate = state
+            if state:
+                obj.__dict__.update(state)
+            if slotstate:
+                for key, value in slotstate.items():
+                    setattr(obj, key, value)
+    if len(reduced) > 3 and reduced[3] is not None:
+        for item in reduced[3]:
+            obj.append(item)
+    if len(reduced) > 4 and reduced[4] is not None:
+        for key, value in reduced[4]:
+            obj[key] = value
+    for meta in metas:
+        record_meta(meta)
+    return obj

@@ -1,0 +1,427 @@
+"""What otel-perf knows about each worker pool: its name, its job histograms and how to read its state.
+
+Why this module exists: pool metrics are recorded by the process that owns the pool (DESIGN.md,
+"Processes"). Job wait and run durations are hot-path measurements, so they go into
+:class:`~otel_perf._aggregate.AggregatedHistogram` series held here, created once per pool and outcome.
+Queue depth, busy workers, the worker limit and worker memory are not counted on the hot path at all:
+observable instruments read them from the pool's own state (its work queue, its pending work items, its
+worker processes) at collection time, through :meth:`PoolState.depth` and friends.
+
+The registry of live pools is per process and is emptied in a forked child, so a worker never
+re-exports its parent's pools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
+from opentelemetry.trace import Tracer
+
+from otel_perf._aggregate import AggregatedHistogram, Series
+from otel_perf._safety import guarded
+from otel_perf._semconv import (
+    DURATION_BOUNDARIES,
+    ERROR_TYPE,
+    JOB_OUTCOME,
+    OUTCOME_CANCELLED,
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    POOL_JOB_DURATION,
+    POOL_JOB_REJECTED,
+    POOL_JOB_RETRIES,
+    POOL_JOB_WAIT_DURATION,
+    POOL_KIND,
+    POOL_KIND_CUSTOM,
+    POOL_KIND_PROCESS,
+    POOL_KIND_THREAD,
+    POOL_NAME,
+    POOL_QUEUE_DEPTH,
+    POOL_WORKER_BUSY,
+    POOL_WORKER_LIMIT,
+    POOL_WORKER_MEMORY_MAX,
+    metric,
+)
+
+__all__ = [
+    "JOB_DURATION",
+    "JOB_WAIT",
+    "PoolState",
+    "Runtime",
+    "custom_state",
+    "error_type",
+    "live_states",
+    "runtime",
+    "state_for",
+]
+
+#: Where a pool's state is read from (one reader per stdlib pool family).
+SOURCE_TPE = "concurrent.futures.thread"
+SOURCE_PPE = "concurrent.futures.process"
+SOURCE_MP = "multiprocessing.pool"
+SOURCE_MP_THREAD = "multiprocessing.pool.ThreadPool"
+SOURCE_CUSTOM = "custom"
+
+_STATE_ATTR = "_otel_perf_pool"
+_GENERATED_PREFIX = re.compile(r"^ThreadPoolExecutor-\d+$")
+
+JOB_WAIT = AggregatedHistogram(POOL_JOB_WAIT_DURATION, "s", metric(POOL_JOB_WAIT_DURATION).description,
+                               DURATION_BOUNDARIES)
+JOB_DURATION = AggregatedHistogram(POOL_JOB_DURATION, "s", metric(POOL_JOB_DURATION).description,
+                                   DURATION_BOUNDARIES)
+
+
+class Runtime:
+    """What the hot path needs from the active instrumentor, read as plain attributes.
+
+    ``active`` is False while uninstrumented: patched methods already captured by user code (a bound
+    ``submit`` kept in a variable) then pass straight through.
+    """
+
+    __slots__ = ("active", "rejected", "retries", "spans", "tracer")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.spans = False
+        self.tracer: Tracer | None = None
+        self.rejected: Counter | None = None
+        self.retries: Counter | None = None
+
+
+runtime = Runtime()
+
+_registry: weakref.WeakValueDictionary[int, PoolState] = weakref.WeakValueDictionary()
+_custom: dict[str, PoolState] = {}
+_ids = iter(range(1, 1 << 62))
+_lock = threading.Lock()
+
+
+class PoolState:
+    """One pool: name, kind, histogram series, and how to read depth, busy, limit and worker memory.
+
+    ``running`` maps the thread ident of each thread currently running a job of this pool (thread pools
+    and ``otel_perf.job``); dict item assignment and ``pop`` are atomic, so it needs no lock.
+    ``outstanding`` counts jobs submitted and not yet finished for ``multiprocessing`` pools, whose own
+    state counts tasks (chunks) rather than jobs.
+    """
+
+    __slots__ = ("__weakref__", "_errors", "_lock", "_pool", "attrs", "id", "ignored", "kind", "name", "ok",
+                 "outstanding", "queues", "running", "source", "wait")
+
+    def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
+        self.id = next(_ids)
+        self._pool: Callable[[], Any] = weakref.ref(pool) if pool is not None else (lambda: None)
+        self.kind = kind
+        self.source = source
+        self.ignored = False
+        self.running: dict[int, Any] = {}
+        self.outstanding = 0
+        self.queues: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
+        self.name = ""
+        self.attrs: dict[str, str] = {}
+        self.wait: Series
+        self.ok: Series
+        self._errors: dict[str, Series] = {}
+        self.rename(name)
+
+    def rename(self, name: str) -> None:
+        """Use ``name`` for everything recorded from now on."""
+        self.name = name
+        self.attrs = {POOL_NAME: name, POOL_KIND: self.kind}
+        self.wait = JOB_WAIT.series(self.attrs)
+        self.ok = JOB_DURATION.series({**self.attrs, JOB_OUTCOME: OUTCOME_OK})
+        self._errors = {}
+
+    def error_series(self, error: str) -> Series:
+        """The job-duration series of outcome ``error`` for ``error.type`` = ``error``."""
+        found = self._errors.get(error)
+        if found is None:
+            found = JOB_DURATION.series({**self.attrs, JOB_OUTCOME: OUTCOME_ERROR, ERROR_TYPE: error})
+            self._errors[error] = found
+        return found
+
+    def record_cancelled(self) -> None:
+        """A job cancelled before it ran: it counts with outcome ``cancelled`` and no run time."""
+        JOB_DURATION.series({**self.attrs, JOB_OUTCOME: OUTCOME_CANCELLED}).record(0.0)
+
+    def add_outstanding(self, n: int) -> None:
+        with self._lock:
+            self.outstanding = max(0, self.outstanding + n)
+
+    def record_rejected(self) -> None:
+        counter = runtime.rejected
+        if counter is not None:
+            counter.add(1, self.attrs)
+
+    # --- state read at collection time ---------------------------------------------------------------
+
+    def pool(self) -> Any:
+        return self._pool()
+
+    def limit(self) -> int | None:
+        pool = self.pool()
+        if pool is None:
+            return None
+        if self.source in (SOURCE_TPE, SOURCE_PPE):
+            return int(pool._max_workers)
+        if self.source in (SOURCE_MP, SOURCE_MP_THREAD):
+            return int(pool._processes)
+        return None
+
+    def _process_pending(self, pool: Any) -> tuple[int, int]:
+        """(jobs not yet finished, live worker processes) of a process pool."""
+        if self.source == SOURCE_PPE:
+            pending = len(pool._pending_work_items)
+            processes = len(pool._processes or ())
+        else:
+            from multiprocessing.pool import RUN
+
+            pending = self._mp_outstanding(pool) if pool._state == RUN else 0
+            processes = sum(1 for p in list(pool._pool) if p.exitcode is None)
+        return pending, processes
+
+    def _mp_outstanding(self, pool: Any) -> int:
+        """Jobs submitted and not finished, for ``multiprocessing`` pools.
+
+        Items of a chunk after a failing item never run and so are never counted off; once the pool has
+        no pending result left (its ``_cache`` is empty), nothing is outstanding, whatever the count says.
+        """
+        if not pool._cache:
+            with self._lock:
+                self.outstanding = 0
+        return self.outstanding
+
+    def busy(self) -> int | None:
+        """Workers running a job. Process pools: unfinished jobs, at most one per live worker."""
+        pool = self.pool()
+        if self.source in (SOURCE_TPE, SOURCE_MP_THREAD, SOURCE_CUSTOM):
+            return len(self.running) if (pool is not None or self.source == SOURCE_CUSTOM) else None
+        if pool is None:
+            return None
+        pending, processes = self._process_pending(pool)
+        return min(pending, processes)
+
+    def depth(self) -> int | None:
+        """Jobs waiting for a worker."""
+        pool = self.pool()
+        if self.source == SOURCE_CUSTOM:
+            total = 0
+            for ref in list(self.queues):
+                queue = ref()
+                if queue is not None:
+                    total += int(queue.qsize())
+            return total
+        if pool is None:
+            return None
+        if self.source == SOURCE_TPE:
+            # After shutdown one None sentinel stays in the queue (each exiting worker puts it back).
+            return max(0, int(pool._work_queue.qsize()) - (1 if pool._shutdown else 0))
+        if self.source == SOURCE_MP_THREAD:
+            return max(0, self._mp_outstanding(pool) - len(self.running))
+        pending, processes = self._process_pending(pool)
+        return max(0, pending - min(pending, processes))
+
+    def worker_pids(self) -> list[int]:
+        pool = self.pool()
+        if pool is None:
+            return []
+        if self.source == SOURCE_PPE:
+            return [pid for pid in list((pool._processes or {}).keys())]
+        if self.source == SOURCE_MP:
+            return [p.pid for p in list(pool._pool) if p.pid is not None and p.exitcode is None]
+        return []
+
+
+def _default_name(pool: Any, source: str) -> str:
+    if source == SOURCE_TPE:
+        prefix = getattr(pool, "_thread_name_prefix", "")
+        if prefix and not _GENERATED_PREFIX.match(prefix):
+            return str(prefix)
+    return type(pool).__name__
+
+
+def _source_of(pool: Any) -> tuple[str, str]:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if isinstance(pool, ThreadPoolExecutor):
+        return POOL_KIND_THREAD, SOURCE_TPE
+    if isinstance(pool, ProcessPoolExecutor):
+        return POOL_KIND_PROCESS, SOURCE_PPE
+    import sys
+
+    mp_pool = sys.modules.get("multiprocessing.pool")
+    if mp_pool is not None and isinstance(pool, mp_pool.ThreadPool):
+        return POOL_KIND_THREAD, SOURCE_MP_THREAD
+    if mp_pool is not None and isinstance(pool, mp_pool.Pool):
+        return POOL_KIND_PROCESS, SOURCE_MP
+    return POOL_KIND_CUSTOM, SOURCE_CUSTOM
+
+
+_SKIPPED_MODULES = ("concurrent.futures", "multiprocessing", "functools", "otel_perf.instrumentations.")
+_INTERNAL_MODULES = ("opentelemetry.", "otel_perf.")
+
+
+def _created_internally() -> bool:
+    """Whether the code using a pool for the first time is OpenTelemetry's or otel-perf's own.
+
+    The SDK runs resource detectors on a ThreadPoolExecutor; spans and metrics for that pool would be
+    noise in the user's data (and recursion risk), so such pools are left alone.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if not module.startswith(_SKIPPED_MODULES):
+            return module.startswith(_INTERNAL_MODULES)
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+def state_for(pool: Any, *, by_user: bool = False) -> PoolState:
+    """The state of ``pool``, created (and registered) at its first use.
+
+    Args:
+        pool: the pool.
+        by_user: the user names the pool (``name_pool``): never treated as an internal pool.
+    """
+    try:
+        found: PoolState = pool.__dict__[_STATE_ATTR]
+        return found
+    except KeyError:
+        pass
+    internal = False if by_user else _created_internally()
+    with _lock:
+        found = pool.__dict__.get(_STATE_ATTR)
+        if found is None:
+            kind, source = _source_of(pool)
+            found = PoolState(pool, kind, source, _default_name(pool, source))
+            found.ignored = internal
+            pool.__dict__[_STATE_ATTR] = found
+            if not internal:
+                _registry[found.id] = found
+    return found
+
+
+def custom_state(name: str) -> PoolState:
+    """The state of the user's own pool called ``name`` (``otel_perf.job``, ``track_queue``)."""
+    found = _custom.get(name)
+    if found is None:
+        with _lock:
+            found = _custom.get(name)
+            if found is None:
+                found = PoolState(None, POOL_KIND_CUSTOM, SOURCE_CUSTOM, name)
+                _custom[name] = found
+                _registry[found.id] = found
+    return found
+
+
+def state_by_id(pool_id: int) -> PoolState | None:
+    return _registry.get(pool_id)
+
+
+def live_states() -> list[PoolState]:
+    return list(_registry.values())
+
+
+_error_names: dict[type, str] = {}
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type`` of an exception: its fully qualified class name (builtins unqualified)."""
+    cls = type(exc)
+    found = _error_names.get(cls)
+    if found is None:
+        module = cls.__module__
+        found = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        if len(_error_names) < 1000:
+            _error_names[cls] = found
+    return found
+
+
+# --- observable instruments -----------------------------------------------------------------------
+
+
+def _observations(read: Callable[[PoolState], int | None]) -> Iterable[Observation]:
+    out: list[Observation] = []
+    if not runtime.active:
+        return out  # uninstrumented: the instruments stay on the meter but report nothing
+    for state in live_states():
+        with guarded(f"reading {read.__name__} of pool {state.name}"):
+            value = read(state)
+            if value is not None:
+                out.append(Observation(value, state.attrs))
+    return out
+
+
+def _observe_depth(options: CallbackOptions) -> Iterable[Observation]:
+    return _observations(PoolState.depth)
+
+
+def _observe_busy(options: CallbackOptions) -> Iterable[Observation]:
+    return _observations(PoolState.busy)
+
+
+def _observe_limit(options: CallbackOptions) -> Iterable[Observation]:
+    return _observations(PoolState.limit)
+
+
+def _max_rss(state: PoolState) -> int | None:
+    pids = state.worker_pids()
+    if not pids:
+        return None
+    import psutil
+
+    largest = None
+    for pid in pids:
+        try:
+            rss = int(psutil.Process(pid).memory_info().rss)
+        except (psutil.Error, OSError):
+            continue  # the worker ended between listing and reading
+        largest = rss if largest is None else max(largest, rss)
+    return largest
+
+
+def _observe_memory(options: CallbackOptions) -> Iterable[Observation]:
+    return _observations(_max_rss)
+
+
+def create_instruments(meter: Meter) -> None:
+    """Create the pool instruments on ``meter`` and bind the job histograms to it."""
+    for name, callback in ((POOL_QUEUE_DEPTH, _observe_depth), (POOL_WORKER_BUSY, _observe_busy),
+                           (POOL_WORKER_LIMIT, _observe_limit)):
+        spec = metric(name)
+        meter.create_observable_up_down_counter(name, callbacks=[callback], unit=spec.unit,
+                                                description=spec.description)
+    spec = metric(POOL_WORKER_MEMORY_MAX)
+    meter.create_observable_gauge(POOL_WORKER_MEMORY_MAX, callbacks=[_observe_memory], unit=spec.unit,
+                                  description=spec.description)
+    for name, attr in ((POOL_JOB_REJECTED, "rejected"), (POOL_JOB_RETRIES, "retries")):
+        spec = metric(name)
+        setattr(runtime, attr, meter.create_counter(name, unit=spec.unit, description=spec.description))
+    JOB_WAIT.bind(meter)
+    JOB_DURATION.bind(meter)
+
+
+def release_instruments(meter: Meter) -> None:
+    JOB_WAIT.unbind(meter)
+    JOB_DURATION.unbind(meter)
+    runtime.rejected = None
+    runtime.retries = None
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker reports its own process: its parent's pools stay the parent's (DESIGN.md).
+    global _lock
+    _lock = threading.Lock()
+    _registry.clear()
+    _custom.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,456 @@
+"""Worker pools: a span per job in the submitter's context, and queue, worker and job metrics per pool.
+
+Why this module exists: programs run their work on pools, and no OpenTelemetry package tells them how deep
+the queue is, how long jobs wait, how many workers are busy, or carries the trace into a process pool.
+
+**Usage**::
+
+    from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
+    WorkerPoolInstrumentor().instrument(tracer_provider=tp, meter_provider=mp)   # or otel_perf.configure()
+
+    pool = otel_perf.name_pool(ThreadPoolExecutor(8), "fetch")
+    with otel_perf.job(pool="ingest", attempt=2):                                 # a home-made pool
+        ...
+    otel_perf.track_queue(my_queue, "ingest")
+
+**What it patches**: ``concurrent.futures.ThreadPoolExecutor.submit`` (and so ``map``),
+``ProcessPoolExecutor.submit`` and ``.map``, ``multiprocessing.pool.Pool`` (and ``ThreadPool``)
+``apply_async``, ``_map_async`` (``map``, ``map_async``, ``starmap``, ``starmap_async``), ``imap`` and
+``imap_unordered`` (the synchronous forms are built on them), and ``concurrent.futures.Future.cancel``
+(to count cancelled jobs). Methods are patched on the classes, so pools created before instrumentation
+are covered too.
+
+**What it emits** (DESIGN.md, "Worker pools"): a span ``{otel_perf.pool.name} {function}`` (INTERNAL)
+per job when ``OTEL_PERF_POOL_SPANS`` is on (the default), child of the submitter's span, also in worker
+processes started by fork, spawn or forkserver; the metrics ``otel_perf.pool.queue.depth``,
+``.worker.busy``, ``.worker.limit``, ``.worker.memory.max`` (read from the pool at collection time),
+``otel_perf.pool.job.wait.duration`` and ``.job.duration`` (aggregated in plain Python, published at
+collection), ``.job.rejected`` and ``.job.retries``.
+
+**Reads**: ``OTEL_PERF_ENABLED``, ``OTEL_PERF_POOL_SPANS``.
+
+Thread pools use plain closures, not wrapt, on ``submit``: ``benchmarks/instrumentations/test_workers.py``
+(group ``workers.thread.roundtrip``): wrapt costs about 1 µs a call, a large share of the budget there.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import copy_context
+from time import perf_counter
+from types import FunctionType, TracebackType
+from typing import Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from otel_perf._config import get_settings
+from otel_perf._patching import Patcher
+from otel_perf._safety import guard, log_once
+from otel_perf._semconv import (
+    CODE_FUNCTION_NAME,
+    INSTRUMENTATION_SCOPE,
+    JOB_WAIT_DURATION,
+    SCHEMA_URL,
+)
+from otel_perf.instrumentations import PerfInstrumentor
+from otel_perf.instrumentations._workers_run import (
+    _end_span,
+    function_names,
+    is_process_job,
+    job_info,
+    local_job,
+    process_job,
+    run_thread_job,
+    trampoline,
+)
+from otel_perf.instrumentations._workers_state import (
+    SOURCE_MP_THREAD,
+    PoolState,
+    create_instruments,
+    custom_state,
+    error_type,
+    release_instruments,
+    runtime,
+    state_for,
+)
+
+__all__ = ["WorkerPoolInstrumentor", "job", "name_pool", "track_queue"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_FUTURE_MARK = "_otel_perf_pool"
+
+
+# --- concurrent.futures --------------------------------------------------------------------------------
+
+
+def _callable_original(original: Any) -> Callable[..., Any]:
+    """``original(self, ...)`` for the raw class attribute we replaced.
+
+    A plain function is called as is (the hot path). Anything else, such as another instrumentation's
+    wrapt wrapper (contrib's threading instrumentation wraps ``submit`` too), must be bound through the
+    descriptor protocol first, or it would take ``self`` for the first argument.
+    """
+    if type(original) is FunctionType:  # not isinstance: a wrapt proxy claims its wrapped class
+        return original
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original.__get__(self, type(self))(*args, **kwargs)
+
+    return call
+
+
+
+def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if not runtime.active:
+            return call(self, fn, *args, **kwargs)
+        try:
+            state = self.__dict__["_otel_perf_pool"]
+        except KeyError:
+            state = state_for(self)
+        if state.ignored:
+            return call(self, fn, *args, **kwargs)
+        # The job runs as ctx.run(run_thread_job, ...) in a copy of the submitter's context: no extra
+        # Python frame or closure per job.
+        try:
+            future = call(self, copy_context().run, run_thread_job, state, fn, perf_counter(), args,
+                              kwargs)
+        except BaseException:
+            state.record_rejected()
+            raise
+        future.__dict__[_FUTURE_MARK] = state
+        return future
+
+    return submit
+
+
+def _is_job_chunk(fn: Any) -> bool:
+    return isinstance(fn, functools.partial) and bool(fn.args) and is_process_job(fn.args[0])
+
+
+def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if not runtime.active:
+            return call(self, fn, *args, **kwargs)
+        state = state_for(self)
+        if state.ignored:
+            return call(self, fn, *args, **kwargs)
+        try:
+            if _is_job_chunk(fn):  # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
+                future = call(self, fn, *args, **kwargs)
+            else:
+                future = call(self, trampoline, fn, job_info(state), *args, **kwargs)
+        except BaseException:
+            state.record_rejected()
+            raise
+        future.__dict__[_FUTURE_MARK] = state
+        return future
+
+    return submit
+
+
+def _process_map(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def map(self: Any, fn: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
+        state = state_for(self) if runtime.active else None
+        if state is None or state.ignored:
+            return call(self, fn, *iterables, **kwargs)
+        return call(self, process_job(state, fn), *iterables, **kwargs)
+
+    return map
+
+
+def _future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def cancel(self: Any) -> bool:
+        state: PoolState | None = self.__dict__.get(_FUTURE_MARK)
+        if state is None:
+            return bool(call(self))
+        pending = self._state == "PENDING"
+        cancelled = bool(call(self))
+        if cancelled and pending and runtime.active:
+            state.record_cancelled()
+        return cancelled
+
+    return cancel
+
+
+# --- multiprocessing.pool ----------------------------------------------------------------------------
+
+
+def _job_for(state: PoolState, func: Callable[..., Any]) -> functools.partial[Any]:
+    return local_job(state, func) if state.source == SOURCE_MP_THREAD else process_job(state, func)
+
+
+def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def apply_async(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        state = state_for(self) if runtime.active else None
+        if state is None or state.ignored:
+            return call(self, func, *args, **kwargs)
+        state.add_outstanding(1)
+        try:
+            return call(self, _job_for(state, func), *args, **kwargs)
+        except BaseException:
+            state.add_outstanding(-1)
+            state.record_rejected()
+            raise
+
+    return apply_async
+
+
+def _mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def _map_async(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any,
+                   **kwargs: Any) -> Any:
+        state = state_for(self) if runtime.active else None
+        if state is None or state.ignored:
+            return call(self, func, iterable, *args, **kwargs)
+        try:
+            self._check_running()
+        except ValueError:
+            state.record_rejected()
+            raise
+        # Pool._map_async does the same conversion itself; done here to count the jobs.
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        count = len(iterable)  # type: ignore[arg-type]
+        state.add_outstanding(count)
+        try:
+            return call(self, _job_for(state, func), iterable, *args, **kwargs)
+        except BaseException:
+            state.add_outstanding(-count)
+            raise
+
+    return _map_async
+
+
+def _counted(state: PoolState, iterable: Iterable[Any]) -> Iterator[Any]:
+    for item in iterable:
+        state.add_outstanding(1)
+        yield item
+
+
+def _mp_imap(original: Callable[..., Any]) -> Callable[..., Any]:
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def imap(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
+        state = state_for(self) if runtime.active else None
+        if state is None or state.ignored:
+            return call(self, func, iterable, *args, **kwargs)
+        try:
+            self._check_running()
+        except ValueError:
+            state.record_rejected()
+            raise
+        return call(self, _job_for(state, func), _counted(state, iterable), *args, **kwargs)
+
+    return imap
+
+
+_PATCHES: tuple[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
+    ("concurrent.futures._base:Future.cancel", _future_cancel),
+    ("concurrent.futures.thread:ThreadPoolExecutor.submit", _thread_submit),
+    ("concurrent.futures.process:ProcessPoolExecutor.submit", _process_submit),
+    ("concurrent.futures.process:ProcessPoolExecutor.map", _process_map),
+    ("multiprocessing.pool:Pool.apply_async", _mp_apply_async),
+    ("multiprocessing.pool:Pool._map_async", _mp_map_async),
+    ("multiprocessing.pool:Pool.imap", _mp_imap),
+    ("multiprocessing.pool:Pool.imap_unordered", _mp_imap),
+)
+
+
+class WorkerPoolInstrumentor(PerfInstrumentor):
+    """Spans and metrics for ``concurrent.futures`` and ``multiprocessing.pool`` pools (module docstring)."""
+
+    _patcher: Patcher | None = None
+
+    def _start(self, **kwargs: Any) -> None:
+        create_instruments(self.meter)
+        runtime.tracer = self.tracer
+        runtime.spans = bool(self.settings.pool_spans)
+        runtime.active = True
+        self._patcher = Patcher("otel_perf_workers")
+        for path, factory in _PATCHES:
+            self._patcher.replace(path, factory)
+
+    def _stop(self) -> None:
+        runtime.active = False
+        if self._patcher is not None:
+            self._patcher.unpatch_all()
+            self._patcher = None
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            release_instruments(meter)
+
+
+# --- the public API ----------------------------------------------------------------------------------
+
+_PoolT = TypeVar("_PoolT")
+_QueueT = TypeVar("_QueueT")
+
+
+def name_pool(pool: _PoolT, name: str) -> _PoolT:
+    """Name a pool for its spans and metrics (``otel_perf.pool.name``); returns the pool.
+
+    Args:
+        pool: a ``ThreadPoolExecutor``, ``ProcessPoolExecutor``, ``multiprocessing.pool.Pool`` or
+            ``ThreadPool``.
+        name: a low-cardinality name, such as ``"fetch"``.
+    """
+    if not hasattr(pool, "__dict__"):
+        log_once(("name_pool", type(pool)), "otel-perf: cannot name a %s (no instance dictionary)",
+                 type(pool).__name__)
+        return pool
+    state_for(pool, by_user=True).rename(str(name))
+    return pool
+
+
+def track_queue(queue: _QueueT, name: str) -> _QueueT:
+    """Report ``queue.qsize()`` as the queue depth of the user's pool ``name``; returns the queue.
+
+    Works with ``queue.Queue``, ``asyncio.Queue``, ``multiprocessing.Queue`` (where ``qsize`` is
+    implemented) or anything with ``qsize()``. The queue is held weakly where it allows that.
+    """
+    state = custom_state(str(name))
+    try:
+        ref: Callable[[], Any] = weakref.ref(queue)
+    except TypeError:
+        ref = functools.partial(lambda q: q, queue)  # not weakly referenceable: keep it
+    state.queues.append(ref)
+    return queue
+
+
+class _JobScope:
+    """What ``otel_perf.job(...)`` returns: a context manager for one job, or a decorator (each call of
+    the decorated function is one job)."""
+
+    __slots__ = ("_key", "_span", "_start", "_state", "_token", "attempt", "enqueued_at", "function",
+                 "name", "pool")
+
+    def __init__(self, pool: str, name: str | None, attempt: int, enqueued_at: float | None,
+                 function: str | None = None) -> None:
+        self.pool = pool
+        self.name = name
+        self.attempt = attempt
+        self.enqueued_at = enqueued_at
+        self.function = function
+        self._span: Any = None
+        self._token: Any = None
+        self._state: PoolState | None = None
+        self._start = 0.0
+        self._key = 0
+
+    def __enter__(self) -> _JobScope:
+        self._enter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._exit(exc)
+
+    def __call__(self, fn: _F) -> _F:
+        short, full = function_names(fn)
+        pool, name, attempt, enqueued_at = self.pool, self.name or short, self.attempt, self.enqueued_at
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with _JobScope(pool, name, attempt, enqueued_at, full):
+                    return await fn(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with _JobScope(pool, name, attempt, enqueued_at, full):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    @guard
+    def _enter(self) -> None:
+        state = self._state = custom_state(self.pool)
+        self._key = id(self)
+        state.running[self._key] = True
+        if self.attempt > 1 and runtime.retries is not None:
+            runtime.retries.add(1, state.attrs)
+        spans = runtime.spans if runtime.active else get_settings().pool_spans
+        if spans:
+            tracer = runtime.tracer if runtime.active and runtime.tracer is not None else trace.get_tracer(
+                INSTRUMENTATION_SCOPE, schema_url=SCHEMA_URL)
+            attributes: dict[str, Any] = dict(state.attrs)
+            if self.function:
+                attributes[CODE_FUNCTION_NAME] = self.function
+            if self.enqueued_at is not None:
+                attributes[JOB_WAIT_DURATION] = max(0.0, time.monotonic() - self.enqueued_at)
+            self._span = tracer.start_span(f"{state.name} {self.name or 'job'}", kind=SpanKind.INTERNAL,
+                                           attributes=attributes)
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._start = perf_counter()
+
+    @guard
+    def _exit(self, exc: BaseException | None) -> None:
+        run = perf_counter() - self._start
+        state = self._state
+        if state is None:
+            return
+        state.running.pop(self._key, None)
+        if self.enqueued_at is not None:
+            state.wait.record(max(0.0, time.monotonic() - self.enqueued_at - run))
+        etype = error_type(exc) if exc is not None else None
+        if etype is None:
+            state.ok.record(run)
+        else:
+            state.error_series(etype).record(run)
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
+        if self._span is not None:
+            _end_span(self._span, exc, etype)
+            self._span = None
+
+
+def job(pool: str, *, name: str | None = None, attempt: int = 1,
+        enqueued_at: float | None = None) -> _JobScope:
+    """Record one job of the user's own pool: a span and the pool metrics of DESIGN.md.
+
+    Usage::
+
+        with otel_perf.job(pool="ingest", attempt=n):
+            handle(item)
+
+        @otel_perf.job(pool="ingest")
+        def handle(item): ...
+
+    Args:
+        pool: the pool's name (``otel_perf.pool.name``; kind ``custom``).
+        name: the job's name in the span name ``{pool} {name}`` (default: the decorated function's name,
+            else ``job``).
+        attempt: which attempt this is; ``attempt > 1`` counts one ``otel_perf.pool.job.retries``.
+        enqueued_at: ``time.monotonic()`` when the job was queued, to record its wait.
+
+    Returns:
+        A context manager for one job, which is also a decorator (each call is then one job).
+    """
+    return _JobScope(str(pool), name, int(attempt), enqueued_at)
