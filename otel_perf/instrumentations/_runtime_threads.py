@@ -60,7 +60,9 @@ class ThreadPeak:
 
         @functools.wraps(original)
         def start(self: threading.Thread) -> None:
-            original(self)
+            # Bind through the descriptor protocol: the raw class attribute may be another tool's wrapper
+            # (contrib's threading instrumentation uses a wrapt FunctionWrapper), which needs its instance.
+            original.__get__(self, type(self))()
             with guarded("thread peak"):
                 # start() returns once the new thread runs; if it already ended, it was alive a moment ago.
                 peak.observe(active_count() + (0 if self.is_alive() else 1))
