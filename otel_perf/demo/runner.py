@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         "OTEL_SERVICE_NAME": "otel-perf-demo",
         "OTEL_PERF_TOOLS": "otel_perf.demo.tools:summarize",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        # The demo's asyncio sections last tens of milliseconds: probe the loop often enough to see them.
+        "OTEL_PERF_EVENTLOOP_LAG_INTERVAL": "0.01",
         "OTEL_BSP_SCHEDULE_DELAY": "500",
     })
     env, _ = launcher_environment(base)
