@@ -90,6 +90,14 @@ class Series:
             cell[3] = value
         cell[bisect_left(self._bounds, value) + 4] += 1
 
+    def thread_cell(self) -> tuple[list[Any], tuple[float, ...]]:
+        """This thread's cell and the boundaries, for a caller that inlines :meth:`record` step for step
+        (the parsers record a duration and a size per call through one thread-local lookup)."""
+        try:
+            return self._local.cell, self._bounds
+        except AttributeError:
+            return self._cell(), self._bounds
+
     def snapshot(self) -> list[Any]:
         """Cumulative totals over all threads: ``[count, sum, min, max, *buckets]``."""
         total = _new_cell(len(self._bounds))

@@ -259,16 +259,15 @@ def test_errors_propagate_unchanged_and_carry_error_type(
 
 
 def test_internal_fault_never_breaks_the_parse(
-    instrument: Instrument, caplog: pytest.LogCaptureFixture
+    instrument: Instrument, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the guard in production mode, a fault while recording is logged once; the parse still works."""
     instrument()
-    probe = parsers._probe("json")
 
-    def broken(value: float) -> None:
+    def broken(self: Any, elapsed: float, size: int) -> None:
         raise RuntimeError("recording broke")
 
-    probe.record_duration = broken
+    monkeypatch.setattr(parsers._Probe, "record", broken)
     previous = _safety.set_raise_internal_errors(False)
     try:
         with caplog.at_level(logging.WARNING, logger="otel_perf"):
