@@ -12,7 +12,8 @@ Layout under the spool directory (``OTEL_PERF_SPOOL_DIR``)::
     <signal>/<time_ns>-<pid>-<seq>-<size>.otlp   one entry: header + one encoded OTLP export request
     <signal>/.tmp-<pid>-<name>                   an entry being written (renamed into place when complete)
     <signal>/.replay.lock                        flock'd by the one process replaying this signal right now
-    <signal>/corrupt/                            entries that failed their checks, moved aside
+    <signal>/corrupt/                            entries that failed their checks, moved aside (the
+                                                 newest _CORRUPT_KEEP per signal, kept for diagnosis)
 
 Entry names sort by time, then pid, then a per-process sequence number, so a plain sort is the replay
 order. An entry file is ``flock``'d while it is being sent, so eviction never removes an entry that is in
@@ -45,6 +46,9 @@ _SUFFIX = ".otlp"
 _TMP_PREFIX = ".tmp-"
 _LOCK_NAME = ".replay.lock"
 _CORRUPT_DIR = "corrupt"
+#: Corrupt entries kept per signal: enough to diagnose a cause, never a disk filled by a recurring fault
+#: (they are outside the byte bound, which counts only entries that can still be sent).
+_CORRUPT_KEEP = 16
 #: A temporary file this old, or whose writer is gone, is the remains of a crash mid-write.
 _STALE_TMP_SECONDS = 300.0
 
@@ -407,8 +411,22 @@ class Spool:
             os.rename(path, target_dir / path.name)
         except FileNotFoundError:
             return
+        self._prune_corrupt(target_dir)
         if self._on_corrupt is not None:
             self._on_corrupt(self.signal)
+
+    @staticmethod
+    def _prune_corrupt(target_dir: Path) -> None:
+        """Delete all but the newest ``_CORRUPT_KEEP`` corrupt entries (names sort by write time)."""
+        try:
+            names = sorted(os.listdir(target_dir))
+        except FileNotFoundError:
+            return
+        for name in names[:-_CORRUPT_KEEP]:
+            try:
+                os.unlink(target_dir / name)
+            except FileNotFoundError:  # another process pruned it first
+                pass
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a crash mid-write (their writer is gone, or they are old)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_perf.exporters import _spool
 from otel_perf.exporters._spool import Spool
 
 
@@ -75,6 +76,19 @@ def test_a_corrupt_entry_is_moved_aside_and_reported(tmp_path: Path, damage: str
     assert (spool.directory / "corrupt" / bad).exists()
     entry = spool.claim(good)
     assert entry is not None and entry.payload == b"y" * 100
+
+
+def test_corrupt_entries_kept_aside_are_bounded_to_the_newest(tmp_path: Path) -> None:
+    """A recurring fault cannot fill the disk: corrupt/ keeps the newest entries only, all reported."""
+    reported: list[str] = []
+    spool = Spool(tmp_path, "traces", 1 << 30, on_corrupt=reported.append)
+    names = [spool.append(b"x" * 10, items=1) for _ in range(_spool._CORRUPT_KEEP + 5)]
+    for name in names:
+        (spool.directory / name).write_bytes(b"not an entry")
+        assert spool.claim(name) is None
+    assert len(reported) == len(names)
+    kept = sorted(p.name for p in (spool.directory / "corrupt").iterdir())
+    assert kept == names[-_spool._CORRUPT_KEEP:]
 
 
 def test_the_bound_drops_the_oldest_entries_of_all_signals_and_counts_their_items(tmp_path: Path) -> None:
