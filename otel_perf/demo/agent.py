@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import gc
 import json
+import os
 import queue
 import random
 import shlex
@@ -145,6 +146,10 @@ def run(duration: float, load: int, faults: set[str], script_lines: list[str] | 
         with concurrent.futures.ThreadPoolExecutor(max_workers=load, thread_name_prefix="commands") as threads, \
                 concurrent.futures.ProcessPoolExecutor(max_workers=2) as processes:
             otel_perf.name_pool(processes, "analysis")
+            # Fork the workers now, before any command thread runs a program: a worker forked while a
+            # thread's subprocess pipe is open inherits its write end, and that program's output then
+            # never reaches end-of-file (the first submit forks every worker of a fork-context pool).
+            processes.submit(os.getpid).result()
             if "memory-spike" in faults:
                 spike = processes.submit(jobs.memory_spike, 320, 1.5)
             pending: list[concurrent.futures.Future[Any]] = []
