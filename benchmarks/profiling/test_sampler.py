@@ -70,6 +70,7 @@ def _run(benchmark: pytest.FixtureRequest, mode: str | None) -> None:
         benchmark.extra_info.update(  # type: ignore[attr-defined]
             mode=mode, ticks=stats.ticks, samples=stats.samples, achieved_hz=round(stats.achieved_hz, 1),
             cost_per_tick_us=round(stats.cost_per_tick_ns / 1000, 1),
+            cost_per_sample_us=round(stats.sampling_ns / max(stats.samples, 1) / 1000, 1),
             sampler_thread_cpu_per_tick_us=round(stats.thread_cpu_per_tick_ns / 1000, 1),
             sampling_share_of_wall=round(stats.sampling_ns / stats.duration_ns, 5),
             frames_walked_per_tick=round(stats.frames_walked / max(stats.ticks, 1), 1),
@@ -123,6 +124,8 @@ def test_paired_slowdown_interleaved(benchmark: pytest.FixtureRequest, idle_thre
     go to extra_info (less sensitive than sequential cases to the machine's speed changing mid-run)."""
     blocks = 18
     ratios: dict[str, list[float]] = {"cpu": [], "wall": [], "cpu_process": [], "wall_process": []}
+    # per mode, summed over its blocks: ticks, samples, ns inside ticks, the sampling thread's CPU ns
+    totals = {mode: [0, 0, 0, 0] for mode in ("cpu", "wall")}
     orders = [(None, "cpu", "wall"), ("cpu", "wall", None), ("wall", None, "cpu")]
 
     def block_time(mode: str | None) -> tuple[float, float]:
@@ -135,6 +138,10 @@ def test_paired_slowdown_interleaved(benchmark: pytest.FixtureRequest, idle_thre
         elapsed, elapsed_cpu = time.perf_counter() - began, time.process_time() - began_cpu
         if sampler is not None:
             sampler.stop()
+            stats = sampler.stats
+            total = totals[str(mode)]
+            for i, value in enumerate((stats.ticks, stats.samples, stats.sampling_ns, stats.thread_cpu_ns)):
+                total[i] += value
         return elapsed, elapsed_cpu
 
     def measure() -> None:
@@ -148,7 +155,15 @@ def test_paired_slowdown_interleaved(benchmark: pytest.FixtureRequest, idle_thre
     def quartiles(values: list[float]) -> list[float]:
         return [round(q, 4) for q in statistics.quantiles(values, n=4)]
 
+    costs = {}
+    for mode, (ticks, samples, sampling_ns, thread_cpu_ns) in totals.items():
+        # Per tick and per sample, over every block (each block a new profile, so first walks included).
+        costs[f"{mode}_cost_per_tick_us"] = round(sampling_ns / max(ticks, 1) / 1000, 1)
+        costs[f"{mode}_cost_per_sample_us"] = round(sampling_ns / max(samples, 1) / 1000, 1)
+        costs[f"{mode}_sampler_thread_cpu_per_tick_us"] = round(thread_cpu_ns / max(ticks, 1) / 1000, 1)
+        costs[f"{mode}_samples_per_tick"] = round(samples / max(ticks, 1), 2)
     benchmark.extra_info.update(  # type: ignore[attr-defined]
+        **costs,
         cpu_quartiles=quartiles(ratios["cpu"]),
         wall_quartiles=quartiles(ratios["wall"]),
         cpu_median_ratio=round(statistics.median(ratios["cpu"]), 4),

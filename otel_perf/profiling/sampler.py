@@ -8,7 +8,7 @@ number of distinct stacks, not to its length.
 
 Costs were measured on this machine (``/work/shared/reference/sdk-overhead-here.md`` section 7): walking
 and aggregating every stack of 5 threads about 30 deep costs 70-235 µs per sample, 2.5-3.5% of a CPU-bound
-thread at 100 Hz. Two things keep this sampler far below that:
+thread at 100 Hz. These keep this sampler far below that:
 
 * CPU mode reads each thread's CPU clock and walks only threads that used CPU since the previous tick. The
   clock of another thread is derived from its *native thread id* (Linux's ``MAKE_THREAD_CPUCLOCK(tid,
@@ -17,7 +17,17 @@ thread at 100 Hz. Two things keep this sampler far below that:
   ``clock_gettime`` does not release the GIL, so a tick never waits for the GIL twice. Where that clock is
   refused, ``/proc/self/task/<tid>/stat`` (utime + stime) is read instead.
 * A thread whose top frame and instruction are unchanged since its previous sample (a parked thread)
-  reuses the previous stack instead of walking it again.
+  reuses the previous stack instead of walking it again; a thread still in the same function only
+  updates its innermost location.
+* Each thread keeps the count cells of its current stack, so such samples build no stack tuple and hash
+  nothing; code objects are looked up by id (a code object's hash is recomputed from its constants and
+  names on every lookup); functions and locations go into the pprof builder only when the profile is
+  encoded, so the first walk of a profile (every frame new) does not encode records while it holds the GIL.
+
+A tick runs once per 10 ms on a thread that slept in between, with its caches cold: on this machine the
+same tick costs 5 µs run twice in a row and 20-45 µs (CPU mode, 5 threads) as the first thing after the
+sleep, and waking up and winning the GIL from a busy thread costs the sampling thread another 50-60 µs of
+CPU that no change here can remove. What a tick can save is Python executed and memory touched.
 
 Samples carry a ``thread`` label (the thread's name) and, for a thread running an asyncio event loop, a
 ``task`` label (the name of the task that was running).
@@ -49,6 +59,11 @@ _CPUCLOCK_SCHED = 2
 _CPUCLOCK_PERTHREAD = 4
 # CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR (Include/cpython/code.h)
 _RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
+#: (name, file name, first line): what identifies a function in the profile
+_FunctionKey = tuple[str, str, int]
+_NO_TASKS: dict[int, str] = {}
+_current_frames = sys._current_frames
+clock_gettime_ns = time.clock_gettime_ns
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -120,21 +135,28 @@ class SamplerStats:
 
 
 class _ThreadState:
-    __slots__ = ("clock_ok", "frames", "index", "key", "last_cpu", "lastis", "native_id", "stack", "thread")
+    __slots__ = ("cells", "clock_id", "clock_ok", "frames", "index", "last_cpu", "lastis", "name",
+                 "native_id", "stack", "task", "thread")
 
     def __init__(self, thread: threading.Thread | None, native_id: int | None) -> None:
         self.thread = thread
         self.native_id = native_id
         self.clock_ok = native_id is not None
+        self.clock_id = _thread_clock_id(native_id) if native_id is not None else 0
         self.last_cpu = 0
-        # The previous walk, outermost first: frames, their instruction offsets, location ids, the
-        # stack as a tuple, and id(frame) -> position (stale entries are caught by the identity check).
-        # The frames are kept until the next walk so that their ids cannot be reused meanwhile.
+        # The previous walk, outermost first: frames, their instruction offsets, location ids, and
+        # id(frame) -> position (stale entries are caught by the identity check). The frames are kept
+        # until the next walk so that their ids cannot be reused meanwhile.
         self.frames: list[FrameType] = []
         self.lastis: list[int] = []
         self.stack: list[int] = []
-        self.key: tuple[int, ...] = ()
         self.index: dict[int, int] = {}
+        # The count cells of the stacks that differ from the previous walk only in the innermost location
+        # (innermost location id -> [count, value]), valid while the outer frames and the labels
+        # (thread name and task name) stay the same: a sample then costs no stack tuple and no hashing.
+        self.cells: dict[int, list[int]] = {}
+        self.name = ""
+        self.task = ""
 
 
 class Sampler:
@@ -173,16 +195,32 @@ class Sampler:
         self._max_stacks = max_stacks
         self._max_depth = max_depth
         self._cpu_clock = _choose_cpu_clock() if mode == "cpu" else None
+        # The usual clock, read in the tick without a Python call: clock_gettime on the clock id kept per thread
+        self._clock_direct = self._cpu_clock is _cpu_ns_clock
         value_type = (mode, "nanoseconds")
         self._builder = ProfileBuilder([("samples", "count"), value_type], period_type=value_type,
                                        period=self.interval_ns, default_sample_type=mode)
         if mode == "cpu" and self._cpu_clock is None:
             self._builder.comment("per-thread CPU clocks unavailable: every thread was sampled")
-        self._locations: dict[tuple[CodeType, int], int] = {}
-        self._functions: dict[CodeType, int] = {}
+        # Locations are numbered here, in the order they are first seen, and given to the builder only by
+        # encode(): the builder encodes a record per function and location as it goes, which made the
+        # first tick of a profile (every frame new) cost as much as ten later ones. The numbering is the
+        # builder's own: one id per (function name, file, first line) and line, so the ids it gives back
+        # are these, and the stacks counted are the same.
+        # Code objects are looked up by id, never hashed: a code object's hash is computed from its
+        # constants, names and line table each time (recursively through nested code objects), which cost
+        # more than the rest of a frame's walk. _codes keeps every code seen alive, so its id stays its own
+        # until encode().
+        self._locations: dict[int, dict[int, int]] = {}  # id(code) -> {instruction: location id}
+        self._functions: dict[int, _FunctionKey] = {}  # id(code) -> function
+        self._codes: list[CodeType] = []
+        self._location_ids: dict[tuple[_FunctionKey, int], int] = {}  # (function, line) -> location id
+        self._location_keys: list[tuple[_FunctionKey, int]] = []  # location id - 1 -> (function, line)
         # (labels, stack) -> [count, value]
         self._counts: dict[tuple[tuple[str, str], tuple[int, ...]], list[int]] = {}
         self._threads: dict[int, _ThreadState] = {}
+        # asyncio's loop -> running task dict, found once asyncio.tasks is imported (it is never rebound)
+        self._current_tasks: dict[Any, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_ns = 0
@@ -217,6 +255,7 @@ class Sampler:
     def _loop(self, deadline_ns: int | None, stop: threading.Event) -> None:
         own = threading.get_ident()
         self._exclude.add(own)
+        self._threads.pop(own, None)  # sampled by hand before (the tick skips only idents without state)
         self._start_ns = time.perf_counter_ns()
         cpu_start = time.thread_time_ns()
         self._builder.time_nanos = time.time_ns()
@@ -226,9 +265,13 @@ class Sampler:
         last_tick = self._start_ns
         stats = self.stats
         sleep = time.sleep
+        clock = time.perf_counter_ns
+        is_set = stop.is_set
+        tick = self._tick
+        now = clock()
         try:
-            while not stop.is_set():
-                now = time.perf_counter_ns()
+            # One pass per tick: one sleep, one look at stop, two clock reads.
+            while not is_set():
                 if deadline_ns is not None and now >= deadline_ns:
                     break
                 wait = next_tick - now
@@ -239,17 +282,18 @@ class Sampler:
                     # waiter list) per tick, which doubled the sampler's CPU per tick. stop() is seen
                     # within one interval.
                     sleep(wait / 1e9)
+                    now = clock()
                     continue
-                began = time.perf_counter_ns()
-                self._tick(began - last_tick)
-                ended = time.perf_counter_ns()
+                tick(now - last_tick)
+                ended = clock()
                 stats.ticks += 1
-                stats.sampling_ns += ended - began
-                last_tick = began
+                stats.sampling_ns += ended - now
+                last_tick = now
                 next_tick += interval
                 if next_tick <= ended:
                     # Fell behind (the GIL was busy): skip the missed ticks rather than burst.
                     next_tick = ended + interval - (ended - next_tick) % interval
+                now = ended
         finally:
             stats.duration_ns = time.perf_counter_ns() - self._start_ns
             stats.thread_cpu_ns = time.thread_time_ns() - cpu_start
@@ -284,12 +328,16 @@ class Sampler:
 
     def _running_tasks(self) -> dict[int, str]:
         """Thread ident -> name of the asyncio task running in that thread's event loop."""
-        tasks_module = sys.modules.get("asyncio.tasks")
-        if tasks_module is None:
-            return {}
-        current: dict[Any, Any] | None = getattr(tasks_module, "_current_tasks", None)
+        current = self._current_tasks
+        if current is None:
+            tasks_module = sys.modules.get("asyncio.tasks")
+            if tasks_module is None:
+                return _NO_TASKS
+            current = self._current_tasks = getattr(tasks_module, "_current_tasks", None)
+            if current is None:
+                return _NO_TASKS
         if not current:
-            return {}
+            return _NO_TASKS
         out: dict[int, str] = {}
         for loop, task in list(current.items()):
             ident = getattr(loop, "_thread_id", None)
@@ -301,27 +349,48 @@ class Sampler:
         return out
 
     def _tick(self, elapsed_ns: int) -> None:
-        frames = sys._current_frames()
-        cpu_clock = self._cpu_clock
-        tasks = self._running_tasks() if self.asyncio_tasks else {}
-        counts = self._counts
-        exclude = self._exclude
-        stats = self.stats
+        """Take one sample of every thread (CPU mode: of every thread that used CPU since the last tick).
+
+        This runs 100 times a second while holding the GIL, with the caches cold (the sampling thread
+        sleeps in between), so its cost is mostly the Python it executes: the common cases (a parked
+        thread, a thread still in the same function) take no call and no allocation besides the reads
+        of the clock.
+        """
+        frames = _current_frames()
         states = self._threads
         if len(states) >= len(frames):
             # Forget threads that ended (and the frames kept for them); frames also holds at least
             # the sampling thread, which has no state, so equal sizes mean one ended.
             for gone in [ident for ident in states if ident not in frames]:
                 del states[gone]
+        current = self._current_tasks
+        if current:
+            tasks = self._running_tasks()
+        elif current is None and self.asyncio_tasks and "asyncio.tasks" in sys.modules:
+            tasks = self._running_tasks()  # asyncio was imported: find its dict of running tasks
+        else:
+            tasks = _NO_TASKS  # no asyncio, or no task runs anywhere
+        cpu_clock = self._cpu_clock
+        direct = self._clock_direct
+        exclude = self._exclude
+        stats = self.stats
         active: dict[int, threading.Thread] = getattr(threading, "_active", {})
         for ident, frame in frames.items():
-            if ident in exclude:
-                continue
-            state = self._state(ident, active)
+            state = states.get(ident)
+            if state is None or state.thread is not active.get(ident):
+                if ident in exclude:
+                    continue
+                state = self._state(ident, active)
             if cpu_clock is not None:
                 if not state.clock_ok:
                     continue  # no clock for this thread (not started by threading): cannot tell
-                now_cpu = cpu_clock(state.native_id)  # type: ignore[arg-type]
+                if direct:
+                    try:
+                        now_cpu: int | None = clock_gettime_ns(state.clock_id)
+                    except OSError:
+                        now_cpu = None
+                else:
+                    now_cpu = cpu_clock(state.native_id)  # type: ignore[arg-type]
                 if now_cpu is None:
                     state.clock_ok = False  # exited between the frame snapshot and now
                     continue
@@ -331,24 +400,58 @@ class Sampler:
                     continue
             else:
                 value = elapsed_ns
-            stack = self._walk(frame, state)
+            # The stack, from the previous walk where the innermost frame is the same (non-resumable)
+            # frame object: it is still running, so its callers and their instructions are unchanged
+            # and only its own instruction can differ.
+            walked = state.frames
+            if walked and frame is walked[-1] and not frame.f_code.co_flags & _RESUMABLE:
+                lasti = frame.f_lasti
+                if lasti == state.lastis[-1]:
+                    location = state.stack[-1]
+                else:
+                    code = frame.f_code
+                    by_lasti = self._locations.get(id(code))
+                    location = by_lasti.get(lasti) if by_lasti is not None else None  # type: ignore[assignment]
+                    if location is None:
+                        location = self._new_location(code, lasti, frame.f_lineno or code.co_firstlineno)
+                    state.lastis[-1] = lasti
+                    state.stack[-1] = location
+                    stats.frames_walked += 1
+            else:
+                location = self._walk(frame, state)
             thread = state.thread
             name = thread.name if thread is not None else f"thread-{ident}"
-            key = ((name, tasks.get(ident, "")), stack)
-            cell = counts.get(key)
+            task = tasks.get(ident, "") if tasks else ""
+            if name != state.name or task != state.task:
+                state.cells.clear()
+                state.name = name
+                state.task = task
+            cell = state.cells.get(location)
             if cell is None:
-                if len(counts) >= self._max_stacks:
-                    key = (key[0], (self._overflow_location(),))
-                    cell = counts.get(key)
-                if cell is None:
-                    cell = counts[key] = [0, 0]
+                cell = state.cells[location] = self._cell(state)
             cell[0] += 1
             cell[1] += value
             stats.samples += 1
         del frames
 
-    def _walk(self, frame: FrameType, state: _ThreadState) -> tuple[int, ...]:
-        """The stack of ``frame`` as location ids, outermost first.
+    def _cell(self, state: _ThreadState) -> list[int]:
+        """The [count, value] cell of the state's current (labels, stack)."""
+        counts = self._counts
+        stack = state.stack
+        limit = self._max_depth
+        key = ((state.name, state.task), tuple(stack) if len(stack) <= limit else tuple(stack[-limit:]))
+        cell = counts.get(key)
+        if cell is None:
+            if len(counts) >= self._max_stacks:
+                key = (key[0], (self._overflow_location(),))
+                cell = counts.get(key)
+            if cell is None:
+                cell = counts[key] = [0, 0]
+        return cell
+
+    def _walk(self, frame: FrameType, state: _ThreadState) -> int:
+        """Update the state's stack (location ids, outermost first) to that of ``frame``; return the
+        innermost location.
 
         Walking (from the innermost frame) stops at the first frame that is the same object at the same
         instruction as in this thread's previous walk: everything below it is unchanged (a frame's callers
@@ -380,41 +483,55 @@ class Sampler:
                 break
             # Keyed by instruction, not line: f_lasti is a field read, f_lineno a line-table search that
             # is done once per new location only.
-            location = locations.get((code, lasti))
+            by_lasti = locations.get(id(code))
+            location = by_lasti.get(lasti) if by_lasti is not None else None
             if location is None:
                 location = self._new_location(code, lasti, f.f_lineno or code.co_firstlineno)
             new_frames.append(f)
             new_lastis.append(lasti)
             new_stack.append(location)
             f = f.f_back
-        if not new_frames and keep == len(frames):
-            return state.key  # nothing changed since the previous walk
-        self.stats.frames_walked += len(new_frames)
         stack = state.stack
+        if not new_frames and keep == len(frames):
+            return stack[-1]  # nothing changed since the previous walk
+        self.stats.frames_walked += len(new_frames)
+        state.cells.clear()  # the outer frames changed
         del frames[keep:], lastis[keep:], stack[keep:]
-        for i in range(len(new_frames) - 1, -1, -1):
-            index[id(new_frames[i])] = len(frames)
-            frames.append(new_frames[i])
-            lastis.append(new_lastis[i])
-            stack.append(new_stack[i])
+        new_frames.reverse()
+        new_lastis.reverse()
+        new_stack.reverse()
+        for position, f in enumerate(new_frames, keep):
+            index[id(f)] = position
+        frames += new_frames
+        lastis += new_lastis
+        stack += new_stack
         if len(index) > 2 * len(frames) + 64:
             state.index = {id(x): i for i, x in enumerate(frames)}
-        key = state.key = tuple(stack) if len(stack) <= limit else tuple(stack[-limit:])
-        return key
+        return stack[-1]
 
     def _new_location(self, code: CodeType, lasti: int, line: int) -> int:
-        function = self._functions.get(code)
+        key = id(code)
+        function = self._functions.get(key)
         if function is None:
             qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
-            name = python_function_name(qualname, code.co_filename)
-            function = self._functions[code] = self._builder.function(name, code.co_filename,
-                                                                     code.co_firstlineno)
-        location = self._locations[(code, lasti)] = self._builder.location(function, line)
+            filename = code.co_filename
+            function = self._functions[key] = (python_function_name(qualname, filename), filename,
+                                                code.co_firstlineno)
+            self._codes.append(code)
+            self._locations[key] = {}
+        location = self._locations[key][lasti] = self._location_id(function, line)
+        return location
+
+    def _location_id(self, function: _FunctionKey, line: int) -> int:
+        key = (function, line)
+        location = self._location_ids.get(key)
+        if location is None:
+            self._location_keys.append(key)
+            location = self._location_ids[key] = len(self._location_keys)
         return location
 
     def _overflow_location(self) -> int:
-        function = self._builder.function("(other stacks)")
-        return self._builder.location(function, 0)
+        return self._location_id(("(other stacks)", "", 0), 0)
 
     # --- output ----------------------------------------------------------------------------------------
 
@@ -422,13 +539,22 @@ class Sampler:
         """The profile collected so far, as gzipped pprof."""
         self._done = True
         builder = self._builder
+        # The builder's ids of this sampler's locations (the same numbers, unless encode() ran before).
+        ids = [0] + [builder.location(builder.function(*function), line)
+                     for function, line in self._location_keys]
         for ((thread_name, task_name), stack), (count, value) in list(self._counts.items()):
             # Stacks are kept outermost first; pprof lists location ids innermost first.
-            builder.sample(stack[::-1], (count, value), (("thread", thread_name), ("task", task_name)))
+            builder.sample([ids[location] for location in reversed(stack)], (count, value),
+                           (("thread", thread_name), ("task", task_name)))
         self._counts.clear()
+        for state in self._threads.values():
+            state.cells.clear()  # cells of the counts just written
         # Code objects are released once the profile is written.
         self._locations.clear()
         self._functions.clear()
+        self._codes.clear()
+        self._location_ids.clear()
+        self._location_keys.clear()
         return builder.encode()
 
 
