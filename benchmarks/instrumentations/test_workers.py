@@ -7,6 +7,12 @@ spans off and on. ``*_total`` twins also pay the deferred work: a metric collect
 always counted). Group ``workers.reference`` holds the budget units measured in the same run: one SDK
 ``Histogram.record`` with 3 attributes and the identical job span created directly.
 
+Group ``workers.process.roundtrip.paired`` measures the process-pool budget interleaved: a process round
+trip costs about 200 µs, mostly waking threads and processes, and on a shared 2-core machine sequential
+cases swing by more than the 10% budget (0.84x to 1.17x from run to run). It alternates short blocks of
+round trips through the instrumented ``submit`` and through the original one, on the same pool, and keeps
+the median of the paired ratios.
+
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers.py --benchmark-enable``.
 """
 
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import statistics
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -273,3 +281,60 @@ def test_reference_job_span_direct(benchmark: Any, env: _Env, under_parent: None
         span.end()
 
     benchmark(op)
+
+
+# --- the process-pool budget, interleaved ------------------------------------------------------------
+
+PAIRS = 300  # pairs of blocks: about 2.5 s with the blocks below
+BLOCK = 10  # round trips per block: about 2 ms, shorter than a scheduler slice of the other load
+
+
+@pytest.mark.benchmark(group="workers.process.roundtrip.paired")
+def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+    """Spans off against bare, interleaved: blocks of no-op round trips on one long-lived pool, through the
+    instrumented ``submit`` and through the original ``ProcessPoolExecutor.submit`` (what an uninstrumented
+    program calls: the job goes to the same workers as itself, with no trampoline, carrier or envelope),
+    alternating which goes first; the budget is the median of the paired ratios."""
+    original = cf.ProcessPoolExecutor.submit  # before instrumenting: the stdlib's own
+    pool = env.process_pool
+    bare_submit = types.MethodType(original, pool)
+    stop = _instrumented(env, spans=False)
+    instrumented_submit = pool.submit
+    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
+    pairs = PAIRS if benchmark.enabled else 3  # the smoke run (make test) only checks that it runs
+    ratios: list[float] = []
+    costs: dict[str, list[float]] = {"bare": [], "spans_off": []}
+
+    def block(submit: Callable[..., cf.Future[Any]]) -> float:
+        start = time.perf_counter()
+        for _ in range(BLOCK):
+            submit(noop).result()
+        return (time.perf_counter() - start) / BLOCK
+
+    def run() -> None:
+        for _ in range(20):  # warm-up: pool state, series, carrier cache, both paths in the workers
+            block(bare_submit)
+            block(instrumented_submit)
+        for repeat in range(pairs):
+            sides = [("bare", bare_submit), ("spans_off", instrumented_submit)]
+            if repeat % 2:
+                sides.reverse()
+            got = {name: block(submit) for name, submit in sides}
+            for name, cost in got.items():
+                costs[name].append(cost)
+            ratios.append(got["spans_off"] / got["bare"])
+
+    try:
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        stop()
+    result = {
+        "spans_off_vs_bare (median of paired)": round(statistics.median(ratios), 4),
+        "bare_us": round(statistics.median(costs["bare"]) * 1e6, 1),
+        "spans_off_us": round(statistics.median(costs["spans_off"]) * 1e6, 1),
+        "pairs": pairs,
+        "round_trips_per_block": BLOCK,
+    }
+    benchmark.extra_info.update(result)
+    with capsys.disabled():
+        print(f"\n[workers.process.roundtrip paired medians] {result}")

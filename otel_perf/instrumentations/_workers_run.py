@@ -6,10 +6,13 @@ and run time recorded by the process that owns the pool (DESIGN.md, "Worker pool
 * Thread pools run :func:`run_thread_job` inside a copy of the submitter's ``contextvars`` context, so
   the span's parent is the submitter's span however often the pool's threads are reused.
 * Process pools run :func:`trampoline`: a module-level function (a wrapped callable would not pickle)
-  given the user's function and a tuple of primitives: a W3C ``traceparent`` carrier, the submission
-  time and, for a ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which
-  a spawn or forkserver worker without an SDK configures itself once. In the worker the trampoline runs
-  the job under the carried context and ends its span.
+  given the user's function and a small tuple of primitives (:data:`Info`): a W3C ``traceparent``
+  carrier, the submission time and, only when the job needs them, the pool's name and kind for its span
+  and, for a ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which a
+  spawn or forkserver worker without an SDK configures itself once. In the worker the trampoline runs
+  the job under the carried context and ends its span. With spans off (and no snapshot, no per-job
+  flush) the job carries six small values and the worker only enters the carried context (benchmark
+  group ``workers.process.roundtrip.paired``).
 * Nothing recorded in a job may be lost when its worker ends. Fork and forkserver workers end with
   ``os._exit`` (no ``atexit``), and ``with multiprocessing.Pool()`` terminates its workers (SIGTERM) as
   soon as the block ends. Flushing after every job costs one synchronous export per job that recorded
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import operator
 import os
 import pickle
 import time
@@ -173,10 +177,6 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
 _my_pid = os.getpid()
 
 
-def _pid() -> int:
-    return _my_pid
-
-
 def _refresh_pid() -> None:
     global _my_pid
     _my_pid = os.getpid()
@@ -200,11 +200,15 @@ def _fault(where: str, exc: Exception) -> None:
 
 _snapshot_cache: tuple[Any, bytes] | None = None
 
+#: What a job needs beyond the context, when it needs anything: (pool name, pool kind, spans on,
+#: snapshot, flush after each job). None when spans are off, there is no snapshot and no per-job flush.
+Extra = tuple[str, str, bool, "bytes | None", bool]
+
 #: What travels with each process job (a tuple of primitives: it pickles fast, in C):
-#: (owner pid, pool id, pool name, pool kind, spans on, context carrier, submission time, snapshot,
-#: flush after each job). The carrier is a W3C ``traceparent`` string, or a full propagator dict when the
-#: context also has trace state or baggage, or None without a valid span.
-Info = tuple[int, int, str, str, bool, "str | dict[str, str] | None", float, "bytes | None", bool]
+#: (owner pid, pool id, submission time, context carrier, extra, may run as an item of a chunk). The
+#: carrier is a W3C ``traceparent`` string, or a full propagator dict when the context also has trace
+#: state or baggage, or None without a valid span.
+Info = tuple[int, int, float, "str | dict[str, str] | None", "Extra | None", bool]
 
 
 def _snapshot() -> bytes | None:
@@ -221,68 +225,103 @@ def _snapshot() -> bytes | None:
     return data
 
 
-_last_header: tuple[Any, str] = (None, "")
+#: (the last context a job was submitted in, its carrier when that is a traceparent string or None).
+#: Contexts are immutable, and a request submits its jobs from one context: the carrier is then worked
+#: out once (about 0.9 µs) and found again by identity (0.1 µs). Holds at most that one context.
+_last_carrier: tuple[Any, str | None] = (None, None)
 
 
 def _carrier() -> str | dict[str, str] | None:
-    global _last_header
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return None
-    if span_context.trace_state or baggage.get_all():
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        return carrier
-    # Formatting traceparent ourselves (and once per span context: a request submits many jobs) costs a
-    # fraction of propagate.inject/extract (benchmark group workers.process.roundtrip).
-    last = _last_header
-    if last[0] is span_context:
+    global _last_carrier
+    ctx = otel_context.get_current()
+    last = _last_carrier
+    if last[0] is ctx:
         return last[1]
+    span_context = trace.get_current_span(ctx).get_span_context()
+    if not span_context.is_valid:
+        _last_carrier = (ctx, None)
+        return None
+    if span_context.trace_state or baggage.get_all(ctx):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=ctx)  # not cached: the global propagator may change
+        return carrier
+    # Formatting traceparent ourselves costs a fraction of propagate.inject/extract (benchmark group
+    # workers.process.roundtrip).
     header = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
-    _last_header = (span_context, header)
+    _last_carrier = (ctx, header)
     return header
 
 
-def job_info(state: PoolState) -> Info:
-    """What a process job submitted now, in the current context, to the pool of ``state`` carries."""
+def job_info(state: PoolState, chunked: bool = False) -> Info:
+    """What a process job submitted now, in the current context, to the pool of ``state`` carries.
+
+    ``chunked``: the job may run as one item of a chunk (``map``, ``multiprocessing.pool``), whose
+    results leave the worker together (see ``_unsent``); a ``ProcessPoolExecutor.submit`` job never does.
+    """
     # multiprocessing.pool workers are killed (SIGTERM) by Pool.terminate() and `with Pool()`: they flush
     # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
     # max_tasks_per_child): they flush once, when they exit.
-    return (_my_pid, state.id, state.name, state.kind, runtime.spans, _carrier(), time.time(), _snapshot(),
-            state.source == SOURCE_MP)
+    spans = runtime.spans
+    snapshot = _snapshot()
+    flush = state.source == SOURCE_MP
+    extra = (state.name, state.kind, spans, snapshot, flush) if spans or flush or snapshot is not None else None
+    return (_my_pid, state.id, time.time(), _carrier(), extra, chunked)
 
 
 def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any) -> Any:
     """What a process pool runs instead of the user's function (module level: it pickles by name)."""
-    if _my_pid == info[0]:  # called in the owning process itself: nothing to carry back
+    owner = info[0]
+    if _my_pid == owner:  # called in the owning process itself: nothing to carry back
         return fn(*args, **kwargs)
-    wait = max(0.0, time.time() - info[6])
+    wait = time.time() - info[2]
+    if wait < 0.0:
+        wait = 0.0
     start = perf_counter()
-    span, token, counted = _enter_worker_job(fn, info, wait)
-    ends = counted if info[8] else None  # else flushed once, when the worker exits (a finalizer)
+    span: Span | None = None
+    token: object = None
+    ends: tuple[int, int] | None = None
+    if info[4] is None and _worker_pid == _my_pid:
+        # The spans-off path of a set-up worker: no span, nothing to count for a flush; only the
+        # submitter's context to enter, if it had one.
+        if info[3] is not None:
+            try:
+                token = otel_context.attach(_context_from(info[3]))  # type: ignore[arg-type]
+            except Exception as exc:
+                _fault("pool job start in a worker process", exc)
+    else:
+        span, token, ends = _enter_worker_job(fn, info, wait)
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         run = perf_counter() - start
         etype = error_type(exc)
         _leave_worker_job(span, token, ends, exc, etype)
-        _tag_exception(exc, (info[0], info[1], wait, run, etype))
+        _tag_exception(exc, (owner, info[1], wait, run, etype))
         raise
     run = perf_counter() - start
-    _leave_worker_job(span, token, ends, None, None)
-    return _Envelope(result, (info[0], info[1], wait, run, None))
+    if span is not None or ends is not None:
+        _leave_worker_job(span, token, ends, None, None)
+    elif token is not None:
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        except Exception as exc:
+            _fault("pool job end in a worker process", exc)
+    if info[5]:
+        return _ChunkEnvelope(result, (owner, info[1], wait, run, None))
+    return _Envelope(result, (owner, info[1], wait, run, None))
 
 
-#: Envelopes made in this worker and not yet sent. A chunk (``map`` with ``chunksize > 1``) returns its
-#: results as one list, and an item failing discards the list of the items before it, which did run:
-#: their timings then travel with the failing item's exception instead.
-#: Held weakly: an envelope whose sending failed (an unpicklable result) just disappears.
-_unsent: weakref.WeakValueDictionary[int, _Envelope] = weakref.WeakValueDictionary()
+#: Envelopes of jobs that may run in a chunk, made in this worker and not yet sent. A chunk (``map`` with
+#: ``chunksize > 1``) returns its results as one list, and an item failing discards the list of the items
+#: before it, which did run: their timings then travel with the failing item's exception instead.
+#: Held weakly: an envelope whose sending failed (an unpicklable result) just disappears. Jobs submitted
+#: one by one (``ProcessPoolExecutor.submit``) never enter it (about 1 µs a job).
+_unsent: weakref.WeakValueDictionary[int, _ChunkEnvelope] = weakref.WeakValueDictionary()
 
 
 def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
     """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``)."""
-    return functools.partial(trampoline, fn, job_info(state))
+    return functools.partial(trampoline, fn, job_info(state, chunked=True))
 
 
 def is_process_job(fn: Any) -> bool:
@@ -357,6 +396,10 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     """
     global _worker_pid, _worker_tracer, _span_ends, _log_ends
     _worker_pid = _my_pid
+    # Envelopes are pickled here, by multiprocessing's ForkingPickler: their reduction without a Python call.
+    from multiprocessing.reduction import ForkingPickler
+
+    ForkingPickler.register(_Envelope, operator.attrgetter("reduced"))
     from opentelemetry.sdk.trace import TracerProvider
 
     if snapshot is not None and not isinstance(trace.get_tracer_provider(), TracerProvider):
@@ -429,14 +472,16 @@ def _context_from(carrier: str | dict[str, str] | None) -> otel_context.Context 
     return ctx
 
 
-def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, object, tuple[int, int]]:
+def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, object, tuple[int, int] | None]:
+    """(span, context token, spans and log records ended so far when the job flushes after itself)."""
     span = token = None
+    extra = info[4]
     try:
         if _worker_pid != _my_pid:
-            _ensure_worker_sdk(info[7])
-        ctx = _context_from(info[5])
-        if info[4] and _worker_tracer is not None:
-            span = _start_span(_worker_tracer, info[2], info[3], fn, wait, ctx or otel_context.Context(),
+            _ensure_worker_sdk(extra[3] if extra is not None else None)
+        ctx = _context_from(info[3])
+        if extra is not None and extra[2] and _worker_tracer is not None:
+            span = _start_span(_worker_tracer, extra[0], extra[1], fn, wait, ctx or otel_context.Context(),
                                _my_pid)
             if span is not None:
                 ctx = trace.set_span_in_context(span, ctx)
@@ -444,7 +489,8 @@ def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, ob
             token = otel_context.attach(ctx)
     except Exception as exc:
         _fault("pool job start in a worker process", exc)
-    return span, token, _ended()
+    # Else flushed once, when the worker exits (a finalizer).
+    return span, token, (_ended() if extra is not None and extra[4] else None)
 
 
 def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | None,
@@ -470,7 +516,7 @@ def record_meta(meta: Meta) -> None:
     """In the owner: record a finished process job's wait and run time into its pool's series."""
     try:
         owner, pool_id, wait, run, etype = meta
-        if owner != _pid():
+        if owner != _my_pid:
             return
         state = state_by_id(pool_id)
         if state is None:
@@ -487,12 +533,48 @@ def record_meta(meta: Meta) -> None:
 
 
 def _deliver(value: Any, meta: Meta) -> Any:
-    record_meta(meta)
+    """Unpickling an envelope, in the owner: the job's own result, its timings recorded (the successful
+    job's part of :func:`record_meta`, inline: it runs on the pool's result thread, before the result is
+    handed over)."""
+    try:
+        owner, pool_id, wait, run, etype = meta
+        if owner == _my_pid and etype is None:
+            state = state_by_id(pool_id)
+            if state is not None:
+                state.wait.record(wait)
+                state.ok.record(run)
+                if state.source == SOURCE_MP:
+                    state.add_outstanding(-1)
+        else:
+            record_meta(meta)
+    except Exception as exc:
+        _fault("recording a process job", exc)
     return value
 
 
 class _Envelope:
-    """A job's result with its timings; unpickles into the bare result (see the module docstring)."""
+    """A job's result with its timings; unpickles into the bare result (see the module docstring).
+
+    It holds its reduction ready-made: a worker registers ``attrgetter("reduced")`` as its reducer with
+    ``ForkingPickler`` (:func:`_ensure_worker_sdk`), so pickling it runs no Python code (``__reduce__``
+    stays for any other pickler). About 1% of a no-op process round trip (group
+    ``workers.process.roundtrip``).
+    """
+
+    __slots__ = ("reduced",)
+
+    def __init__(self, value: Any, meta: Meta) -> None:
+        self.reduced = (_deliver, (value, meta))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduced
+
+    def __repr__(self) -> str:
+        return repr(self.reduced[1][0])
+
+
+class _ChunkEnvelope:
+    """The envelope of a job that may run as an item of a chunk: known to ``_unsent`` until it is sent."""
 
     __slots__ = ("__weakref__", "meta", "value")
 

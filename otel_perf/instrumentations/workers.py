@@ -144,11 +144,15 @@ def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         if not runtime.active:
             return call(self, fn, *args, **kwargs)
-        state = state_for(self)
+        try:
+            state = self.__dict__["_otel_perf_pool"]
+        except KeyError:
+            state = state_for(self)
         if state.ignored:
             return call(self, fn, *args, **kwargs)
         try:
-            if _is_job_chunk(fn):  # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
+            # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
+            if isinstance(fn, functools.partial) and _is_job_chunk(fn):
                 future = call(self, fn, *args, **kwargs)
             else:
                 future = call(self, trampoline, fn, job_info(state), *args, **kwargs)
