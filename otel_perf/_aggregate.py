@@ -182,9 +182,8 @@ def _merge_into(total: list[Any], cell: list[Any]) -> None:
 
 
 _all_histograms: weakref.WeakSet[AggregatedHistogram] = weakref.WeakSet()
-# meter -> histogram name -> the bindings its publication hook publishes (see _Binding.__init__)
-_publish_hooks: weakref.WeakKeyDictionary[Meter, dict[str, weakref.WeakSet[_Binding]]] = (
-    weakref.WeakKeyDictionary())
+# meter -> the bindings its publication hook publishes (see _Binding.__init__)
+_publish_hooks: weakref.WeakKeyDictionary[Meter, weakref.WeakSet[_Binding]] = weakref.WeakKeyDictionary()
 _hooks_lock = threading.Lock()
 
 
@@ -298,16 +297,18 @@ class _Binding:
             description=histogram.description,
             explicit_bucket_boundaries_advisory=list(histogram.boundaries),
         )
-        # An observable instrument whose callback publishes and observes nothing: the SDK calls it at the
-        # start of every collection, before it reads its storage, for every reader. A second
-        # create_observable_gauge of the same name on the same meter returns the first instrument and
-        # drops the new callback, so the hook is created once per meter and name and publishes every
-        # binding registered under it since (re-instrumenting on the same meter keeps publishing).
+        # An observable instrument whose callback publishes and observes nothing: the SDK calls every
+        # observable callback at the start of a collection, before it reads any storage, for every
+        # reader. One hook per meter publishes all the meter's bindings: each observable instrument costs
+        # a collection about as much as an observation (benchmarks/instrumentations/test_runtime.py,
+        # runtime-collection-paired). A second create_observable_gauge of the same name on the same
+        # meter would return the first instrument and drop the new callback, so the hook is created once
+        # per meter and publishes every binding registered under it since (re-instrumenting on the same
+        # meter keeps publishing).
         with _hooks_lock:
-            per_meter = _publish_hooks.setdefault(meter, {})
-            bindings = per_meter.get(histogram.name)
+            bindings = _publish_hooks.get(meter)
             if bindings is None:
-                bindings = per_meter[histogram.name] = weakref.WeakSet()
+                bindings = _publish_hooks[meter] = weakref.WeakSet()
                 hooked = bindings
 
                 def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
@@ -319,7 +320,7 @@ class _Binding:
                     return ()
 
                 meter.create_observable_gauge(
-                    f"otel_perf.internal.publish.{histogram.name}",
+                    "otel_perf.internal.publish",
                     callbacks=[_publish_callback],
                     description="otel-perf publication hook; emits no data",
                 )
