@@ -11,7 +11,8 @@ Group ``workers.process.roundtrip.paired`` measures the process-pool budget inte
 trip costs about 200 µs, mostly waking threads and processes, and on a shared 2-core machine sequential
 cases swing by more than the 10% budget (0.84x to 1.17x from run to run). It alternates short blocks of
 round trips through the instrumented ``submit`` and through the original one, on the same pool, and keeps
-the median of the paired ratios.
+the median of the paired ratios. Group ``workers.thread.roundtrip.paired`` does the same for the thread
+pool budgets (spans off, spans on, the job making its span itself, and the reference record, rotating).
 
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers.py --benchmark-enable``.
 """
@@ -338,3 +339,76 @@ def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_par
     benchmark.extra_info.update(result)
     with capsys.disabled():
         print(f"\n[workers.process.roundtrip paired medians] {result}")
+
+
+@pytest.mark.benchmark(group="workers.thread.roundtrip.paired")
+def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+    """The thread-pool budgets, interleaved: a no-op round trip (~50 µs) through the original ``submit``,
+    through the instrumented one with spans off and on (``runtime.spans``, the switch that
+    ``OTEL_PERF_POOL_SPANS`` sets), a bare round trip of a job making the identical span itself, and one
+    SDK ``Histogram.record`` with 3 attributes, in rotating order. Budgets: spans off adds at most half a
+    record over bare; spans on at most half a record over the job making its span itself."""
+    from otel_perf.instrumentations._workers_state import runtime
+
+    pool = env.thread_pool
+    original = cf.ThreadPoolExecutor.submit  # before instrumenting: the stdlib's own
+    bare_submit = types.MethodType(original, pool)
+    direct_job = _span_direct(env)
+    histogram = env.meter_provider.get_meter("bench").create_histogram("bench.reference.paired", unit="s")
+    stop = _instrumented(env, spans=False)
+    instrumented_submit = pool.submit
+    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
+    pairs = 200 if benchmark.enabled else 3
+    samples: dict[str, list[float]] = {"bare": [], "spans_off": [], "spans_on": [], "direct": [], "record": []}
+
+    def roundtrips(submit: Callable[..., cf.Future[Any]], job: Callable[[], None], spans: bool) -> float:
+        runtime.spans = spans
+        start = time.perf_counter()
+        for _ in range(BLOCK):
+            submit(job).result()
+        return (time.perf_counter() - start) / BLOCK
+
+    def records() -> float:
+        start = time.perf_counter()
+        for _ in range(BLOCK):
+            histogram.record(0.003, ATTRS3)
+        return (time.perf_counter() - start) / BLOCK
+
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("bare", lambda: roundtrips(bare_submit, noop, False)),
+        ("spans_off", lambda: roundtrips(instrumented_submit, noop, False)),
+        ("spans_on", lambda: roundtrips(instrumented_submit, noop, True)),
+        ("direct", lambda: roundtrips(bare_submit, direct_job, False)),
+        ("record", records),
+    ]
+
+    def run() -> None:
+        for _ in range(5):  # warm-up: pool state, series, both paths
+            for _, case in cases:
+                case()
+        for repeat in range(pairs):
+            shift = repeat % len(cases)
+            for name, case in cases[shift:] + cases[:shift]:
+                samples[name].append(case())
+
+    try:
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        runtime.spans = False
+        stop()
+    half_record = statistics.median(samples["record"]) / 2
+
+    def added(a: str, b: str) -> float:
+        return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
+
+    result = {
+        "spans_off_added_vs_half_record": round(added("spans_off", "bare") / half_record, 3),
+        "spans_on_added_vs_half_record": round(added("spans_on", "direct") / half_record, 3),
+        "bare_us": round(statistics.median(samples["bare"]) * 1e6, 2),
+        "spans_off_added_us": round(added("spans_off", "bare") * 1e6, 2),
+        "spans_on_added_over_direct_us": round(added("spans_on", "direct") * 1e6, 2),
+        "half_record_us": round(half_record * 1e6, 2),
+    }
+    benchmark.extra_info.update(result)
+    with capsys.disabled():
+        print(f"\n[workers.thread.roundtrip paired medians] {result}")
