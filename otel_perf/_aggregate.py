@@ -77,7 +77,12 @@ class Series:
         return cell
 
     def record(self, value: float) -> None:
-        """Record one measurement (no SDK call, no lock after the thread's first record)."""
+        """Record one measurement (no SDK call, no lock after the thread's first record).
+
+        The cell update below is repeated inline, step for step, in ``FixedSeries.record``, the GC pause
+        callback and the parsers' ``_Probe.record`` (hot paths where one more call is a measurable cost):
+        a change to the cell layout changes them together.
+        """
         try:
             cell = self._local.cell
         except AttributeError:

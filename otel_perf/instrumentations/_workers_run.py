@@ -533,22 +533,8 @@ def record_meta(meta: Meta) -> None:
 
 
 def _deliver(value: Any, meta: Meta) -> Any:
-    """Unpickling an envelope, in the owner: the job's own result, its timings recorded (the successful
-    job's part of :func:`record_meta`, inline: it runs on the pool's result thread, before the result is
-    handed over)."""
-    try:
-        owner, pool_id, wait, run, etype = meta
-        if owner == _my_pid and etype is None:
-            state = state_by_id(pool_id)
-            if state is not None:
-                state.wait.record(wait)
-                state.ok.record(run)
-                if state.source == SOURCE_MP:
-                    state.add_outstanding(-1)
-        else:
-            record_meta(meta)
-    except Exception as exc:
-        _fault("recording a process job", exc)
+    """Unpickling an envelope, in the owner: the job's own result, its timings recorded."""
+    record_meta(meta)
     return value
 
 
