@@ -27,7 +27,7 @@ import os
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from time import time_ns
 from typing import Any
 
@@ -94,6 +94,30 @@ class Series:
         if value > cell[3]:
             cell[3] = value
         cell[bisect_left(self._bounds, value) + 4] += 1
+
+    def record_many(self, values: Sequence[float]) -> None:
+        """Record every value of ``values``: what ``record`` does for each, in one pass over the cell.
+
+        For callers that buffer raw values on a hot path and record them in bulk (pool jobs, see
+        ``PoolState.fold``): count, sum, min and max are taken by built-ins, only the bucket needs a
+        Python step per value.
+        """
+        if not values:
+            return
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._cell()
+        bounds = self._bounds
+        cell[0] += len(values)
+        cell[1] += sum(values)
+        low, high = min(values), max(values)
+        if low < cell[2]:
+            cell[2] = low
+        if high > cell[3]:
+            cell[3] = high
+        for value in values:
+            cell[bisect_left(bounds, value) + 4] += 1
 
     def thread_cell(self) -> tuple[list[Any], tuple[float, ...]]:
         """This thread's cell and the boundaries, for a caller that inlines :meth:`record` step for step
@@ -211,6 +235,7 @@ class AggregatedHistogram:
         self._series: dict[tuple[tuple[str, Any], ...], Series | FixedSeries] = {}
         self._lock = threading.Lock()
         self._bindings: list[_Binding] = []
+        self._drains: list[Callable[[], None]] = []
         _all_histograms.add(self)
 
     def series(self, attributes: Attributes) -> Series:
@@ -240,6 +265,22 @@ class AggregatedHistogram:
     def record(self, value: float, attributes: Attributes) -> None:
         """Record with an attribute set known only at call time (looks the series up each time)."""
         self.series(attributes).record(value)
+
+    def add_drain(self, drain: Callable[[], None]) -> None:
+        """Call ``drain`` before every publication: it records what its owner buffered.
+
+        For callers that keep raw measurements on a hot path and record them in bulk (``record_many``),
+        so that a collection publishes everything recorded before it. Adding the same drain twice is
+        harmless.
+        """
+        with self._lock:
+            if drain not in self._drains:
+                self._drains.append(drain)
+
+    def drain(self) -> None:
+        """Run every drain (each one guarded: a failing drain does not stop publication)."""
+        for drain in list(self._drains):
+            _run_drain(drain)
 
     def all_series(self) -> list[Series | FixedSeries]:
         with self._lock:
@@ -285,6 +326,11 @@ class AggregatedHistogram:
             binding._lock = threading.Lock()
             binding.published.clear()
             _forget_sdk_points(binding.instrument)
+
+
+@guard
+def _run_drain(drain: Callable[[], None]) -> None:
+    drain()
 
 
 class _Binding:
@@ -333,6 +379,7 @@ class _Binding:
 
     @guard
     def publish(self) -> None:
+        self.histogram.drain()
         with self._lock:
             for series in self.histogram.all_series():
                 total = series.snapshot()

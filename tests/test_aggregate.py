@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 
+from otel_perf import _safety
 from otel_perf._aggregate import AggregatedHistogram
 from otel_perf.testing import metric_points
 
@@ -187,3 +188,48 @@ def test_forked_child_starts_from_zero() -> None:
     os.waitpid(pid, 0)
     assert child_count == "0"
     assert series.snapshot()[0] == 1
+
+
+def test_record_many_equals_recording_each_value() -> None:
+    hist = AggregatedHistogram("test.many", "s", "test", BOUNDS)
+    one, many = hist.series({"how": "one"}), hist.series({"how": "many"})
+    values = [0.3, 0.05, 2.0, 0.125, 0.7, 0.0]
+    for value in values:
+        one.record(value)
+    many.record_many(values)
+    many.record_many([])
+    assert many.snapshot() == one.snapshot()
+
+
+def test_drains_run_before_each_publication() -> None:
+    """A caller that buffers raw values publishes them in the same collection through its drain."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.drain", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    series = hist.series({})
+    buffered: list[float] = []
+
+    def drain() -> None:
+        batch = buffered[:]
+        del buffered[:len(batch)]
+        series.record_many(batch)
+
+    hist.add_drain(drain)
+    hist.add_drain(drain)  # twice is harmless
+    buffered.extend([0.25, 0.5])
+    (point,) = metric_points(reader, "test.drain")
+    assert point.count == 2 and point.sum == 0.75
+
+    def broken() -> None:
+        raise RuntimeError("a drain that fails")
+
+    hist.add_drain(broken)
+    buffered.append(0.25)
+    previous = _safety.set_raise_internal_errors(False)  # as in production: logged once, swallowed
+    try:
+        (point,) = metric_points(reader, "test.drain")  # a failing drain does not stop publication
+    finally:
+        _safety.set_raise_internal_errors(previous)
+    assert point.count == 3
+    provider.shutdown()

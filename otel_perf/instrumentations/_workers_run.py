@@ -39,7 +39,6 @@ import pickle
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from threading import get_ident
 from time import perf_counter
 from typing import Any
 
@@ -69,6 +68,7 @@ from otel_perf._semconv import (
     SCHEMA_URL,
 )
 from otel_perf.instrumentations._workers_state import (
+    FOLD_AT,
     SOURCE_MP,
     PoolState,
     error_type,
@@ -116,16 +116,34 @@ def _function_names(fn: Any) -> tuple[str, str]:
     return short, full
 
 
+#: code object -> (pool name, pool kind, qualname, span name, span attributes but the wait): the head of
+#: the spans of a def's jobs on the pool it last ran on, worked out once. Building it costs about 0.5 µs in
+#: a loop and about four times that in a just-woken worker thread, a visible share of the spans-on budget
+#: (benchmark group workers.thread.roundtrip.paired).
+_heads: dict[Any, tuple[str, str, Any, str, dict[str, Any]]] = {}
+
+
+def _span_head(name: str, kind: str, fn: Any, code: Any) -> tuple[str, str, Any, str, dict[str, Any]]:
+    short, full = function_names(fn)
+    head = (name, kind, getattr(fn, "__qualname__", None), f"{name} {short}",
+            {POOL_NAME: name, POOL_KIND: kind, CODE_FUNCTION_NAME: full})
+    if code is not None and len(_heads) < 4096:
+        _heads[code] = head
+    return head
+
+
 def _start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
                 context: otel_context.Context | None = None, pid: int | None = None) -> Span | None:
     try:
-        short, full = function_names(fn)
-        attributes: dict[str, Any] = {POOL_NAME: name, POOL_KIND: kind, CODE_FUNCTION_NAME: full,
-                                      JOB_WAIT_DURATION: wait}
+        code = getattr(fn, "__code__", None)
+        head = _heads.get(code)
+        if head is None or head[0] != name or head[1] != kind or head[2] != fn.__qualname__:
+            head = _span_head(name, kind, fn, code)
+        attributes = head[4].copy()
+        attributes[JOB_WAIT_DURATION] = wait
         if pid is not None:
             attributes[PROCESS_PID] = pid
-        return tracer.start_span(f"{name} {short}", context=context, kind=SpanKind.INTERNAL,
-                                 attributes=attributes)
+        return tracer.start_span(head[3], context=context, kind=SpanKind.INTERNAL, attributes=attributes)
     except Exception as exc:
         _fault("starting a pool job span", exc)
         return None
@@ -144,9 +162,7 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
                    kwargs: Mapping[str, Any]) -> Any:
     """Run one job of a thread pool; call it inside a copy of the submitter's context."""
     start = perf_counter()
-    ident = get_ident()
-    running = state.running
-    running[ident] = fn
+    state.begun.append(start)  # busy workers: begun and not done (PoolState)
     span = None
     tracer = runtime.tracer
     if runtime.spans and tracer is not None:
@@ -158,17 +174,16 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
         result = fn(*args, **kwargs)
     except BaseException as exc:
         end = perf_counter()
-        running.pop(ident, None)
         etype = error_type(exc)
-        state.wait.record(start - submitted)
-        state.error_series(etype).record(end - start)
+        state.done.append((start - submitted, end - start, etype))
         if span is not None:
             _end_span(span, exc, etype)
         raise
     end = perf_counter()
-    running.pop(ident, None)
-    state.wait.record(start - submitted)
-    state.ok.record(end - start)
+    done = state.done
+    done.append((start - submitted, end - start))
+    if len(done) >= FOLD_AT:
+        state.fold(False)
     if span is not None:
         span.end()
     return result
@@ -513,7 +528,7 @@ def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | 
 
 
 def record_meta(meta: Meta) -> None:
-    """In the owner: record a finished process job's wait and run time into its pool's series."""
+    """In the owner: log a finished process job's wait and run time into its pool (see ``PoolState``)."""
     try:
         owner, pool_id, wait, run, etype = meta
         if owner != _my_pid:
@@ -521,11 +536,10 @@ def record_meta(meta: Meta) -> None:
         state = state_by_id(pool_id)
         if state is None:
             return
-        state.wait.record(wait)
-        if etype is None:
-            state.ok.record(run)
-        else:
-            state.error_series(etype).record(run)
+        done = state.done
+        done.append((wait, run) if etype is None else (wait, run, etype))
+        if len(done) >= FOLD_AT:
+            state.fold(False)
         if state.source == SOURCE_MP:
             state.add_outstanding(-1)
     except Exception as exc:

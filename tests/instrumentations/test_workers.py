@@ -223,6 +223,27 @@ def test_job_duration_counts_outcomes_and_error_types(instrumented: Any, metric_
     assert {p.attributes[POOL_KIND] for p in ok + errors} == {"thread"}
 
 
+def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_reader: Any) -> None:
+    """Jobs are logged raw and folded in bulk (every FOLD_AT jobs and at each collection): with several
+    workers folding while others log, and a collection in the middle, every job is counted exactly once,
+    with its outcome, and busy workers come back to zero."""
+    name = unique("many")
+    jobs = 3 * _workers_state.FOLD_AT + 17
+    with otel_perf.name_pool(cf.ThreadPoolExecutor(4), name) as pool:
+        first = [pool.submit(fail if i % 10 == 0 else work, i) for i in range(jobs // 2)]
+        metric_points(metric_reader, POOL_JOB_WAIT_DURATION)  # a collection while jobs run
+        rest = [pool.submit(fail if i % 10 == 0 else work, i) for i in range(jobs // 2, jobs)]
+        cf.wait(first + rest)
+    failed = len(range(0, jobs, 10))
+    (waits,) = points(metric_reader, POOL_JOB_WAIT_DURATION, name)
+    (ok,) = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "ok"})
+    (errors,) = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "error"})
+    assert (waits.count, ok.count, errors.count) == (jobs, jobs - failed, failed)
+    assert errors.attributes[ERROR_TYPE] == "ValueError"
+    assert ok.min >= 0 and waits.min >= 0 and sum(ok.bucket_counts) == ok.count
+    assert one_value(metric_reader, POOL_WORKER_BUSY, name) == 0
+
+
 def test_pool_names_follow_the_naming_rules(instrumented: Any, span_exporter: Any) -> None:
     """name_pool wins, else a thread_name_prefix the user gave, else the class name (never the generated
     ThreadPoolExecutor-N)."""
