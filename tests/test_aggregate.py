@@ -193,12 +193,22 @@ def test_forked_child_starts_from_zero() -> None:
 def test_record_many_equals_recording_each_value() -> None:
     hist = AggregatedHistogram("test.many", "s", "test", BOUNDS)
     one, many = hist.series({"how": "one"}), hist.series({"how": "many"})
-    values = [0.3, 0.05, 2.0, 0.125, 0.7, 0.0]
+    values = [0.3, 0.05, 2.0, 0.125, 0.7, 0.0, 0.5, 1.0, 1.0000001, 0.49]  # boundaries included
     for value in values:
         one.record(value)
     many.record_many(values)
     many.record_many([])
     assert many.snapshot() == one.snapshot()
+    low = hist.series({"how": "low"})
+    low.record_many([0.01, 0.02])  # every value in the first bucket
+    assert low.snapshot()[4:] == [2, 0, 0, 0]
+    rng = random.Random(7)
+    sample = [rng.choice([rng.uniform(0, 1.5), *BOUNDS]) for _ in range(500)]
+    one, many = hist.series({"how": "one-random"}), hist.series({"how": "many-random"})
+    for value in sample:
+        one.record(value)
+    many.record_many(sample)
+    assert many.snapshot()[4:] == one.snapshot()[4:] and many.snapshot()[0] == 500
 
 
 def test_drains_run_before_each_publication() -> None:

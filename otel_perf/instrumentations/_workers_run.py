@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import operator
 import os
 import pickle
 import time
@@ -323,7 +322,7 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
             _fault("pool job end in a worker process", exc)
     if info[5]:
         return _ChunkEnvelope(result, (owner, info[1], wait, run, None))
-    return _Envelope(result, (owner, info[1], wait, run, None))
+    return _Envelope((_deliver, (result, (owner, info[1], wait, run, None))))
 
 
 #: Envelopes of jobs that may run in a chunk, made in this worker and not yet sent. A chunk (``map`` with
@@ -414,7 +413,7 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     # Envelopes are pickled here, by multiprocessing's ForkingPickler: their reduction without a Python call.
     from multiprocessing.reduction import ForkingPickler
 
-    ForkingPickler.register(_Envelope, operator.attrgetter("reduced"))
+    ForkingPickler.register(_Envelope, tuple)
     from opentelemetry.sdk.trace import TracerProvider
 
     if snapshot is not None and not isinstance(trace.get_tracer_provider(), TracerProvider):
@@ -552,25 +551,23 @@ def _deliver(value: Any, meta: Meta) -> Any:
     return value
 
 
-class _Envelope:
+class _Envelope(tuple):  # type: ignore[type-arg]
     """A job's result with its timings; unpickles into the bare result (see the module docstring).
 
-    It holds its reduction ready-made: a worker registers ``attrgetter("reduced")`` as its reducer with
-    ``ForkingPickler`` (:func:`_ensure_worker_sdk`), so pickling it runs no Python code (``__reduce__``
-    stays for any other pickler). About 1% of a no-op process round trip (group
-    ``workers.process.roundtrip``).
+    It is its own reduction, ``(_deliver, (value, meta))``: a tuple made in C, with no ``__init__`` to
+    run, and a worker registers ``tuple`` as its reducer with ``ForkingPickler``
+    (:func:`_ensure_worker_sdk`), so pickling it runs no Python code either (``__reduce__`` stays for any
+    other pickler). Each Python call saved is about 1% of a no-op process round trip (group
+    ``workers.process.roundtrip.paired``): the worker runs it with cold caches.
     """
 
-    __slots__ = ("reduced",)
-
-    def __init__(self, value: Any, meta: Meta) -> None:
-        self.reduced = (_deliver, (value, meta))
+    __slots__ = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return self.reduced
+        return tuple(self)
 
     def __repr__(self) -> str:
-        return repr(self.reduced[1][0])
+        return repr(self[1][0])
 
 
 class _ChunkEnvelope:

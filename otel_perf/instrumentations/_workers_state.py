@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 from opentelemetry.trace import Tracer
 
-from otel_perf._aggregate import AggregatedHistogram, Series
+from otel_perf._aggregate import AggregatedHistogram, Series, take
 from otel_perf._safety import guarded
 from otel_perf._semconv import (
     DURATION_BOUNDARIES,
@@ -100,7 +100,14 @@ runtime = Runtime()
 #: A pool's log of finished jobs is folded into its series when it holds this many entries (about 30 KB).
 FOLD_AT = 256
 
-_registry: weakref.WeakValueDictionary[int, PoolState] = weakref.WeakValueDictionary()
+#: pool id -> weak reference to its state. A plain dict of references rather than a WeakValueDictionary:
+#: the owner looks a process job's pool up for every result, and ``WeakValueDictionary.get`` is Python code.
+_registry: dict[int, weakref.ref[PoolState]] = {}
+
+
+def _register(state: PoolState) -> None:
+    pool_id = state.id
+    _registry[pool_id] = weakref.ref(state, lambda _: _registry.pop(pool_id, None))
 _custom: dict[str, PoolState] = {}
 _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()
@@ -179,15 +186,9 @@ class PoolState:
         if not lock.acquire(wait):
             return
         try:
-            done = self.done
-            n = len(done)
-            batch = done[:n]
-            del done[:n]  # entries appended meanwhile stay for the next fold
-            begun = self.begun
-            m = len(begun)
-            del begun[:m]
-            self._done_total += n
-            self._begun_total += m
+            batch = take(self.done)
+            self._done_total += len(batch)
+            self._begun_total += len(take(self.begun))
         finally:
             lock.release()
         if not batch:
@@ -195,7 +196,7 @@ class PoolState:
         self.wait.record_many([entry[0] for entry in batch])
         runs = [entry[1] for entry in batch if len(entry) == 2]
         self.ok.record_many(runs)
-        if len(runs) < n:
+        if len(runs) < len(batch):
             for entry in batch:
                 if len(entry) == 3:
                     self.error_series(entry[2]).record(entry[1])
@@ -375,7 +376,7 @@ def state_for(pool: Any, *, by_user: bool = False) -> PoolState:
             found.ignored = internal
             pool.__dict__[_STATE_ATTR] = found
             if not internal:
-                _registry[found.id] = found
+                _register(found)
     return found
 
 
@@ -388,16 +389,17 @@ def custom_state(name: str) -> PoolState:
             if found is None:
                 found = PoolState(None, POOL_KIND_CUSTOM, SOURCE_CUSTOM, name)
                 _custom[name] = found
-                _registry[found.id] = found
+                _register(found)
     return found
 
 
 def state_by_id(pool_id: int) -> PoolState | None:
-    return _registry.get(pool_id)
+    ref = _registry.get(pool_id)
+    return ref() if ref is not None else None
 
 
 def live_states() -> list[PoolState]:
-    return list(_registry.values())
+    return [state for ref in list(_registry.values()) if (state := ref()) is not None]
 
 
 def _fold_all() -> None:
@@ -500,7 +502,7 @@ def _after_fork_in_child() -> None:
     # A forked worker reports its own process: its parent's pools stay the parent's (DESIGN.md).
     global _lock
     _lock = threading.Lock()
-    for state in list(_registry.values()):
+    for state in live_states():
         state.forget_log()
     _registry.clear()
     _custom.clear()

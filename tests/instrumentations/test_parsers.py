@@ -264,10 +264,11 @@ def test_internal_fault_never_breaks_the_parse(
     """With the guard in production mode, a fault while recording is logged once; the parse still works."""
     instrument()
 
-    def broken(self: Any, elapsed: float, size: int) -> None:
-        raise RuntimeError("recording broke")
+    class BrokenLog(list):  # type: ignore[type-arg]
+        def append(self, entry: Any) -> None:
+            raise RuntimeError("recording broke")
 
-    monkeypatch.setattr(parsers._Probe, "record", broken)
+    monkeypatch.setattr(parsers._probe("json"), "durations", BrokenLog())
     previous = _safety.set_raise_internal_errors(False)
     try:
         with caplog.at_level(logging.WARNING, logger="otel_perf"):
