@@ -12,7 +12,8 @@ trip costs about 200 µs, mostly waking threads and processes, and on a shared 2
 cases swing by more than the 10% budget (0.84x to 1.17x from run to run). It alternates short blocks of
 round trips through the instrumented ``submit`` and through the original one, on the same pool, and keeps
 the median of the paired ratios. Group ``workers.thread.roundtrip.paired`` does the same for the thread
-pool budgets (spans off, spans on, the job making its span itself, and the reference record, rotating).
+pool budgets (spans off, spans on, the job making its span itself, and the reference record, rotating),
+and ``workers.thread.burst1000.paired`` the burst budget (bursts of 1000 jobs and 1000 records, rotating).
 
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers.py --benchmark-enable``.
 """
@@ -412,3 +413,63 @@ def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, 
     benchmark.extra_info.update(result)
     with capsys.disabled():
         print(f"\n[workers.thread.roundtrip paired medians] {result}")
+
+
+@pytest.mark.benchmark(group="workers.thread.burst1000.paired")
+def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+    """The burst budget, interleaved: 1000 no-op jobs submitted at once, then waited for, through the
+    original ``submit`` and through the instrumented one with spans off, and 1000 SDK ``Histogram.record``
+    calls with 3 attributes, in rotating order (a burst lasts about 10 ms, and sequential cases drift by
+    more than the budget between them). Budget: spans off adds at most half a record per job."""
+    pool = env.thread_pool
+    original = cf.ThreadPoolExecutor.submit  # before instrumenting: the stdlib's own
+    bare_submit = types.MethodType(original, pool)
+    histogram = env.meter_provider.get_meter("bench").create_histogram("bench.reference.burst", unit="s")
+    stop = _instrumented(env, spans=False)
+    instrumented_submit = pool.submit
+    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
+    jobs = 1000
+    rounds = 40 if benchmark.enabled else 2
+    samples: dict[str, list[float]] = {"bare": [], "spans_off": [], "record": []}
+
+    def burst(submit: Callable[..., cf.Future[Any]]) -> float:
+        start = time.perf_counter()
+        cf.wait([submit(noop) for _ in range(jobs)])
+        return (time.perf_counter() - start) / jobs
+
+    def records() -> float:
+        start = time.perf_counter()
+        for _ in range(jobs):
+            histogram.record(0.003, ATTRS3)
+        return (time.perf_counter() - start) / jobs
+
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("bare", lambda: burst(bare_submit)),
+        ("spans_off", lambda: burst(instrumented_submit)),
+        ("record", records),
+    ]
+
+    def run() -> None:
+        for _ in range(3):  # warm-up
+            for _, case in cases:
+                case()
+        for repeat in range(rounds):
+            shift = repeat % len(cases)
+            for name, case in cases[shift:] + cases[:shift]:
+                samples[name].append(case())
+
+    try:
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        stop()
+    half_record = statistics.median(samples["record"]) / 2
+    added = statistics.median(x - y for x, y in zip(samples["spans_off"], samples["bare"], strict=True))
+    result = {
+        "spans_off_added_per_job_vs_half_record": round(added / half_record, 3),
+        "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
+        "spans_off_added_us_per_job": round(added * 1e6, 2),
+        "half_record_us": round(half_record * 1e6, 2),
+    }
+    benchmark.extra_info.update(result)
+    with capsys.disabled():
+        print(f"\n[workers.thread.burst1000 paired medians] {result}")
