@@ -21,6 +21,7 @@ Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers.py --
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import multiprocessing as mp
 import statistics
 import time
@@ -90,6 +91,18 @@ def env() -> Iterator[_Env]:
     environment = _Env()
     yield environment
     environment.close()
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """For the interleaved cases: everything alive before the measurement moves out of the collector's way,
+    as in the parsers and GC benchmarks. Otherwise, late in a whole ``make bench`` run, the occasional
+    older-generation collection over the whole test process lands in the variant that allocates most
+    (a job's span) and skews the paired medians."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -292,7 +305,8 @@ BLOCK = 10  # round trips per block: about 2 ms, shorter than a scheduler slice 
 
 
 @pytest.mark.benchmark(group="workers.process.roundtrip.paired")
-def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_parent: None, frozen_heap: None,
+                                            capsys: Any) -> None:
     """Spans off against bare, interleaved: blocks of no-op round trips on one long-lived pool, through the
     instrumented ``submit`` and through the original ``ProcessPoolExecutor.submit`` (what an uninstrumented
     program calls: the job goes to the same workers as itself, with no trampoline, carrier or envelope),
@@ -343,7 +357,8 @@ def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_par
 
 
 @pytest.mark.benchmark(group="workers.thread.roundtrip.paired")
-def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, frozen_heap: None,
+                                 capsys: Any) -> None:
     """The thread-pool budgets, interleaved: a no-op round trip (~50 µs) through the original ``submit``,
     through the instrumented one with spans off and on (``runtime.spans``, the switch that
     ``OTEL_PERF_POOL_SPANS`` sets), a bare round trip of a job making the identical span itself, and one
@@ -416,7 +431,8 @@ def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, 
 
 
 @pytest.mark.benchmark(group="workers.thread.burst1000.paired")
-def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any) -> None:
+def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None, frozen_heap: None,
+                                  capsys: Any) -> None:
     """The burst budget, interleaved: 1000 no-op jobs submitted at once, then waited for, through the
     original ``submit`` and through the instrumented one with spans off, and 1000 SDK ``Histogram.record``
     calls with 3 attributes, in rotating order (a burst lasts about 10 ms, and sequential cases drift by
