@@ -174,7 +174,10 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
     except BaseException as exc:
         end = perf_counter()
         etype = error_type(exc)
-        state.done.append((start - submitted, end - start, etype))
+        done = state.done
+        done.append((start - submitted, end - start, etype))
+        if len(done) >= FOLD_AT:
+            state.fold(False)
         if span is not None:
             _end_span(span, exc, etype)
         raise

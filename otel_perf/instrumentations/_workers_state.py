@@ -108,6 +108,8 @@ _registry: dict[int, weakref.ref[PoolState]] = {}
 def _register(state: PoolState) -> None:
     pool_id = state.id
     _registry[pool_id] = weakref.ref(state, lambda _: _registry.pop(pool_id, None))
+
+
 _custom: dict[str, PoolState] = {}
 _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()

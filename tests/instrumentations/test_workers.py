@@ -244,6 +244,17 @@ def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_r
     assert one_value(metric_reader, POOL_WORKER_BUSY, name) == 0
 
 
+def test_log_of_failing_jobs_stays_bounded_without_collections(instrumented: Any, metric_reader: Any) -> None:
+    """A pool whose jobs all fail still folds its log every FOLD_AT jobs, and counts every failure."""
+    name = unique("failing")
+    jobs = _workers_state.FOLD_AT + 40
+    with otel_perf.name_pool(cf.ThreadPoolExecutor(2), name) as pool:
+        cf.wait([pool.submit(fail, i) for i in range(jobs)])
+        assert len(_workers_state.state_for(pool).done) < _workers_state.FOLD_AT
+    (errors,) = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "error"})
+    assert errors.count == jobs
+
+
 def test_pool_names_follow_the_naming_rules(instrumented: Any, span_exporter: Any) -> None:
     """name_pool wins, else a thread_name_prefix the user gave, else the class name (never the generated
     ThreadPoolExecutor-N)."""
