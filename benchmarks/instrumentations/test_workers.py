@@ -304,6 +304,63 @@ PAIRS = 300  # pairs of blocks: about 2.5 s with the blocks below
 BLOCK = 10  # round trips per block: about 2 ms, shorter than a scheduler slice of the other load
 
 
+def _rotating(cases: list[tuple[str, Callable[[], float]]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Each case ``warmup`` times, then ``rounds`` rounds of all cases, the order rotating by one per round
+    (with two cases: alternating which goes first). Sample ``i`` of every case comes from round ``i``,
+    so the samples pair up by index."""
+    for _ in range(warmup):
+        for _, case in cases:
+            case()
+    samples: dict[str, list[float]] = {name: [] for name, _ in cases}
+    for repeat in range(rounds):
+        shift = repeat % len(cases)
+        for name, case in cases[shift:] + cases[:shift]:
+            samples[name].append(case())
+    return samples
+
+
+def _measure(benchmark: Any, cases: list[tuple[str, Callable[[], float]]], rounds: int,
+             warmup: int) -> dict[str, list[float]]:
+    """:func:`_rotating` as the benchmark's single timed round; the samples per case."""
+    samples: dict[str, list[float]] = {}
+    benchmark.pedantic(lambda: samples.update(_rotating(cases, rounds, warmup)), rounds=1, iterations=1)
+    return samples
+
+
+def _paired(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """Per round: case ``a`` minus case ``b``."""
+    return [x - y for x, y in zip(samples[a], samples[b], strict=True)]
+
+
+def _records_per_call(env: _Env, name: str, n: int) -> Callable[[], float]:
+    """n SDK ``Histogram.record`` calls with 3 attributes (the budget unit); seconds per call."""
+    histogram = env.meter_provider.get_meter("bench").create_histogram(name, unit="s")
+
+    def records() -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            histogram.record(0.003, ATTRS3)
+        return (time.perf_counter() - start) / n
+
+    return records
+
+
+def _submits(env: _Env, pool: cf.Executor, spans: bool) -> tuple[Callable[..., Any], Callable[..., Any], Any]:
+    """(the stdlib's own ``submit`` bound to ``pool``, the instrumented one, the uninstrument function)."""
+    original = type(pool).submit  # before instrumenting: the stdlib's own
+    bare_submit = types.MethodType(original, pool)
+    stop = _instrumented(env, spans=spans)
+    instrumented_submit = pool.submit
+    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
+    return bare_submit, instrumented_submit, stop
+
+
+def _report(benchmark: Any, capsys: Any, label: str, result: dict[str, Any]) -> None:
+    benchmark.extra_info.update(result)
+    with capsys.disabled():
+        print(f"\n[{label} paired medians] {result}")
+
+
 @pytest.mark.benchmark(group="workers.process.roundtrip.paired")
 def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_parent: None, frozen_heap: None,
                                             capsys: Any) -> None:
@@ -311,15 +368,8 @@ def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_par
     instrumented ``submit`` and through the original ``ProcessPoolExecutor.submit`` (what an uninstrumented
     program calls: the job goes to the same workers as itself, with no trampoline, carrier or envelope),
     alternating which goes first; the budget is the median of the paired ratios."""
-    original = cf.ProcessPoolExecutor.submit  # before instrumenting: the stdlib's own
-    pool = env.process_pool
-    bare_submit = types.MethodType(original, pool)
-    stop = _instrumented(env, spans=False)
-    instrumented_submit = pool.submit
-    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
+    bare_submit, instrumented_submit, stop = _submits(env, env.process_pool, spans=False)
     pairs = PAIRS if benchmark.enabled else 3  # the smoke run (make test) only checks that it runs
-    ratios: list[float] = []
-    costs: dict[str, list[float]] = {"bare": [], "spans_off": []}
 
     def block(submit: Callable[..., cf.Future[Any]]) -> float:
         start = time.perf_counter()
@@ -327,33 +377,21 @@ def test_process_roundtrip_spans_off_paired(benchmark: Any, env: _Env, under_par
             submit(noop).result()
         return (time.perf_counter() - start) / BLOCK
 
-    def run() -> None:
-        for _ in range(20):  # warm-up: pool state, series, carrier cache, both paths in the workers
-            block(bare_submit)
-            block(instrumented_submit)
-        for repeat in range(pairs):
-            sides = [("bare", bare_submit), ("spans_off", instrumented_submit)]
-            if repeat % 2:
-                sides.reverse()
-            got = {name: block(submit) for name, submit in sides}
-            for name, cost in got.items():
-                costs[name].append(cost)
-            ratios.append(got["spans_off"] / got["bare"])
-
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("bare", lambda: block(bare_submit)), ("spans_off", lambda: block(instrumented_submit))]
     try:
-        benchmark.pedantic(run, rounds=1, iterations=1)
+        # warm-up: pool state, series, carrier cache, both paths in the workers
+        samples = _measure(benchmark, cases, pairs, warmup=20)
     finally:
         stop()
-    result = {
+    ratios = [x / y for x, y in zip(samples["spans_off"], samples["bare"], strict=True)]
+    _report(benchmark, capsys, "workers.process.roundtrip", {
         "spans_off_vs_bare (median of paired)": round(statistics.median(ratios), 4),
-        "bare_us": round(statistics.median(costs["bare"]) * 1e6, 1),
-        "spans_off_us": round(statistics.median(costs["spans_off"]) * 1e6, 1),
+        "bare_us": round(statistics.median(samples["bare"]) * 1e6, 1),
+        "spans_off_us": round(statistics.median(samples["spans_off"]) * 1e6, 1),
         "pairs": pairs,
         "round_trips_per_block": BLOCK,
-    }
-    benchmark.extra_info.update(result)
-    with capsys.disabled():
-        print(f"\n[workers.process.roundtrip paired medians] {result}")
+    })
 
 
 @pytest.mark.benchmark(group="workers.thread.roundtrip.paired")
@@ -366,28 +404,15 @@ def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, 
     record over bare; spans on at most half a record over the job making its span itself."""
     from otel_perf.instrumentations._workers_state import runtime
 
-    pool = env.thread_pool
-    original = cf.ThreadPoolExecutor.submit  # before instrumenting: the stdlib's own
-    bare_submit = types.MethodType(original, pool)
     direct_job = _span_direct(env)
-    histogram = env.meter_provider.get_meter("bench").create_histogram("bench.reference.paired", unit="s")
-    stop = _instrumented(env, spans=False)
-    instrumented_submit = pool.submit
-    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
-    pairs = 200 if benchmark.enabled else 3
-    samples: dict[str, list[float]] = {"bare": [], "spans_off": [], "spans_on": [], "direct": [], "record": []}
+    records = _records_per_call(env, "bench.reference.paired", BLOCK)
+    bare_submit, instrumented_submit, stop = _submits(env, env.thread_pool, spans=False)
 
     def roundtrips(submit: Callable[..., cf.Future[Any]], job: Callable[[], None], spans: bool) -> float:
         runtime.spans = spans
         start = time.perf_counter()
         for _ in range(BLOCK):
             submit(job).result()
-        return (time.perf_counter() - start) / BLOCK
-
-    def records() -> float:
-        start = time.perf_counter()
-        for _ in range(BLOCK):
-            histogram.record(0.003, ATTRS3)
         return (time.perf_counter() - start) / BLOCK
 
     cases: list[tuple[str, Callable[[], float]]] = [
@@ -397,37 +422,22 @@ def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, 
         ("direct", lambda: roundtrips(bare_submit, direct_job, False)),
         ("record", records),
     ]
-
-    def run() -> None:
-        for _ in range(5):  # warm-up: pool state, series, both paths
-            for _, case in cases:
-                case()
-        for repeat in range(pairs):
-            shift = repeat % len(cases)
-            for name, case in cases[shift:] + cases[:shift]:
-                samples[name].append(case())
-
     try:
-        benchmark.pedantic(run, rounds=1, iterations=1)
+        samples = _measure(benchmark, cases, 200 if benchmark.enabled else 3, warmup=5)
     finally:
         runtime.spans = False
         stop()
     half_record = statistics.median(samples["record"]) / 2
-
-    def added(a: str, b: str) -> float:
-        return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
-
-    result = {
-        "spans_off_added_vs_half_record": round(added("spans_off", "bare") / half_record, 3),
-        "spans_on_added_vs_half_record": round(added("spans_on", "direct") / half_record, 3),
+    spans_off_added = statistics.median(_paired(samples, "spans_off", "bare"))
+    spans_on_added = statistics.median(_paired(samples, "spans_on", "direct"))
+    _report(benchmark, capsys, "workers.thread.roundtrip", {
+        "spans_off_added_vs_half_record": round(spans_off_added / half_record, 3),
+        "spans_on_added_vs_half_record": round(spans_on_added / half_record, 3),
         "bare_us": round(statistics.median(samples["bare"]) * 1e6, 2),
-        "spans_off_added_us": round(added("spans_off", "bare") * 1e6, 2),
-        "spans_on_added_over_direct_us": round(added("spans_on", "direct") * 1e6, 2),
+        "spans_off_added_us": round(spans_off_added * 1e6, 2),
+        "spans_on_added_over_direct_us": round(spans_on_added * 1e6, 2),
         "half_record_us": round(half_record * 1e6, 2),
-    }
-    benchmark.extra_info.update(result)
-    with capsys.disabled():
-        print(f"\n[workers.thread.roundtrip paired medians] {result}")
+    })
 
 
 @pytest.mark.benchmark(group="workers.thread.burst1000.paired")
@@ -437,26 +447,13 @@ def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None,
     original ``submit`` and through the instrumented one with spans off, and 1000 SDK ``Histogram.record``
     calls with 3 attributes, in rotating order (a burst lasts about 10 ms, and sequential cases drift by
     more than the budget between them). Budget: spans off adds at most half a record per job."""
-    pool = env.thread_pool
-    original = cf.ThreadPoolExecutor.submit  # before instrumenting: the stdlib's own
-    bare_submit = types.MethodType(original, pool)
-    histogram = env.meter_provider.get_meter("bench").create_histogram("bench.reference.burst", unit="s")
-    stop = _instrumented(env, spans=False)
-    instrumented_submit = pool.submit
-    assert instrumented_submit.__func__ is not original  # type: ignore[attr-defined]
     jobs = 1000
-    rounds = 40 if benchmark.enabled else 2
-    samples: dict[str, list[float]] = {"bare": [], "spans_off": [], "record": []}
+    records = _records_per_call(env, "bench.reference.burst", jobs)
+    bare_submit, instrumented_submit, stop = _submits(env, env.thread_pool, spans=False)
 
     def burst(submit: Callable[..., cf.Future[Any]]) -> float:
         start = time.perf_counter()
         cf.wait([submit(noop) for _ in range(jobs)])
-        return (time.perf_counter() - start) / jobs
-
-    def records() -> float:
-        start = time.perf_counter()
-        for _ in range(jobs):
-            histogram.record(0.003, ATTRS3)
         return (time.perf_counter() - start) / jobs
 
     cases: list[tuple[str, Callable[[], float]]] = [
@@ -464,28 +461,15 @@ def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None,
         ("spans_off", lambda: burst(instrumented_submit)),
         ("record", records),
     ]
-
-    def run() -> None:
-        for _ in range(3):  # warm-up
-            for _, case in cases:
-                case()
-        for repeat in range(rounds):
-            shift = repeat % len(cases)
-            for name, case in cases[shift:] + cases[:shift]:
-                samples[name].append(case())
-
     try:
-        benchmark.pedantic(run, rounds=1, iterations=1)
+        samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
     finally:
         stop()
     half_record = statistics.median(samples["record"]) / 2
-    added = statistics.median(x - y for x, y in zip(samples["spans_off"], samples["bare"], strict=True))
-    result = {
+    added = statistics.median(_paired(samples, "spans_off", "bare"))
+    _report(benchmark, capsys, "workers.thread.burst1000", {
         "spans_off_added_per_job_vs_half_record": round(added / half_record, 3),
         "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
         "spans_off_added_us_per_job": round(added * 1e6, 2),
         "half_record_us": round(half_record * 1e6, 2),
-    }
-    benchmark.extra_info.update(result)
-    with capsys.disabled():
-        print(f"\n[workers.thread.burst1000 paired medians] {result}")
+    })
