@@ -35,10 +35,10 @@ import contextvars
 import functools
 import os
 import pickle
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from time import perf_counter
+from time import time as wall_clock
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -54,6 +54,7 @@ from opentelemetry.trace import (
     Tracer,
 )
 
+from otel_perf._context import attach, detach, get_current
 from otel_perf._safety import guard, log_once, raise_internal_errors
 from otel_perf._sdk import current_handle
 from otel_perf._semconv import (
@@ -72,14 +73,16 @@ from otel_perf.instrumentations._workers_state import (
     PoolState,
     error_type,
     runtime,
-    state_by_id,
+    states_by_id,
 )
 
 __all__ = ["function_names", "is_process_job", "job_info", "local_job", "process_job", "run_thread_job",
            "trampoline"]
 
-#: (owner pid, pool id, wait seconds, run seconds, error.type or None)
-Meta = tuple[int, int, float, float, "str | None"]
+#: A finished process job, as its owner logs it: (wait seconds, run seconds[, error.type]).
+Entry = tuple[Any, ...]
+#: A finished process job on its way back: (owner pid, pool id, entry).
+Meta = tuple[int, int, Entry]
 
 
 #: code object -> (short name, code.function.name, qualname): plain functions sharing a code object
@@ -168,7 +171,7 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
         span = _start_span(tracer, state.name, state.kind, fn, start - submitted)
         if span is not None:
             # Inside a context copy made for this job only: no detach needed.
-            otel_context.attach(trace.set_span_in_context(span))
+            attach(trace.set_span_in_context(span))
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
@@ -228,11 +231,10 @@ Extra = tuple[str, str, bool, "bytes | None", bool]
 Info = tuple[int, int, float, "str | dict[str, str] | None", "Extra | None", bool]
 
 
-def _snapshot() -> bytes | None:
-    """The pickled configuration snapshot of this process's ``configure()``, if it made one."""
+def _snapshot(handle: Any) -> bytes | None:
+    """The pickled configuration snapshot of ``handle``, this process's ``configure()``."""
     global _snapshot_cache
-    handle = current_handle()
-    if handle is None or handle._stopped:
+    if handle._stopped:
         return None
     cached = _snapshot_cache
     if cached is not None and cached[0] is handle:
@@ -248,12 +250,12 @@ def _snapshot() -> bytes | None:
 _last_carrier: tuple[Any, str | None] = (None, None)
 
 
-def _carrier() -> str | dict[str, str] | None:
+def _carrier(ctx: otel_context.Context | None = None) -> str | dict[str, str] | None:
+    """The carrier of ``ctx``, by default the current context (:data:`Info`); :func:`job_info` looks in
+    ``_last_carrier`` first."""
     global _last_carrier
-    ctx = otel_context.get_current()
-    last = _last_carrier
-    if last[0] is ctx:
-        return last[1]
+    if ctx is None:
+        ctx = get_current()
     span_context = trace.get_current_span(ctx).get_span_context()
     if not span_context.is_valid:
         _last_carrier = (ctx, None)
@@ -279,10 +281,13 @@ def job_info(state: PoolState, chunked: bool = False) -> Info:
     # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
     # max_tasks_per_child): they flush once, when they exit.
     spans = runtime.spans
-    snapshot = _snapshot()
+    handle = current_handle()
+    snapshot = _snapshot(handle) if handle is not None else None
     flush = state.source == SOURCE_MP
     extra = (state.name, state.kind, spans, snapshot, flush) if spans or flush or snapshot is not None else None
-    return (_my_pid, state.id, time.time(), _carrier(), extra, chunked)
+    ctx = get_current()
+    last = _last_carrier
+    return (_my_pid, state.id, wall_clock(), last[1] if last[0] is ctx else _carrier(ctx), extra, chunked)
 
 
 def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any) -> Any:
@@ -290,19 +295,21 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     owner = info[0]
     if _my_pid == owner:  # called in the owning process itself: nothing to carry back
         return fn(*args, **kwargs)
-    wait = time.time() - info[2]
+    wait = wall_clock() - info[2]
     if wait < 0.0:
         wait = 0.0
     start = perf_counter()
     span: Span | None = None
-    token: object = None
+    token: Any = None
     ends: tuple[int, int] | None = None
     if info[4] is None and _worker_pid == _my_pid:
         # The spans-off path of a set-up worker: no span, nothing to count for a flush; only the
         # submitter's context to enter, if it had one.
-        if info[3] is not None:
+        carrier = info[3]
+        if carrier is not None:
             try:
-                token = otel_context.attach(_context_from(info[3]))  # type: ignore[arg-type]
+                last = _last_context
+                token = attach(last[1] if last[0] == carrier else _context_from(carrier))  # type: ignore[arg-type]
             except Exception as exc:
                 _fault("pool job start in a worker process", exc)
     else:
@@ -313,19 +320,19 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
         run = perf_counter() - start
         etype = error_type(exc)
         _leave_worker_job(span, token, ends, exc, etype)
-        _tag_exception(exc, (owner, info[1], wait, run, etype))
+        _tag_exception(exc, (owner, info[1], (wait, run, etype)))
         raise
     run = perf_counter() - start
     if span is not None or ends is not None:
         _leave_worker_job(span, token, ends, None, None)
     elif token is not None:
         try:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            detach(token)
         except Exception as exc:
             _fault("pool job end in a worker process", exc)
     if info[5]:
-        return _ChunkEnvelope(result, (owner, info[1], wait, run, None))
-    return _Envelope((_deliver, (result, (owner, info[1], wait, run, None))))
+        return _ChunkEnvelope(result, (owner, info[1], (wait, run)))
+    return _Envelope((_deliver, (result, owner, info[1], (wait, run))))
 
 
 #: Envelopes of jobs that may run in a chunk, made in this worker and not yet sent. A chunk (``map`` with
@@ -473,6 +480,7 @@ _last_context: tuple[Any, Any] = (None, None)
 
 
 def _context_from(carrier: str | dict[str, str] | None) -> otel_context.Context | None:
+    """The context a job's carrier stands for (the last one is kept in ``_last_context``)."""
     global _last_context
     if carrier is None:
         return None
@@ -503,7 +511,7 @@ def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, ob
             if span is not None:
                 ctx = trace.set_span_in_context(span, ctx)
         if ctx is not None:
-            token = otel_context.attach(ctx)
+            token = attach(ctx)
     except Exception as exc:
         _fault("pool job start in a worker process", exc)
     # Else flushed once, when the worker exits (a finalizer).
@@ -514,7 +522,7 @@ def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | 
                       exc: BaseException | None, etype: str | None) -> None:
     try:
         if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            detach(token)  # type: ignore[arg-type]
         if span is not None:
             _end_span(span, exc, etype)
         if ends is not None:
@@ -529,35 +537,29 @@ def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | 
 # --- carrying the timings back ------------------------------------------------------------------------
 
 
-def record_meta(meta: Meta) -> None:
-    """In the owner: log a finished process job's wait and run time into its pool (see ``PoolState``)."""
+def _deliver(value: Any, owner: int, pool_id: int, entry: Entry) -> Any:
+    """In the owner, unpickling a job's envelope: log the job's timings into its pool (see ``PoolState``)
+    and give back the job's own result."""
     try:
-        owner, pool_id, wait, run, etype = meta
-        if owner != _my_pid:
-            return
-        state = state_by_id(pool_id)
-        if state is None:
-            return
-        done = state.done
-        done.append((wait, run) if etype is None else (wait, run, etype))
-        if len(done) >= FOLD_AT:
-            state.fold(False)
-        if state.source == SOURCE_MP:
-            state.add_outstanding(-1)
+        if owner == _my_pid:
+            ref = states_by_id.get(pool_id)
+            state = ref() if ref is not None else None
+            if state is not None:
+                done = state.done
+                done.append(entry)
+                if len(done) >= FOLD_AT:
+                    state.fold(False)
+                if state.source == SOURCE_MP:
+                    state.add_outstanding(-1)
     except Exception as exc:
         _fault("recording a process job", exc)
-
-
-def _deliver(value: Any, meta: Meta) -> Any:
-    """Unpickling an envelope, in the owner: the job's own result, its timings recorded."""
-    record_meta(meta)
     return value
 
 
 class _Envelope(tuple):  # type: ignore[type-arg]
     """A job's result with its timings; unpickles into the bare result (see the module docstring).
 
-    It is its own reduction, ``(_deliver, (value, meta))``: a tuple made in C, with no ``__init__`` to
+    It is its own reduction, ``(_deliver, (value, owner, pool id, entry))``: a tuple made in C, with no ``__init__`` to
     run, and a worker registers ``tuple`` as its reducer with ``ForkingPickler``
     (:func:`_ensure_worker_sdk`), so pickling it runs no Python code either (``__reduce__`` stays for any
     other pickler). Each Python call saved is about 1% of a no-op process round trip (group
@@ -585,7 +587,7 @@ class _ChunkEnvelope:
 
     def __reduce__(self) -> tuple[Any, ...]:
         _unsent.pop(id(self), None)
-        return (_deliver, (self.value, self.meta))
+        return (_deliver, (self.value, *self.meta))
 
     def __repr__(self) -> str:
         # multiprocessing.pool puts repr(result) into MaybeEncodingError when a result does not pickle.
@@ -646,5 +648,6 @@ def _rebuild_exception(reduced: tuple[Any, ...], metas: list[Meta]) -> Any:
         for key, value in reduced[4]:
             obj[key] = value
     for meta in metas:
-        record_meta(meta)
+        _deliver(None, *meta)
     return obj
+

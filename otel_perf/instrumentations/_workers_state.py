@@ -60,6 +60,7 @@ __all__ = [
     "live_states",
     "runtime",
     "state_for",
+    "states_by_id",
 ]
 
 #: Where a pool's state is read from (one reader per stdlib pool family).
@@ -101,13 +102,14 @@ runtime = Runtime()
 FOLD_AT = 256
 
 #: pool id -> weak reference to its state. A plain dict of references rather than a WeakValueDictionary:
-#: the owner looks a process job's pool up for every result, and ``WeakValueDictionary.get`` is Python code.
-_registry: dict[int, weakref.ref[PoolState]] = {}
+#: the owner looks a process job's pool up for every result, and ``WeakValueDictionary.get`` is Python code
+#: (so is a lookup function: the owner reads this dict inline).
+states_by_id: dict[int, weakref.ref[PoolState]] = {}
 
 
 def _register(state: PoolState) -> None:
     pool_id = state.id
-    _registry[pool_id] = weakref.ref(state, lambda _: _registry.pop(pool_id, None))
+    states_by_id[pool_id] = weakref.ref(state, lambda _: states_by_id.pop(pool_id, None))
 
 
 _custom: dict[str, PoolState] = {}
@@ -395,13 +397,8 @@ def custom_state(name: str) -> PoolState:
     return found
 
 
-def state_by_id(pool_id: int) -> PoolState | None:
-    ref = _registry.get(pool_id)
-    return ref() if ref is not None else None
-
-
 def live_states() -> list[PoolState]:
-    return [state for ref in list(_registry.values()) if (state := ref()) is not None]
+    return [state for ref in list(states_by_id.values()) if (state := ref()) is not None]
 
 
 def _fold_all() -> None:
@@ -506,7 +503,7 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
     for state in live_states():
         state.forget_log()
-    _registry.clear()
+    states_by_id.clear()
     _custom.clear()
 
 
