@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -61,6 +62,7 @@ from otel_perf._semconv import (
 from otel_perf.instrumentations import PerfInstrumentor
 from otel_perf.instrumentations._workers_run import (
     _end_span,
+    compact_call_items,
     function_names,
     is_process_job,
     job_info,
@@ -139,6 +141,7 @@ def _is_job_chunk(fn: Any) -> bool:
 
 def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
     call = _callable_original(original)
+    compact_call_items(True)  # concurrent.futures.process is imported: this patch is being applied
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -304,6 +307,8 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
         if self._patcher is not None:
             self._patcher.unpatch_all()
             self._patcher = None
+        if "concurrent.futures.process" in sys.modules:
+            compact_call_items(False)
         meter = getattr(self, "meter", None)
         if meter is not None:
             release_instruments(meter)

@@ -40,7 +40,7 @@ from otel_perf._semconv import (
     POOL_WORKER_MEMORY_MAX,
 )
 from otel_perf.instrumentations import _workers_state
-from otel_perf.instrumentations._workers_run import process_job, trampoline
+from otel_perf.instrumentations._workers_run import job_info, process_job, trampoline
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import metric_points
 
@@ -475,6 +475,97 @@ def test_process_job_pickles_and_runs_as_a_plain_call_in_its_owner(instrumented:
     clone = pickle.loads(pickle.dumps(job))
     assert clone.func is trampoline and clone.args[0] is work
     assert clone(21) == 42  # in the owning process it is a plain call
+
+
+def _call_item_reducer() -> Any:
+    from concurrent.futures.process import _CallItem
+    from multiprocessing.reduction import ForkingPickler
+
+    return ForkingPickler._extra_reducers.get(_CallItem)
+
+
+def test_process_call_items_pickle_compact_while_instrumented(instrument: Any) -> None:
+    """While instrumented, a job's call item crosses to the worker as ``_call_item(...)`` (one global, no
+    state dict) and becomes the very item the stdlib sends; any other item pickles byte for byte as
+    without otel-perf; uninstrument() removes the reducer."""
+    from concurrent.futures.process import _CallItem
+    from multiprocessing.reduction import ForkingPickler
+
+    plain = _CallItem(7, work, (3,), {})
+    stdlib_bytes = bytes(ForkingPickler.dumps(plain))
+    instrumentor = instrument()
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        job = pool.submit(work, 5)  # applies the patch (and so the reducer)
+        info = job_info(_workers_state.state_for(pool))
+        assert job.result() == 10
+    ours = _CallItem(8, trampoline, (add, info, 1), {"y": 2})
+    data = bytes(ForkingPickler.dumps(ours))
+    assert b"_call_item" in data and b"_CallItem" not in data
+    clone = pickle.loads(data)
+    assert type(clone) is _CallItem
+    assert (clone.work_id, clone.fn, clone.args, clone.kwargs) == (8, trampoline, (add, info, 1), {"y": 2})
+    assert clone.fn(*clone.args, **clone.kwargs) == 3
+    assert bytes(ForkingPickler.dumps(plain)) == stdlib_bytes
+    instrumentor.uninstrument()
+    assert _call_item_reducer() is None
+    assert bytes(ForkingPickler.dumps(ours)).count(b"_CallItem") == 1  # the stdlib's way again
+
+
+def test_a_result_item_pickles_compact_once_and_unpickles_as_the_stdlib_item(instrumented: Any) -> None:
+    """In a worker, the result item carrying a job's envelope goes back as ``_result_item(...)``: in the
+    owner it becomes the stdlib's item with the job's own result (and ``exit_pid``) and logs the timings.
+    The reducer removes itself, so the next result item pickles byte for byte the stdlib's way."""
+    from concurrent.futures.process import _ResultItem
+    from multiprocessing.reduction import ForkingPickler
+
+    from otel_perf.instrumentations import _workers_run as run
+
+    plain = _ResultItem(4, result=5)
+    stdlib_bytes = bytes(ForkingPickler.dumps(plain))
+    reducers = ForkingPickler._extra_reducers
+    saved = run._compact_results
+    run._compact_results = (reducers, _ResultItem)  # as a set-up worker has it
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:
+            state = _workers_state.state_for(pool)
+        envelope = run._Envelope((run._deliver, ([1, 2], os.getpid(), state.id, (0.5, 0.25))))
+        reducers.setdefault(_ResultItem, run._reduce_result_item)  # what the trampoline does
+        item = _ResultItem(3, result=envelope)
+        if sys.version_info >= (3, 11):
+            item.exit_pid = 99  # type: ignore[attr-defined]
+        data = bytes(ForkingPickler.dumps(item))
+        assert _ResultItem not in reducers
+        assert b"_result_item" in data and b"_ResultItem" not in data
+        clone = pickle.loads(data)
+        expected = _ResultItem(3, result=[1, 2])
+        if sys.version_info >= (3, 11):
+            expected.exit_pid = 99  # type: ignore[attr-defined]
+        assert type(clone) is _ResultItem and vars(clone) == vars(expected)
+        assert state.done[-1] == (0.5, 0.25)  # logged by the owner
+        assert bytes(ForkingPickler.dumps(plain)) == stdlib_bytes
+    finally:
+        run._compact_results = saved
+        if reducers.get(_ResultItem) is run._reduce_result_item:
+            del reducers[_ResultItem]
+
+
+def test_a_call_item_reducer_registered_by_someone_else_is_kept(instrument: Any) -> None:
+    from concurrent.futures.process import _CallItem
+    from multiprocessing.reduction import ForkingPickler
+
+    def theirs(item: Any) -> Any:
+        return item.__reduce_ex__(2)
+
+    ForkingPickler.register(_CallItem, theirs)
+    try:
+        instrumentor = instrument()
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            assert pool.submit(work, 4).result() == 8
+            assert _call_item_reducer() is theirs
+        instrumentor.uninstrument()
+        assert _call_item_reducer() is theirs
+    finally:
+        ForkingPickler._extra_reducers.pop(_CallItem, None)
 
 
 @needs_fork
