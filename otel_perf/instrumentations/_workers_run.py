@@ -176,10 +176,13 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
     span = None
     tracer = runtime.tracer
     if runtime.spans and tracer is not None:
-        span = _start_span(tracer, state.name, state.kind, fn, start - submitted)
+        # The submitter's context, passed on explicitly: the SDK and its sampler would each look it up
+        # again through the API (two Python calls a time).
+        parent = get_current()
+        span = _start_span(tracer, state.name, state.kind, fn, start - submitted, parent)
         if span is not None:
             # Inside a context copy made for this job only: no detach needed.
-            attach(trace.set_span_in_context(span))
+            attach(trace.set_span_in_context(span, parent))
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
