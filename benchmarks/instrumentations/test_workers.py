@@ -334,6 +334,13 @@ def _paired(samples: dict[str, list[float]], a: str, b: str) -> list[float]:
     return [x - y for x, y in zip(samples[a], samples[b], strict=True)]
 
 
+def _half_records(samples: dict[str, list[float]]) -> tuple[float, float]:
+    """Half an SDK record as the thread budgets price it, in the job (``job_records`` minus ``bare``, per
+    round), and as reported beside it, in a warm loop (``record_loop``); seconds."""
+    in_job = statistics.median(_paired(samples, "job_records", "bare")) / 2
+    return in_job, statistics.median(samples["record_loop"]) / 2
+
+
 def _records_per_call(env: _Env, name: str, n: int) -> Callable[[], float]:
     """n SDK ``Histogram.record`` calls with 3 attributes (the budget unit); seconds per call."""
     histogram = env.meter_provider.get_meter("bench").create_histogram(name, unit="s")
@@ -473,8 +480,7 @@ def test_thread_roundtrip_paired(benchmark: Any, env: _Env, under_parent: None, 
     finally:
         runtime.spans = False
         stop()
-    half_record = statistics.median(_paired(samples, "job_records", "bare")) / 2
-    half_loop_record = statistics.median(samples["record_loop"]) / 2
+    half_record, half_loop_record = _half_records(samples)
     spans_off_added = statistics.median(_paired(samples, "spans_off", "bare"))
     spans_on_added = statistics.median(_paired(samples, "spans_on", "direct"))
     contrib_added = statistics.median(_paired(samples, "contrib", "bare"))
@@ -523,8 +529,7 @@ def test_thread_burst_1000_paired(benchmark: Any, env: _Env, under_parent: None,
         samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
     finally:
         stop()
-    half_record = statistics.median(_paired(samples, "job_records", "bare")) / 2
-    half_loop_record = statistics.median(samples["record_loop"]) / 2
+    half_record, half_loop_record = _half_records(samples)
     added = statistics.median(_paired(samples, "spans_off", "bare"))
     _report(benchmark, capsys, "workers.thread.burst1000", {
         "spans_off_added_per_job_vs_half_record": round(added / half_record, 3),
