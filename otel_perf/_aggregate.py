@@ -6,11 +6,15 @@ jobs, GC pauses) cannot go through the SDK one by one. Instead:
 
 * the hot path updates a per-thread cell: ``[count, sum, min, max, bucket0, bucket1, ...]``, with no lock
   (each thread writes only its own cell; :class:`FixedSeries` is the single-writer variant for the GC
-  callback, which must take no lock and allocate nothing);
+  callback, which must take no lock and allocate nothing). Count, sum and buckets only grow; min and max
+  are those of the current *interval*: each publication takes them and starts the next interval, and the
+  run's min and max are derived from the intervals at publication, never on the hot path;
 * at each metric collection, a callback registered on the meter (an observable instrument that emits
-  nothing itself) adds what was recorded since the previous publication into the SDK's own histogram
-  aggregation for that attribute set, in every reader's storage. The SDK then exports a real histogram
-  through the user's views, temporality and exporters, and nothing recorded is lost;
+  nothing itself) adds what was recorded since the previous publication (count, sum, buckets, and that
+  interval's min and max) into the SDK's own histogram aggregation for that attribute set, in every
+  reader's storage. The SDK then exports a real histogram through the user's views, temporality and
+  exporters: a delta reader gets each interval's own points, a cumulative one the run's, and nothing
+  recorded is lost. Several meters bound to one histogram each get every interval once;
 * where the SDK's storage is not the expected one (a non-SDK meter provider, a view that changed the
   aggregation or its buckets), it falls back to recording through the SDK at collection time: one value
   per measurement, chosen inside the measurement's own bucket, so counts stay exact while sums (and the
@@ -18,6 +22,13 @@ jobs, GC pauses) cannot go through the SDK one by one. Instead:
 
 Publication reaches into the SDK's private metric storage; that is why pyproject.toml pins the SDK's
 minor version. Any surprise there switches this module to the fallback, logged once.
+
+Consistency without a lock: a record updates its bucket first (the one call, ``bisect``), then count, sum,
+min and max with no call in between, and a publication copies a cell and resets its min and max with no
+call in between either. CPython (3.11 and newer, with the GIL) switches threads and runs the collector only
+at calls and loop jumps, so a publication sees a record whole or not at all. On 3.10 a record that races a
+publication may lend its min or max to the neighbouring interval (never its count, sum or bucket); a
+published min or max is always kept inside its interval's lowest and highest non-empty buckets.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import threading
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import add
 from time import time_ns
 from typing import Any
 
@@ -40,10 +52,14 @@ __all__ = ["AggregatedHistogram", "FixedSeries", "Series", "attributes_key", "ta
 Attributes = Mapping[str, Any]
 
 _COUNT, _SUM, _MIN, _MAX, _BUCKETS = 0, 1, 2, 3, 4
+# Bound once: resetting an interval's min and max must not allocate (a float allocation between copying a
+# cell and resetting it is harmless, but a container one could run the collector and its GC callback).
+_INF = math.inf
+_NEG_INF = -math.inf
 
 
 def _new_cell(n_bounds: int) -> list[Any]:
-    return [0, 0, math.inf, -math.inf] + [0] * (n_bounds + 1)
+    return [0, 0, _INF, _NEG_INF] + [0] * (n_bounds + 1)
 
 
 def attributes_key(attributes: Attributes) -> tuple[tuple[str, Any], ...]:
@@ -65,7 +81,63 @@ def take(entries: list[Any]) -> list[Any]:
     return taken
 
 
-class Series:
+class _Intervals:
+    """What :class:`Series` and :class:`FixedSeries` share: turning cumulative cells into intervals.
+
+    ``_taken`` holds the totals (count, sum, buckets) at the previous :meth:`take`; ``_low``/``_high`` the
+    smallest and largest value of every interval taken so far (the run's min and max, derived here rather
+    than on the hot path). Subclasses provide ``_take_cells()``: the totals now, with each cell's interval
+    min and max, which it resets.
+    """
+
+    __slots__ = ("_high", "_low", "_taken")
+
+    _bounds: tuple[float, ...]
+    _taken: list[Any]
+    _low: float
+    _high: float
+
+    def _take_cells(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _read_cells(self) -> list[Any]:
+        raise NotImplementedError
+
+    def take(self) -> list[Any] | None:
+        """What was recorded since the previous call: ``[count, sum, min, max, *buckets]`` of that interval
+        alone, or None when nothing was. Callers serialise calls (the histogram's publication lock)."""
+        total = self._take_cells()
+        taken = self._taken
+        interval = [total[i] - taken[i] for i in range(len(total))]
+        interval[_MIN], interval[_MAX] = total[_MIN], total[_MAX]
+        self._taken = total  # its min and max are unused: the run's are _low and _high
+        if not any(interval[_BUCKETS:]):
+            return None
+        _settle_min_max(interval, self._bounds)
+        self._low = min(self._low, interval[_MIN])
+        self._high = max(self._high, interval[_MAX])
+        return interval
+
+    def total(self) -> list[Any]:
+        """Everything taken so far (what a binding made after those intervals starts from)."""
+        total = list(self._taken)
+        total[_MIN], total[_MAX] = self._low, self._high
+        return total
+
+    def snapshot(self) -> list[Any]:
+        """Cumulative totals over all threads now: ``[count, sum, min, max, *buckets]`` (changes nothing)."""
+        total = self._read_cells()
+        total[_MIN] = min(total[_MIN], self._low)
+        total[_MAX] = max(total[_MAX], self._high)
+        return total
+
+    def _reset_intervals(self) -> None:
+        self._taken = _new_cell(len(self._bounds))
+        self._low = _INF
+        self._high = _NEG_INF
+
+
+class Series(_Intervals):
     """One attribute set of an :class:`AggregatedHistogram`. ``record`` is the hot path.
 
     Each thread records into its own cell, so ``record`` takes no lock and loses nothing; cells of
@@ -82,6 +154,7 @@ class Series:
         self._lock = threading.Lock()  # guards the list of cells, never taken by record()
         self._cells: list[tuple[threading.Thread, list[Any]]] = []
         self._retired = _new_cell(len(self._bounds))
+        self._reset_intervals()
 
     def _cell(self) -> list[Any]:
         cell = _new_cell(len(self._bounds))
@@ -95,26 +168,28 @@ class Series:
 
         The cell update below is repeated inline, step for step, in ``FixedSeries.record`` and the GC
         pause callback (hot paths where one more call is a measurable cost): a change to the cell layout
-        changes them together.
+        changes them together. The bucket comes first: after the ``bisect`` call, the rest of the update
+        makes no call, so a publication never sees half of it (module docstring).
         """
         try:
             cell = self._local.cell
         except AttributeError:
             cell = self._cell()
+        cell[bisect_left(self._bounds, value) + 4] += 1
         cell[0] += 1
         cell[1] += value
         if value < cell[2]:
             cell[2] = value
         if value > cell[3]:
             cell[3] = value
-        cell[bisect_left(self._bounds, value) + 4] += 1
 
     def record_many(self, values: Sequence[float]) -> None:
         """Record every value of ``values``, as ``record`` would one by one, in one pass over the cell.
 
         For callers that log raw values on a hot path and record them in bulk (pool jobs, parses; see
         :func:`take`): the values are sorted once, in C, and each bucket's count is then one bisection
-        per boundary: about a quarter of the cost of bisecting the boundaries for each value.
+        per boundary: about a quarter of the cost of bisecting the boundaries for each value. Everything
+        is computed first; the cell is then updated with no call in between (see ``record``).
         """
         if not values:
             return
@@ -124,36 +199,58 @@ class Series:
             cell = self._cell()
         ordered = sorted(values)
         total = len(ordered)
-        cell[0] += total
-        cell[1] += sum(ordered)
-        if ordered[0] < cell[2]:
-            cell[2] = ordered[0]
-        if ordered[-1] > cell[3]:
-            cell[3] = ordered[-1]
+        added = sum(ordered)
+        counts = [0] * (len(self._bounds) + 1)
         below = 0  # values at or below the previous boundary
         for index, bound in enumerate(self._bounds):
             upto = bisect_right(ordered, bound)  # bucket i holds (bound[i-1], bound[i]], as in record()
-            if upto != below:
-                cell[index + 4] += upto - below
-                below = upto
-                if below == total:
-                    return
-        cell[len(self._bounds) + 4] += total - below
+            counts[index] = upto - below
+            below = upto
+            if below == total:
+                break
+        else:
+            counts[-1] = total - below
+        buckets = list(map(add, cell[_BUCKETS:], counts))
+        low, high = ordered[0], ordered[-1]
+        cell[_BUCKETS:] = buckets
+        cell[0] += total
+        cell[1] += added
+        if low < cell[2]:
+            cell[2] = low
+        if high > cell[3]:
+            cell[3] = high
 
-    def snapshot(self) -> list[Any]:
-        """Cumulative totals over all threads: ``[count, sum, min, max, *buckets]``."""
+    def _take_cells(self) -> list[Any]:
+        total = _new_cell(len(self._bounds))
+        inf, neg_inf = _INF, _NEG_INF
+        with self._lock:
+            alive: list[tuple[threading.Thread, list[Any]]] = []
+            for thread, cell in self._cells:
+                if thread.is_alive():
+                    alive.append((thread, cell))
+                    copy = cell[:]  # then reset the interval's min and max, with no call in between
+                    cell[_MIN] = inf
+                    cell[_MAX] = neg_inf
+                    _merge_into(total, copy)
+                else:
+                    _merge_into(self._retired, cell)  # the thread cannot write any more
+            self._cells = alive
+            _merge_into(total, self._retired)
+            self._retired[_MIN], self._retired[_MAX] = inf, neg_inf
+        return total
+
+    def _read_cells(self) -> list[Any]:
         total = _new_cell(len(self._bounds))
         with self._lock:
             alive: list[tuple[threading.Thread, list[Any]]] = []
             for thread, cell in self._cells:
                 if thread.is_alive():
                     alive.append((thread, cell))
+                    _merge_into(total, cell[:])
                 else:
                     _merge_into(self._retired, cell)  # the thread cannot write any more
             self._cells = alive
             _merge_into(total, self._retired)
-            for _, cell in alive:
-                _merge_into(total, list(cell))
         return total
 
     def _reset(self) -> None:
@@ -163,9 +260,10 @@ class Series:
         self._cells = []
         self._retired = _new_cell(len(self._bounds))
         self._local = threading.local()
+        self._reset_intervals()
 
 
-class FixedSeries:
+class FixedSeries(_Intervals):
     """A single-writer series with one preallocated cell: no lock, no allocation per record.
 
     For callers that guarantee one writer at a time, such as ``gc.callbacks`` (collections do not
@@ -180,9 +278,11 @@ class FixedSeries:
         self._bounds = tuple(bounds)
         self._cell = _new_cell(len(self._bounds))
         self._window = [0.0]  # the largest value since take_max(), in a list so record() can be inlined
+        self._reset_intervals()
 
     def record(self, value: float) -> None:
         cell = self._cell
+        cell[bisect_left(self._bounds, value) + 4] += 1
         cell[0] += 1
         cell[1] += value
         if value < cell[2]:
@@ -191,7 +291,6 @@ class FixedSeries:
             cell[3] = value
         if value > self._window[0]:
             self._window[0] = value
-        cell[bisect_left(self._bounds, value) + 4] += 1
 
     def parts(self) -> tuple[list[Any], tuple[float, ...], list[float]]:
         """``(cell, boundaries, window)``, for a caller that inlines :meth:`record` step for step.
@@ -206,12 +305,20 @@ class FixedSeries:
         value, self._window[0] = self._window[0], 0.0
         return value
 
-    def snapshot(self) -> list[Any]:
-        return list(self._cell)
+    def _take_cells(self) -> list[Any]:
+        cell = self._cell
+        copy = cell[:]  # then reset the interval's min and max, with no call (nor collection) in between
+        cell[_MIN] = _INF
+        cell[_MAX] = _NEG_INF
+        return copy
+
+    def _read_cells(self) -> list[Any]:
+        return self._cell[:]
 
     def _reset(self) -> None:
         self._cell[:] = _new_cell(len(self._bounds))
         self._window[0] = 0.0
+        self._reset_intervals()
 
 
 def _merge_into(total: list[Any], cell: list[Any]) -> None:
@@ -223,10 +330,40 @@ def _merge_into(total: list[Any], cell: list[Any]) -> None:
         total[i] += cell[i]
 
 
+def _settle_min_max(interval: list[Any], bounds: tuple[float, ...]) -> None:
+    """Keep an interval's min and max inside its lowest and highest non-empty buckets.
+
+    They are there already unless a record raced the publication on Python 3.10 (module docstring);
+    then the nearest bucket edge stands in for the value the interval lost.
+    """
+    buckets = interval[_BUCKETS:]
+    first = next(i for i, n in enumerate(buckets) if n)
+    last = len(buckets) - 1 - next(i for i, n in enumerate(reversed(buckets)) if n)
+    low_edge = bounds[first - 1] if first > 0 else _NEG_INF
+    high_edge = bounds[first] if first < len(bounds) else _INF
+    if not low_edge < interval[_MIN] <= high_edge:
+        interval[_MIN] = high_edge if math.isfinite(high_edge) else low_edge
+    low_edge = bounds[last - 1] if last > 0 else _NEG_INF
+    high_edge = bounds[last] if last < len(bounds) else _INF
+    if not low_edge < interval[_MAX] <= high_edge:
+        interval[_MAX] = low_edge if math.isfinite(low_edge) else high_edge
+    if interval[_MAX] < interval[_MIN]:
+        interval[_MAX] = interval[_MIN]
+
+
+def _add_interval(pending: list[Any], interval: list[Any]) -> None:
+    pending[_COUNT] += interval[_COUNT]
+    pending[_SUM] += interval[_SUM]
+    pending[_MIN] = min(pending[_MIN], interval[_MIN])
+    pending[_MAX] = max(pending[_MAX], interval[_MAX])
+    for i in range(_BUCKETS, len(pending)):
+        pending[i] += interval[i]
+
+
 _all_histograms: weakref.WeakSet[AggregatedHistogram] = weakref.WeakSet()
 # meter -> the bindings its publication hook publishes (see _Binding.__init__)
 _publish_hooks: weakref.WeakKeyDictionary[Meter, weakref.WeakSet[_Binding]] = weakref.WeakKeyDictionary()
-_hooks_lock = threading.Lock()
+_hooks_lock = threading.Lock()  # replaced in a forked child (_reset_all_after_fork)
 
 
 class AggregatedHistogram:
@@ -247,6 +384,9 @@ class AggregatedHistogram:
         self.boundaries = tuple(float(b) for b in boundaries)
         self._series: dict[tuple[tuple[str, Any], ...], Series | FixedSeries] = {}
         self._lock = threading.Lock()
+        # Serialises taking intervals and publishing them: a collection that finds another publication
+        # under way waits for it, so it exports everything recorded before it started.
+        self._publish_lock = threading.Lock()
         self._bindings: list[_Binding] = []
         self._drains: list[Callable[[], None]] = []
         _all_histograms.add(self)
@@ -305,12 +445,19 @@ class AggregatedHistogram:
         Binding twice to the same meter is harmless. What was recorded before binding is published at
         the first collection.
         """
-        with self._lock:
-            for binding in self._bindings:
-                if binding.meter is meter:
-                    return binding.instrument
+        with self._publish_lock:
+            with self._lock:
+                for binding in self._bindings:
+                    if binding.meter is meter:
+                        return binding.instrument
             binding = _Binding(self, meter)
-            self._bindings.append(binding)
+            self._take_intervals()  # the bindings there are get what was recorded until now...
+            for series in self.all_series():  # ...and the new one starts from everything taken
+                total = series.total()
+                if any(total[_BUCKETS:]):
+                    binding.pending[series.key] = (series, total)
+            with self._lock:
+                self._bindings.append(binding)
             return binding.instrument
 
     def unbind(self, meter: Meter | None = None) -> None:
@@ -320,24 +467,47 @@ class AggregatedHistogram:
             for binding in self._bindings:
                 if meter is None or binding.meter is meter:
                     binding.active = False
+                    binding.pending = {}
                 else:
                     keep.append(binding)
             self._bindings = keep
 
     def publish(self) -> None:
-        """Publish pending deltas into every bound meter now (collection does this by itself)."""
+        """Publish pending intervals into every bound meter now (collection does this by itself)."""
         with self._lock:
             bindings = list(self._bindings)
         for binding in bindings:
             binding.publish()
 
+    def _take_intervals(self) -> None:
+        """Take every series' interval and add it to what each binding has still to publish.
+
+        Callers hold ``_publish_lock``. Each binding publishes when its own meter is collected, so each
+        gets every interval once, with that interval's min and max, however the collections interleave.
+        """
+        with self._lock:
+            bindings = list(self._bindings)
+            series_now = list(self._series.values())
+        for series in series_now:
+            interval = series.take()
+            if interval is None:
+                continue
+            for binding in bindings:
+                entry = binding.pending.get(series.key)
+                if entry is None:
+                    binding.pending[series.key] = (series, list(interval))
+                else:
+                    _add_interval(entry[1], interval)
+
     def _reset(self) -> None:
-        self._lock = threading.Lock()  # forked child: see Series._reset
+        # Forked child: locks held by a parent thread at fork time stay held, so they are replaced (see
+        # Series._reset), and the SDK's storage forgets the parent's points.
+        self._lock = threading.Lock()
+        self._publish_lock = threading.Lock()
         for series in list(self._series.values()):
             series._reset()
         for binding in self._bindings:
-            binding._lock = threading.Lock()
-            binding.published.clear()
+            binding.pending = {}
             _forget_sdk_points(binding.instrument)
 
 
@@ -353,8 +523,8 @@ class _Binding:
         self.histogram = histogram
         self.meter = meter
         self.active = True
-        self.published: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
-        self._lock = threading.Lock()
+        # series key -> (series, what to publish next: [count, sum, min, max, *buckets])
+        self.pending: dict[tuple[tuple[str, Any], ...], tuple[Series | FixedSeries, list[Any]]] = {}
         self.instrument = meter.create_histogram(
             histogram.name,
             unit=histogram.unit,
@@ -392,20 +562,13 @@ class _Binding:
 
     @guard
     def publish(self) -> None:
-        self.histogram.drain()
-        with self._lock:
-            for series in self.histogram.all_series():
-                total = series.snapshot()
-                previous = self.published.get(series.key)
-                if previous is None:
-                    delta = list(total)
-                else:
-                    delta = [total[i] - previous[i] for i in range(len(total))]
-                    delta[_MIN], delta[_MAX] = total[_MIN], total[_MAX]
-                if not any(delta[_BUCKETS:]):
-                    continue
-                self.published[series.key] = total
-                _publish_delta(self.instrument, series.attributes, delta, self.histogram.boundaries)
+        histogram = self.histogram
+        histogram.drain()
+        with histogram._publish_lock:
+            histogram._take_intervals()
+            pending, self.pending = self.pending, {}
+            for series, interval in pending.values():
+                _publish_delta(self.instrument, series.attributes, interval, histogram.boundaries)
 
 
 _fallback_only = False
@@ -534,7 +697,10 @@ def _record_representatives(instrument: Any, attributes: dict[str, Any], delta: 
 
 
 def _reset_all_after_fork() -> None:
-    # A forked child reports its own process: what the parent recorded stays with the parent.
+    # A forked child reports its own process: what the parent recorded stays with the parent. The hook
+    # lock is replaced like every lock here: one held by a parent thread at fork time is never released.
+    global _hooks_lock
+    _hooks_lock = threading.Lock()
     for histogram in list(_all_histograms):
         histogram._reset()
 

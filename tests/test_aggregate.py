@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from bisect import bisect_left
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
@@ -242,4 +244,146 @@ def test_drains_run_before_each_publication() -> None:
     finally:
         _safety.set_raise_internal_errors(previous)
     assert point.count == 3
+    provider.shutdown()
+
+
+def _delta_reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+
+
+def _point_values(point: Any) -> tuple[int, float, float, float, list[int]]:
+    return (point.count, point.sum, point.min, point.max, list(point.bucket_counts))
+
+
+def test_delta_points_hold_their_own_interval_only() -> None:
+    """Under delta temporality each point is its interval's: count, sum, buckets, and min and max too
+    (an interval holding only 0.25 and 0.375 reports min 0.25 and max 0.375, not the run's 0.0625 and 1.5)."""
+    reader = _delta_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.delta.minmax", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    series = hist.series({})
+    first, second, third = [0.0625, 1.5], [0.25, 0.375], [0.75]
+    points = []
+    for values in (first, second, third):
+        for value in values:
+            series.record(value)
+        (point,) = metric_points(reader, "test.delta.minmax")
+        points.append(_point_values(point))
+    assert points == [_expected(first), _expected(second), _expected(third)]
+    provider.shutdown()
+
+
+def test_cumulative_points_keep_the_runs_min_and_max() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.cumulative.minmax", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    series = hist.series({})
+    recorded: list[float] = []
+    for values in ([0.25, 0.375], [0.0625], [1.5, 0.5]):
+        series.record_many(values)
+        recorded.extend(values)
+        (point,) = metric_points(reader, "test.cumulative.minmax")
+        assert _point_values(point) == _expected(recorded)
+    assert series.snapshot()[2:4] == [0.0625, 1.5]  # the run's, though each interval restarted the cells'
+    provider.shutdown()
+
+
+def test_delta_and_cumulative_readers_and_two_meters_each_get_correct_points() -> None:
+    """An OTLP-delta-like and a Prometheus-like cumulative reader on one provider, and a second provider
+    with its own delta reader, collect at interleaved times: every reader's points are exact."""
+    delta, cumulative, other = _delta_reader(), InMemoryMetricReader(), _delta_reader()
+    provider = MeterProvider(metric_readers=[delta, cumulative])
+    second_provider = MeterProvider(metric_readers=[other])
+    hist = AggregatedHistogram("test.readers", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    hist.bind(second_provider.get_meter("t"))
+    series = hist.series({"k": "v"})
+    rng = random.Random(3)
+    batches = [_dyadic(rng, n) for n in (5, 1, 7, 3, 4, 2)]
+    since = {"delta": [], "cumulative": [], "other": []}  # type: dict[str, list[float]]
+    everything: list[float] = []
+    readers = {"delta": delta, "cumulative": cumulative, "other": other}
+    order = ["delta", "other", "cumulative", "delta", "delta", "other"]
+    for name, values in zip(order, batches, strict=True):
+        for value in values:
+            series.record(value)
+        everything.extend(values)
+        for pending in since.values():
+            pending.extend(values)
+        (point,) = metric_points(readers[name], "test.readers")
+        expected = everything if name == "cumulative" else since[name]
+        assert _point_values(point) == _expected(expected), name
+        since[name] = []
+    provider.shutdown()
+    second_provider.shutdown()
+
+
+def test_gc_style_fixed_series_is_right_under_delta() -> None:
+    reader = _delta_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.fixed.delta", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    fixed = hist.fixed_series({"gen": 2})
+    fixed.record(0.875)
+    (first,) = metric_points(reader, "test.fixed.delta")
+    fixed.record(0.375)
+    (second,) = metric_points(reader, "test.fixed.delta")
+    assert _point_values(first) == _expected([0.875])
+    assert _point_values(second) == _expected([0.375])  # was min 0.375, max 0.875 (the run's)
+    assert fixed.snapshot()[2:4] == [0.375, 0.875]
+    provider.shutdown()
+
+
+def test_delta_intervals_stay_consistent_while_threads_record() -> None:
+    """Threads record while a delta reader collects: the intervals add up to exactly what was recorded,
+    and each interval's min and max lie inside its own lowest and highest non-empty buckets."""
+    reader = _delta_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.delta.threads", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    points: list[Any] = []
+    stop = threading.Event()
+    recorded: list[float] = []
+    lock = threading.Lock()
+
+    def collector() -> None:
+        while not stop.is_set():
+            points.extend(metric_points(reader, "test.delta.threads"))
+
+    def worker(seed: int) -> None:
+        series = hist.series({})
+        values = _dyadic(random.Random(seed), 5_000)
+        for start in range(0, len(values), 50):
+            series.record_many(values[start:start + 25])
+            for value in values[start + 25:start + 50]:
+                series.record(value)
+            time.sleep(0.0001)  # let the collector in between batches too
+        with lock:
+            recorded.extend(values)
+
+    background = threading.Thread(target=collector)
+    background.start()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    background.join()
+    points.extend(metric_points(reader, "test.delta.threads"))
+    assert len(points) > 3  # collections ran while the threads recorded
+    count, total, low, high, buckets = _expected(recorded)
+    assert sum(p.count for p in points) == count
+    assert sum(p.sum for p in points) == total
+    assert [sum(col) for col in zip(*(p.bucket_counts for p in points), strict=True)] == buckets
+    assert min(p.min for p in points) == low and max(p.max for p in points) == high
+    edges = (-float("inf"), *BOUNDS, float("inf"))
+    for p in points:
+        counts = list(p.bucket_counts)
+        first = next(i for i, n in enumerate(counts) if n)
+        last = max(i for i, n in enumerate(counts) if n)
+        assert edges[first] < p.min <= edges[first + 1]
+        assert edges[last] < p.max <= edges[last + 1]
     provider.shutdown()

@@ -57,6 +57,7 @@ def _make_callback(series: tuple[FixedSeries, ...]) -> Callable[[str, dict[str, 
             return
         value = (_now() - _started[0]) * 1e-9
         cell, bounds, window = _parts[info["generation"]]
+        cell[_bisect(bounds, value) + 4] += 1  # the bucket first: Series.record says why
         cell[0] += 1
         cell[1] += value
         if value < cell[2]:
@@ -65,7 +66,6 @@ def _make_callback(series: tuple[FixedSeries, ...]) -> Callable[[str, dict[str, 
             cell[3] = value
         if value > window[0]:
             window[0] = value
-        cell[_bisect(bounds, value) + 4] += 1
 
     return _gc_pause_callback
 
