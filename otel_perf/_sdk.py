@@ -191,11 +191,19 @@ class Handle:
         return ok
 
     def shutdown(self) -> None:
-        """Flush what was recorded, uninstrument, and shut down the providers otel-perf created."""
+        """Publish and export everything recorded, then uninstrument and shut down what otel-perf made.
+
+        The order matters: the metric provider's last collection runs while every instrumentation is
+        still on, so the aggregated histograms are still bound and the observable instruments still
+        report (an exit through ``atexit`` exports the same metrics). Only then are the instrumentations
+        removed, the shutdown hooks run, and the tracer and logger providers flushed and shut down.
+        Providers the user made are flushed, never shut down: they stay the user's.
+        """
         global _handle
         if self._stopped:
             return
         self._stopped = True
+        self._finish(self.meter_provider)
         for instrumentor in reversed(self.instrumentors):
             with guarded(f"uninstrument {type(instrumentor).__name__}"):
                 instrumentor.uninstrument()
@@ -203,16 +211,19 @@ class Handle:
         for hook in list(_shutdown_hooks):
             with guarded(f"shutdown hook {hook!r}"):
                 hook()
-        for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
-            if provider is None:
-                continue
-            # Ours are shut down (which flushes); the user's are only flushed: they stay the user's.
-            action = "shutdown" if any(provider is p for p in self.owned) else "force_flush"
-            with guarded(f"provider {action}"):
-                getattr(provider, action)()
+        self._finish(self.tracer_provider)
+        self._finish(self.logger_provider)
         with _lock:
             if _handle is self:
                 _handle = None
+
+    def _finish(self, provider: Any) -> None:
+        if provider is None:
+            return
+        # Ours are shut down (which flushes); the user's are only flushed: they stay the user's.
+        action = "shutdown" if any(provider is p for p in self.owned) else "force_flush"
+        with guarded(f"provider {action}"):
+            getattr(provider, action)()
 
 
 _handle: Handle | None = None

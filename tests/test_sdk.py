@@ -63,6 +63,47 @@ def test_configure_then_shutdown_delivers_to_otlp(
     assert [p.value for p in otlp_receiver.latest_points("app.requests")] == [2]
 
 
+@pytest.mark.parametrize("owned", [True, False], ids=["configure-made-providers", "user-meter-provider"])
+def test_shutdown_publishes_every_instrumentation_before_removing_it(
+    no_otel_env: None, monkeypatch: pytest.MonkeyPatch, otlp_receiver: OTLPReceiver, owned: bool
+) -> None:
+    """handle.shutdown() exports the aggregated histograms and the observable gauges of every
+    instrumentation (it used to uninstrument first, which left only two metrics to export)."""
+    import concurrent.futures
+    import json
+
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    for key, value in otlp_receiver.env("grpc").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+    user_provider = None
+    if not owned:  # the user's own pipeline: flushed by shutdown(), never shut down
+        user_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(
+            OTLPMetricExporter(), export_interval_millis=60_000)])
+        metrics.set_meter_provider(user_provider)
+    handle = otel_perf.configure("lib-app")
+
+    @otel_perf.tool
+    def lookup(value: int) -> int:
+        return value * 2
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lookup, range(4))) == [0, 2, 4, 6]
+    json.loads("[1, 2]")
+    handle.shutdown()
+    names = {p.name for p in otlp_receiver.metric_points()}
+    for family in ("gen_ai.execute_tool.duration", "otel_perf.pool.job.duration", "otel_perf.parse.duration",
+                   "otel_perf.gc.pause.duration", "process.cpu.time", "otel_perf.memory.peak",
+                   "otel_perf.memory.usage", "otel_perf.pool.worker.limit"):
+        assert family in names, family
+    (tool,) = otlp_receiver.latest_points("gen_ai.execute_tool.duration")
+    assert tool.count == 4
+    if user_provider is not None:
+        user_provider.shutdown()
+
+
 def test_configure_adds_to_user_providers(no_otel_env: None, monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: Path) -> None:
     """Providers the user already set stay in charge; configure() adds the exporters the env names."""
