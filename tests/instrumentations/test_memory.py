@@ -6,6 +6,7 @@ pressure is whatever the test says; the process-tree numbers are this real proce
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -262,6 +263,69 @@ def test_process_tree_usage_includes_descendants(tmp_path: Path) -> None:
     assert abs(by_psutil - during.usage) < 16 * 1024 * 1024
     after = monitor.read().usage
     assert monitor.process_tree_peak >= during.usage > after
+
+
+def _own_peak() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_tree_peak_includes_the_root_processes_own_peak() -> None:
+    """A spike of the root process that no reading saw still counts: the tree's peak is never below the
+    process's own peak (the issue's run read a tree peak of 41 MiB against a process peak of 109 MiB)."""
+    program = textwrap.dedent(f"""
+        import json, resource
+        from otel_perf._config import load_settings
+        from otel_perf.instrumentations.memory import MemoryMonitor
+        monitor = MemoryMonitor(limit="64GiB", settings=load_settings({{}}), root={str(FIXTURES / "empty")!r})
+        block = bytearray(b"x") * (160 * 1024 * 1024)  # written, so resident
+        del block  # a large block goes straight back to the system: RSS falls again
+        reading = monitor.read()
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({{"peak": monitor.process_tree_peak, "usage": reading.process_tree_usage, "own": own}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(done.stdout)
+    assert result["own"] >= 160 * 1024 * 1024
+    assert result["usage"] < result["own"] - 100 * 1024 * 1024  # no reading saw the spike...
+    assert result["peak"] >= result["own"]  # ...and the tree's peak has it all the same
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="live descendants' peaks come from /proc")
+def test_tree_peak_includes_a_live_childs_peak(tmp_path: Path) -> None:
+    """A child that spiked and freed before any reading: its own peak (VmHWM) is a floor of the tree's."""
+    spike = _own_peak() + 96 * 1024 * 1024  # larger than anything this process itself ever held
+    monitor = MemoryMonitor(limit="64GiB", settings=load_settings({}), root=str(FIXTURES / "empty"))
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, pathlib
+        block = bytearray(b"x") * {spike}
+        del block
+        pathlib.Path({str(ready)!r}).write_text("1")
+        time.sleep(30)
+    """)])
+    try:
+        for _ in range(400):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        reading = monitor.read()
+    finally:
+        child.kill()
+        child.wait(10)
+    assert reading.process_tree_usage is not None and reading.process_tree_usage < spike
+    assert monitor.process_tree_peak >= spike
+
+
+def test_tree_peak_includes_an_ended_childs_peak() -> None:
+    """A child that spiked and ended between two readings (reaped): its peak still counts."""
+    spike = _own_peak() + 96 * 1024 * 1024
+    monitor = MemoryMonitor(limit="64GiB", settings=load_settings({}), root=str(FIXTURES / "empty"))
+    subprocess.run([sys.executable, "-c", f"block = bytearray(b'x') * {spike}"], check=True, timeout=60)
+    reading = monitor.read()
+    assert reading.process_tree_usage is not None and reading.process_tree_usage < spike
+    assert monitor.process_tree_peak >= spike
 
 
 def test_uninstrument_stops_the_thread_and_the_metrics(meter_provider: Any, metric_reader: Any,
