@@ -114,7 +114,8 @@ def test_tool_runs_child_program_in_one_trace(tmp_path: Path, otlp_receiver: OTL
     assert programs[0].status_code != STATUS_ERROR and "error.type" not in programs[0].attributes
     assert programs[3].status_code == STATUS_ERROR and programs[3].attributes["error.type"] == "3"
     assert programs[0].attributes["process.executable.name"] == PROGRAM
-    assert programs[0].attributes["otel_perf.process.max_rss"] > 0
+    # otel_perf.process.max_rss only when the child outgrew this parent (tests/instrumentations/test_subprocess.py)
+    assert programs[0].attributes["otel_perf.process.cpu.user"] >= 0
     assert programs[0].resource["service.name"] == "tools-e2e"
     # The child's span comes from the child program's own tracer, in the parent's trace (checked above).
     assert {s.scope for s in spans if s.name == "child work"} == {"child"}
