@@ -72,6 +72,7 @@ class MetricPoint:
     max: float | None = None
     bucket_counts: list[int] = field(default_factory=list)
     explicit_bounds: list[float] = field(default_factory=list)
+    start_time: int = 0  # startTimeUnixNano (0 where the point has none, e.g. most gauges)
 
 
 @dataclass
@@ -144,6 +145,7 @@ def metric_points(request: Mapping[str, Any]) -> list[MetricPoint]:
                         time=int(point.get("timeUnixNano", 0)),
                         monotonic=data.get("isMonotonic") if kind == "sum" else None,
                         temporality=data.get("aggregationTemporality"),
+                        start_time=int(point.get("startTimeUnixNano", 0)),
                     )
                     if kind in ("sum", "gauge"):
                         mp.value = _number(point)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -272,3 +273,239 @@ def test_load_objectives_rejects_bad_files(tmp_path: Path) -> None:
     assert by_key["gc_pause"].threshold == 0.02
     assert by_key["threads_peak"].threshold == 500
     assert by_key["command_p95"].threshold == 0.5
+
+
+# --- duplicated input, broken input, explanations --------------------------------------------------------
+
+def _cpu_line(time_ns: int, user: float, system: float, instance: str = "a") -> str:
+    """One OTLP JSON metrics request with a process.cpu.utilization collection (user and system)."""
+    points = [{"timeUnixNano": str(time_ns), "asDouble": value,
+               "attributes": [{"key": "cpu.mode", "value": {"stringValue": mode}}]}
+              for mode, value in (("user", user), ("system", system))]
+    return json.dumps({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}},
+                                    {"key": "service.instance.id", "value": {"stringValue": instance}}]},
+        "scopeMetrics": [{"scope": {"name": "otel_perf"}, "metrics": [{
+            "name": "process.cpu.utilization", "unit": "1", "gauge": {"dataPoints": points}}]}]}]})
+
+
+def _objectives_json(paths: list[Path]) -> list[dict[str, object]]:
+    done = _report("--format", "json", *map(str, paths))
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)["objectives"]  # type: ignore[no-any-return]
+
+
+def test_points_delivered_twice_count_once(tmp_path: Path) -> None:
+    """Durable export may deliver a batch twice after a crash: the CPU average of 46 % stays 46 % (it read
+    92 %, a MISS) and a delta histogram's 20 jobs stay 20."""
+    lines = [_cpu_line(t * 1_000_000_000, 0.30, 0.16) for t in (1, 2, 3)]
+    lines += [_line([(t * 1_000_000_000, "a", [10, 0, 0, 0])], temporality=1) for t in (1, 2)]
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    once.mkdir()
+    twice.mkdir()
+    (once / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (twice / "metrics-1.jsonl").write_text("\n".join(lines) + "\n")
+    (twice / "metrics-2.jsonl").write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # replayed out of order
+    by_key = {o.key: r for o, r in zip(DEFAULT_OBJECTIVES, build_report([twice], DEFAULT_OBJECTIVES).results,
+                                         strict=True)}
+    assert by_key["cpu_average"].value == pytest.approx(0.46)
+    assert by_key["cpu_average"].status == "PASS"
+    assert by_key["command_p95"].samples == 20
+    assert _objectives_json([twice]) == _objectives_json([once])
+
+
+@pytest.mark.e2e
+def test_report_over_doubled_real_run_equals_the_original(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Every file of a real run delivered a second time (as a replaying spool would): the same table."""
+    doubled = tmp_path / "doubled"
+    shutil.copytree(runs["bad"], doubled / "first")
+    shutil.copytree(runs["bad"], doubled / "replayed")
+    assert _objectives_json([doubled]) == _objectives_json([runs["bad"]])
+
+
+@pytest.mark.parametrize("content", [
+    '{"resourceMetrics": 5}',
+    '{"resourceMetrics": [5]}',
+    '[1, 2]',
+    '{"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "x", "gauge": {"dataPoints": '
+    '[{"timeUnixNano": "soon", "asDouble": 1}]}}]}]}]}',
+    '[' * 100_000 + ']' * 100_000,
+], ids=["not-a-list", "not-an-object", "array", "bad-timestamp", "deep-nesting"])
+def test_valid_json_of_the_wrong_shape_exits_2_naming_file_and_line(tmp_path: Path, content: str) -> None:
+    """Exit status 1 means "objective missed" to a CI gate: a broken input must not look like one."""
+    good = _cpu_line(1_000_000_000, 0.1, 0.1)
+    (tmp_path / "metrics.jsonl").write_text(f"{good}\n{content}\n")
+    done = _report(str(tmp_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{tmp_path / 'metrics.jsonl'} line 2: not an OTLP metrics export request" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _gauge_line(name: str, unit: str, value: float, attributes: dict[str, object] | None = None,
+                time_ns: int = 1_000_000_000) -> str:
+    attrs = [{"key": k, "value": {"intValue": str(v)} if isinstance(v, int) else {"stringValue": str(v)}}
+             for k, v in (attributes or {}).items()]
+    return json.dumps({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
+        "scopeMetrics": [{"scope": {"name": "otel_perf"}, "metrics": [{
+            "name": name, "unit": unit,
+            "gauge": {"dataPoints": [{"timeUnixNano": str(time_ns), "asDouble": value, "attributes": attrs}]}}]}]}]})
+
+
+@pytest.mark.parametrize(("generation", "expected"), [
+    (2, "full collection (generation 2)"),
+    (0, "young collection (generation 0)"),
+])
+def test_a_missed_gc_objective_says_which_collections_and_what_to_do(tmp_path: Path, generation: int,
+                                                                     expected: str) -> None:
+    """The GC-pause miss names the generation of the longest pause and the next step for it."""
+    (tmp_path / "metrics.jsonl").write_text(
+        _gauge_line("otel_perf.gc.pause.max", "s", 0.003, {"cpython.gc.generation": 1}) + "\n"
+        + _gauge_line("otel_perf.gc.pause.max", "s", 0.031, {"cpython.gc.generation": generation}) + "\n")
+    done = _report(str(tmp_path))
+    assert done.returncode == 1
+    assert f"GC pause: The longest pause (31 ms in svc) was a {expected}" in " ".join(done.stdout.split())
+    assert ("gc.freeze()" if generation == 2 else "oversubscribed") in done.stdout
+    document = json.loads(_report("--format", "json", str(tmp_path)).stdout)
+    (gc_pause,) = [o for o in document["objectives"] if o["key"] == "gc_pause"]
+    assert expected in gc_pause["explanation"]
+    assert all(o["explanation"] is None for o in document["objectives"] if o["key"] != "gc_pause")
+
+
+@pytest.mark.e2e
+def test_every_miss_of_a_real_run_is_explained(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The slow run's command miss names its slowest pool; with every threshold tiny, each objective that
+    has data misses and each miss gets its own explanation, in text, Markdown, JSON and HTML."""
+    done = _report(str(runs["bad"]))
+    assert "command processing p95: Pool 'commands' is the slowest" in " ".join(done.stdout.split())
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text("[objectives]\n" + "".join(f"{o.key} = 1e-9\n" for o in DEFAULT_OBJECTIVES))
+    document = json.loads(_report("--objectives", str(tiny), "--format", "json", str(runs["bad"])).stdout)
+    missed = [o for o in document["objectives"] if o["status"] == "MISS"]
+    assert len(missed) >= 5
+    explanations = [o["explanation"] for o in missed]
+    assert all(explanations) and len(set(explanations)) == len(explanations)
+    markdown = _report("--objectives", str(tiny), "--format", "markdown", str(runs["bad"])).stdout
+    page = tmp_path / "page.html"
+    _report("--objectives", str(tiny), "--html", str(page), str(runs["bad"]))
+    for objective in missed:
+        assert f"- **{objective['title']}**: " in markdown
+        assert f"<li><strong>{objective['title']}</strong>: " in page.read_text()
+
+
+# --- the HTML report's charts ----------------------------------------------------------------------------
+
+def _run_within_the_objectives(directory: Path) -> Path:
+    """Files of a run well within every threshold: a GC pause of 1-3 ms against 10 ms, 12 threads against
+    1000, 20-40 % CPU against 70 %... the values that lay flat at the bottom of a chart scaled to 1.1x the
+    threshold."""
+    directory.mkdir()
+    lines = []
+    for second in range(1, 9):
+        t = second * 1_000_000_000
+        lines.append(_gauge_line("otel_perf.gc.pause.max", "s", 0.001 + 0.00025 * (second % 5),
+                                 {"cpython.gc.generation": 0}, t))
+        lines.append(_gauge_line("otel_perf.thread.peak", "{thread}", 10 + second % 4, None, t))
+        lines.append(_gauge_line("otel_perf.memory.peak", "By", (40 + 3 * second) * 2**20, None, t))
+        lines.append(_gauge_line("otel_perf.process_tree.memory.peak", "By", (60 + 5 * second) * 2**20, None, t))
+        lines.append(_cpu_line(t, 0.1 + 0.02 * (second % 3), 0.05))
+        lines.append(_line([(t, "a", [10 * second, 2 * second, 0, 0])]))
+    (directory / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def _svg_geometry(svg: str) -> tuple[float, float, list[float], dict[str, tuple[float, float]]]:
+    """(plot top, plot bottom, the line's y values, (x, y) of each text by its content) of one chart."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    rect = root.find(f"{ns}rect")
+    assert rect is not None
+    top = float(rect.get("y", 0))
+    bottom = top + float(rect.get("height", 0))
+    line = root.find(f"{ns}polyline")
+    ys = [float(pair.split(",")[1]) for pair in line.get("points", "").split()] if line is not None else []
+    texts = {text.text or "": (float(text.get("x", 0)), float(text.get("y", 0))) for text in root.iter(f"{ns}text")}
+    return top, bottom, ys, texts
+
+
+def test_charts_scale_to_the_data_and_keep_labels_apart(tmp_path: Path) -> None:
+    """Each line reaches the upper half of its chart; a threshold far above the data is named in a note,
+    one near it is drawn, and its label stays inside the chart at the right, away from the axis labels."""
+    import re
+
+    from otel_perf.report import _svg_chart
+
+    report = build_report([_run_within_the_objectives(tmp_path / "run")], DEFAULT_OBJECTIVES)
+    page = render_html(report)
+    charts = re.findall(r"<svg.*?</svg>", page)
+    assert len(charts) == len(DEFAULT_OBJECTIVES) - 1 + len(report.context)  # tools: no data
+    for svg in charts:
+        top, bottom, ys, _ = _svg_geometry(svg)
+        assert min(ys) <= (top + bottom) / 2, svg  # the highest value is in the upper half
+    gc_chart = next(svg for svg in charts if "GC pause" in svg)
+    assert "objective &lt; 10 ms, above the chart" in gc_chart
+    memory_chart = next(svg for svg in charts if "system total memory" in svg)
+    assert ">120 MiB<" in memory_chart  # a round top in the unit shown (the data peaks at 100 MiB)
+    for values, top_label in (([0.55, 0.6, 0.62], "80 %"), ([0.5, 0.7], "80 %"), ([0.65, 0.5], "80 %")):
+        svg = _svg_chart(list(enumerate(values)), "1", 0.7, "CPU")  # the threshold is near: drawn
+        top, bottom, ys, texts = _svg_geometry(svg)
+        assert 'stroke-dasharray="4 3"' in svg and min(ys) <= (top + bottom) / 2
+        threshold_x, threshold_y = texts["< 70 %"]
+        axis_x, _ = texts[top_label]
+        assert axis_x <= 70 < 400 <= threshold_x  # axis labels left of the plot, the threshold's at its right
+        assert top <= threshold_y - 9 and threshold_y <= bottom  # the whole label inside the plot
+    # The threshold on the top of the axis is drawn, not called "above the chart".
+    svg = _svg_chart([(1, 0.38), (2, 0.38)], "s", 0.5, "command p95")
+    assert 'stroke-dasharray="4 3"' in svg and "above the chart" not in svg
+
+
+def _bluish(pixel: tuple[int, int, int]) -> bool:
+    """The line's colour (#2c7be5), also where anti-aliasing blends it with the plot's fill."""
+    red, _, blue = pixel
+    return blue - red > 60 and blue > 180
+
+
+@pytest.mark.e2e
+def test_html_report_lines_use_half_the_chart_in_chromium(tmp_path: Path) -> None:
+    """Rendered by headless Chromium, every chart's line reaches into the upper half of its plot area."""
+    from tests.conftest import require_binary
+    from tests.helpers.png import read_png
+
+    chromium = require_binary("chromium", "chromium")
+    page = tmp_path / "report.html"
+    assert _report("--html", str(page), str(_run_within_the_objectives(tmp_path / "run"))).returncode == 0
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--force-device-scale-factor=1",
+                    "--window-size=1200,1400", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    image = read_png(shot)
+    plot = (250, 250, 250)  # the plot area's fill, #fafafa
+    bands: list[list[int]] = []  # rows of each horizontal band of charts
+    for y in range(image.height):
+        if sum(image.pixel(x, y) == plot for x in range(0, image.width, 4)) >= 80:
+            if bands and bands[-1][-1] >= y - 4:  # a horizontal line crossing the fill: the same band
+                bands[-1].append(y)
+            else:
+                bands.append([y])
+    charts = 0
+    for rows in bands:
+        middle = rows[len(rows) // 2]
+        columns = [x for x in range(image.width) if image.pixel(x, middle) == plot]
+        runs: list[list[int]] = []
+        for x in columns:
+            if runs and x - runs[-1][-1] <= 30:  # the line crosses the fill: still the same plot
+                runs[-1].append(x)
+            else:
+                runs.append([x])
+        for xs in (r for r in runs if r[-1] - r[0] > 300):
+            charts += 1
+            top, bottom = rows[0], rows[-1]
+            blue = [y for y in range(top, bottom + 1) for x in range(xs[0], xs[-1] + 1)
+                    if _bluish(image.pixel(x, y))]
+            assert blue, f"no line in the chart at x={xs[0]}, y={top}"
+            assert min(blue) <= (top + bottom) / 2, f"the line stays in the lower half of the chart at y={top}"
+    assert charts >= 6, charts  # the six objectives with data (and the context charts) were on screen
