@@ -1,4 +1,5 @@
-"""``otel-perf demo``: run the demo agent under the launcher with no backend, then print its report.
+"""``otel-perf demo``: run the demo agent under the launcher with no backend, print its report, write the
+HTML report next to the files, and end with the next steps (the charts, a flame graph, the deploy stack).
 
 Why this module exists: ``make demo`` is the project's main job on a fresh machine; it must show every
 part of otel-perf working end to end (launcher, instrumentations, file export, report) in under a minute.
@@ -64,5 +65,25 @@ def run(args: argparse.Namespace) -> int:
         return completed.returncode
     from otel_perf.cli import main as cli_main
 
-    status = cli_main(["report", str(output)])
+    page = output / "report.html"
+    status = cli_main(["report", str(output), "--html", str(page)])
+    if status in (0, 1):
+        sys.stdout.write(_next_steps(page))
     return status if args.strict else (0 if status in (0, 1) else status)
+
+
+def _next_steps(page: Path) -> str:
+    """What to do after the demo: the charts, a flame graph of a running program, the deploy stack."""
+    return (
+        "\nNext steps:\n"
+        f"  1. The same report with charts over the run: open {page.as_uri()}\n"
+        "  2. A flame graph of a running program: start it with the debug server on, e.g. the demo itself,\n"
+        "       OTEL_PERF_DEBUG_ADDR=127.0.0.1:6060 otel-perf demo --duration 60 &\n"
+        "     then take 10 seconds of CPU profile and open cpu.html:\n"
+        "       otel-perf profile http://127.0.0.1:6060 --seconds 10 --flamegraph cpu.html\n"
+        "  3. Traces, dashboards and alerts: the deploy stack runs this demo against a collector, Jaeger,\n"
+        "     Prometheus, Alertmanager and Grafana (docs/deploy.md). In otel-perf's repository:\n"
+        "       cd deploy && docker compose up -d\n"
+        "     then open Grafana http://127.0.0.1:3000 (the otel-perf dashboard), Jaeger http://127.0.0.1:16686\n"
+        "     and Prometheus' alerts http://127.0.0.1:9090/alerts.\n"
+    )

@@ -34,6 +34,12 @@ def test_demo_runs_every_instrumentation_and_ends_with_the_objectives_table(tmp_
     spans = {s.name for _, r in iter_requests(tmp_path / "out") for s in _otlpjson.spans(r)}
     assert "execute_tool summarize" in spans  # named only in OTEL_PERF_TOOLS
     assert "execute_tool search" in spans and "execute_tool fetch_remote" in spans
+    # It ends with what to do next: the HTML report it wrote, a flame graph, the deploy stack.
+    next_steps = done.stdout.partition("Next steps:")[2]
+    page = tmp_path / "out" / "report.html"
+    assert page.as_uri() in next_steps and "<svg" in page.read_text()
+    assert "otel-perf profile http://127.0.0.1:6060 --seconds 10 --flamegraph cpu.html" in next_steps
+    assert "docker compose up -d" in next_steps
 
 
 def test_demo_with_slow_jobs_misses_the_command_objective(tmp_path: Path) -> None:
