@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,3 +110,14 @@ def guarded(where: str) -> Iterator[None]:
 def _reset_for_tests() -> None:
     with _logged_lock:
         _logged.clear()
+
+
+def _replace_lock_after_fork() -> None:
+    # A forked child has only the thread that forked: a lock another thread held at that moment is never
+    # released there, and the child's first log_once (from its first collection, say) would wait forever.
+    global _logged_lock
+    _logged_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_replace_lock_after_fork)

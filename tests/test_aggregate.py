@@ -387,3 +387,27 @@ def test_delta_intervals_stay_consistent_while_threads_record() -> None:
         assert edges[first] < p.min <= edges[first + 1]
         assert edges[last] < p.max <= edges[last + 1]
     provider.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("lock", ["hooks", "publish"])
+def test_a_fork_while_a_publication_lock_is_held_does_not_deadlock_the_childs_collection(lock: str) -> None:
+    """A fork taken while another thread held the hook lock (instruments being made) or a histogram's
+    publication lock (a collection in progress): the child's first collection still runs."""
+    from otel_perf import _aggregate
+    from tests.helpers.forking import fork_while_held
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.fork.lock", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("t"))
+    held = _aggregate._hooks_lock if lock == "hooks" else hist._publish_lock
+
+    def child_collects() -> None:
+        hist.series({}).record(0.25)
+        (point,) = metric_points(reader, "test.fork.lock")
+        assert point.count == 1  # the child's own measurement only
+        AggregatedHistogram("test.fork.new", "s", "test", BOUNDS).bind(provider.get_meter("t2"))
+
+    assert fork_while_held(held, child_collects) == "ok"
+    provider.shutdown()

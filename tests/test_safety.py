@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -46,3 +47,11 @@ def test_guard_reraises_under_tests() -> None:
 def test_log_once() -> None:
     assert _safety.log_once("k", "message") is True
     assert _safety.log_once("k", "message") is False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_the_log_once_lock_is_held_does_not_deadlock_the_child() -> None:
+    """The child of a fork taken while another thread was inside log_once logs its own first message."""
+    from tests.helpers.forking import fork_while_held
+
+    assert fork_while_held(_safety._logged_lock, lambda: _safety.log_once("after-fork", "child")) == "ok"

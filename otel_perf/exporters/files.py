@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +64,20 @@ def request_to_json(request: Message) -> str:
     return json.dumps(_hex_ids(as_dict), separators=(",", ":"))
 
 
+_writers: weakref.WeakSet[_JsonLinesWriter] = weakref.WeakSet()
+
+
+def _replace_locks_after_fork() -> None:
+    # A lock held by another thread of the parent at fork time (an export in progress) stays held in the
+    # child, whose first export would then wait forever: each writer gets a new one.
+    for writer in list(_writers):
+        writer._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_replace_locks_after_fork)
+
+
 class _JsonLinesWriter:
     """Appends lines to ``<dir>/<signal>-<start>-<pid>.jsonl``; reopens after fork."""
 
@@ -74,8 +89,9 @@ class _JsonLinesWriter:
         self._stream = stream
         self._file: IO[str] | None = None
         self._pid = -1
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # replaced in a forked child (_replace_locks_after_fork)
         self.path: Path | None = Path(path) if path else None
+        _writers.add(self)
 
     def _open(self) -> IO[str]:
         if self._stream is not None:

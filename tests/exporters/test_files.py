@@ -96,3 +96,24 @@ def test_truncated_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixt
     path.write_text('{"resourceSpans":[]}\n{"resourceSp')
     assert len(list(iter_requests(path))) == 1
     assert "is not JSON" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_during_an_export_does_not_deadlock_the_childs_first_export(tmp_path: Path) -> None:
+    """Another thread of the parent was writing (its lock held) when the program forked: the child's own
+    first export still writes, into the child's own file."""
+    from tests.helpers.forking import fork_while_held
+
+    exporter = FileSpanExporter(directory=tmp_path)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.get_tracer("t").start_span("parent").end()
+
+    def child_exports() -> None:
+        provider.get_tracer("t").start_span("child").end()
+
+    assert fork_while_held(exporter._writer._lock, child_exports) == "ok"
+    names = sorted(s.name for _, r in iter_requests(tmp_path) for s in _otlpjson.spans(r))
+    assert names == ["child", "parent"]
+    assert len(list(tmp_path.iterdir())) == 2  # one file per process
+    provider.shutdown()
