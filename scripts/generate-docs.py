@@ -86,8 +86,42 @@ def telemetry() -> str:
               f"- durations (s): `{list(_semconv.DURATION_BOUNDARIES)}`",
               f"- `gen_ai.execute_tool.duration` (s): `{list(_semconv.TOOL_DURATION_BOUNDARIES)}`",
               f"- GC pauses (s): `{list(_semconv.GC_PAUSE_BOUNDARIES)}`",
-              f"- sizes (By): `{list(_semconv.SIZE_BOUNDARIES)}`"]
+              f"- sizes (By): `{list(_semconv.SIZE_BOUNDARIES)}`", "", TELEMETRY_NOTES]
     return "\n".join(lines) + "\n"
+
+
+# Hand-written: how to read some of the values above (kept here so that the page stays generated).
+TELEMETRY_NOTES = """## Reading the values
+
+**Delta and cumulative temporality.** Every histogram, also those otel-perf aggregates in plain Python on hot
+paths (pool jobs, parses, tool calls, programs, GC pauses, event-loop lag), is exported with the temporality the
+reader asks for (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`). Under `delta` each point holds its
+interval alone: the count, sum and buckets of the measurements taken since the previous export, and their own
+min and max. Under `cumulative` each point holds the run so far, min and max included. Several readers (say
+OTLP with delta and Prometheus, cumulative) and several meter providers each get their own correct points.
+Sums of intervals are differences of running float totals, so they may differ from the exact sum in the last
+digits. Counters and up-down counters follow the SDK's rules for the same preference; gauges are the same under
+both.
+
+**Library shutdown.** `handle.shutdown()` and `otel_perf.shutdown()` run the last metric collection while every
+instrumentation is still on, so they export the same metrics as an exit through `atexit`; only then are the
+instrumentations removed and the tracer and logger providers flushed and shut down (providers the user made are
+flushed, never shut down). Under `opentelemetry-instrument`, `otel_perf.shutdown()` does nothing: the launcher's
+providers export at exit.
+
+**Process-tree peak.** `otel_perf.process_tree.memory.peak` is the largest resident size of the process tree
+(the root process and all its descendants) sampled at every memory check (`OTEL_PERF_MEMORY_CHECK_INTERVAL`) and
+every collection, the last one at exit. A spike between two samples is not seen in the sum, so the peak is also
+never below the peak of any member of the tree: the root's own `ru_maxrss` (what `otel_perf.memory.peak`
+reports), each live descendant's `VmHWM`, and the largest `ru_maxrss` of the descendants that ended and were
+waited for. It is therefore at least as large as `otel_perf.memory.peak` of the root, at every collection.
+
+**A program's peak memory.** `otel_perf.process.max_rss` on a program's span is only there when it is the
+child's own. On Linux the peak that `wait4` reports for a child also covers the image it had before `exec`, a
+copy of the launching process (`/bin/true` run from a Python process holding 400 MiB reads 439 MiB). So it is
+reported only when it is above the launching process's own peak at reaping: the child then grew beyond
+anything it inherited. A program smaller than its parent has no `max_rss` rather than the parent's number; its
+CPU times (`otel_perf.process.cpu.user`, `otel_perf.process.cpu.system`) are always its own."""
 
 
 PAGES = {"docs/configuration.md": configuration, "docs/telemetry.md": telemetry}
