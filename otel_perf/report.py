@@ -339,8 +339,13 @@ def _explain_gc(result: Result, points_by_name: dict[str, list[MetricPoint]]) ->
     generation = longest.attributes.get("cpython.gc.generation") if longest is not None else None
     where = f" in {_process(longest.resource)}" if longest is not None else ""
     above, total = _above(points_by_name.get("otel_perf.gc.pause.duration", []), objective.threshold)
-    share = f"; {above} of {total} pauses took {_format(objective.threshold, objective.unit)} or more" \
+    share = f"; {above} of {total} pauses took more than {_format(objective.threshold, objective.unit)}" \
         if total else ""
+    if generation == 2 and longest is not None and _at_start_up(longest, points_by_name):
+        return (f"The longest pause ({value}{where}) was a full collection (generation 2) at start-up, in the "
+                f"process's first export interval{share}. Imports build the heap then (the OpenTelemetry stack "
+                "alone holds about 40 000 objects): a one-off cost, which gc.freeze() cannot avoid; raising the "
+                "thresholds while importing (gc.set_threshold()) makes it rarer.")
     if generation == 2:
         return (f"The longest pause ({value}{where}) was a full collection (generation 2){share}. A full "
                 "collection walks every object the program holds: call gc.freeze() once start-up (imports, "
@@ -354,6 +359,12 @@ def _explain_gc(result: Result, points_by_name: dict[str, list[MetricPoint]]) ->
                 "once, and compare; if it stays, look for large containers created and dropped in bursts.")
     return (f"The longest pause was {value}{where}{share}. Full collections (generation 2) are shortened by "
             "gc.freeze() after start-up; long young collections point at CPUs that were oversubscribed.")
+
+
+def _at_start_up(point: MetricPoint, points_by_name: dict[str, list[MetricPoint]]) -> bool:
+    """Whether ``point`` is from its process's first export (its gauge covers the start-up)."""
+    same = {p.time for p in points_by_name.get(point.name, []) if p.resource == point.resource}
+    return len(same) > 1 and point.time == min(same)
 
 
 def _explain(result: Result, points_by_name: dict[str, list[MetricPoint]]) -> str:

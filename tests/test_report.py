@@ -352,20 +352,25 @@ def _gauge_line(name: str, unit: str, value: float, attributes: dict[str, object
             "gauge": {"dataPoints": [{"timeUnixNano": str(time_ns), "asDouble": value, "attributes": attrs}]}}]}]}]})
 
 
-@pytest.mark.parametrize(("generation", "expected"), [
-    (2, "full collection (generation 2)"),
-    (0, "young collection (generation 0)"),
-])
-def test_a_missed_gc_objective_says_which_collections_and_what_to_do(tmp_path: Path, generation: int,
-                                                                     expected: str) -> None:
-    """The GC-pause miss names the generation of the longest pause and the next step for it."""
+@pytest.mark.parametrize(("generation", "first", "expected", "advice"), [
+    (2, False, "full collection (generation 2).", "call gc.freeze() once start-up"),
+    (2, True, "full collection (generation 2) at start-up", "gc.freeze() cannot avoid"),
+    (0, False, "young collection (generation 0).", "oversubscribed"),
+], ids=["full", "full-at-start-up", "young"])
+def test_a_missed_gc_objective_says_which_collections_and_what_to_do(
+    tmp_path: Path, generation: int, first: bool, expected: str, advice: str
+) -> None:
+    """The GC-pause miss names the generation of the longest pause, whether it came at start-up (the
+    process's first export), and the next step for that case."""
+    at = 1_000_000_000 if first else 2_000_000_000
     (tmp_path / "metrics.jsonl").write_text(
-        _gauge_line("otel_perf.gc.pause.max", "s", 0.003, {"cpython.gc.generation": 1}) + "\n"
-        + _gauge_line("otel_perf.gc.pause.max", "s", 0.031, {"cpython.gc.generation": generation}) + "\n")
+        _gauge_line("otel_perf.gc.pause.max", "s", 0.003, {"cpython.gc.generation": 1}, 1_000_000_000) + "\n"
+        + _gauge_line("otel_perf.gc.pause.max", "s", 0.002, {"cpython.gc.generation": 1}, 2_000_000_000) + "\n"
+        + _gauge_line("otel_perf.gc.pause.max", "s", 0.031, {"cpython.gc.generation": generation}, at) + "\n")
     done = _report(str(tmp_path))
     assert done.returncode == 1
     assert f"GC pause: The longest pause (31 ms in svc) was a {expected}" in " ".join(done.stdout.split())
-    assert ("gc.freeze()" if generation == 2 else "oversubscribed") in done.stdout
+    assert advice in " ".join(done.stdout.split())
     document = json.loads(_report("--format", "json", str(tmp_path)).stdout)
     (gc_pause,) = [o for o in document["objectives"] if o["key"] == "gc_pause"]
     assert expected in gc_pause["explanation"]
