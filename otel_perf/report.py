@@ -14,8 +14,8 @@ How values are measured:
 - ``max`` objectives take the largest value any point reported.
 - CPU average sums ``user`` and ``system`` utilisation per collection, averages that over the run per
   process, and reports the busiest process.
-- Identical points (same resource, scope, metric, attributes and timestamps) count once: durable export
-  may deliver a batch twice after a crash, and adding the copies would double sums and averages.
+- Identical points (same resource, scope, metric, attributes, timestamps and values) count once: durable
+  export may deliver a batch twice after a crash, and adding the copies would double sums and averages.
 
 Every missed objective gets a short explanation: what in the run missed it (the slowest pool or tool, the
 generation of the longest GC pause, the busiest process...) and what the user can do next.
@@ -457,9 +457,12 @@ def _requests(root: Path) -> Iterator[tuple[Path, int, Any]]:
 
 
 def _point_key(point: MetricPoint) -> tuple[Any, ...]:
-    """What makes a point the same point: resource, scope, metric, attributes and timestamps."""
+    """What makes a point the same point: resource, scope, metric, attributes and timestamps, and its
+    values too, so that two instruments of one name on one meter (the SDK warns, and exports both) never
+    lose a point to each other; a batch delivered twice repeats all of it."""
     return (point.name, point.scope, _items(point.resource), _items(point.attributes), point.start_time,
-            point.time)
+            point.time, point.value, point.count, point.sum, point.min, point.max, tuple(point.bucket_counts),
+            tuple(point.explicit_bounds))
 
 
 def _items(attributes: dict[str, Any]) -> tuple[tuple[str, str], ...]:

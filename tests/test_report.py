@@ -314,6 +314,16 @@ def test_points_delivered_twice_count_once(tmp_path: Path) -> None:
     assert _objectives_json([twice]) == _objectives_json([once])
 
 
+def test_two_instruments_of_one_name_both_count(tmp_path: Path) -> None:
+    """Points alike in everything but their values are two measurements (two instruments of one name on
+    one meter export both, at the same timestamp), not a duplicate: the larger peak counts."""
+    for order in ((100, 300), (300, 100)):
+        (tmp_path / "metrics.jsonl").write_text("".join(
+            _gauge_line("otel_perf.process_tree.memory.peak", "By", mib * 2**20) + "\n" for mib in order))
+        by_key = {r.objective.key: r for r in build_report([tmp_path], DEFAULT_OBJECTIVES).results}
+        assert by_key["system_memory"].value == 300 * 2**20
+
+
 @pytest.mark.e2e
 def test_report_over_doubled_real_run_equals_the_original(runs: dict[str, Path], tmp_path: Path) -> None:
     """Every file of a real run delivered a second time (as a replaying spool would): the same table."""
