@@ -445,12 +445,19 @@ class AggregatedHistogram:
         Binding twice to the same meter is harmless. What was recorded before binding is published at
         the first collection.
         """
+        with self._lock:
+            for binding in self._bindings:
+                if binding.meter is meter:
+                    return binding.instrument
+        # Made with none of our locks held: the SDK takes its collection lock to register an instrument,
+        # and holds that lock while it runs the publication callbacks, which take ours.
+        binding = _Binding(self, meter)
         with self._publish_lock:
             with self._lock:
-                for binding in self._bindings:
-                    if binding.meter is meter:
-                        return binding.instrument
-            binding = _Binding(self, meter)
+                for other in self._bindings:
+                    if other.meter is meter:  # another thread bound the same meter meanwhile
+                        binding.active = False
+                        return other.instrument
             self._take_intervals()  # the bindings there are get what was recorded until now...
             for series in self.all_series():  # ...and the new one starts from everything taken
                 total = series.total()
@@ -458,7 +465,7 @@ class AggregatedHistogram:
                     binding.pending[series.key] = (series, total)
             with self._lock:
                 self._bindings.append(binding)
-            return binding.instrument
+        return binding.instrument
 
     def unbind(self, meter: Meter | None = None) -> None:
         """Stop publishing into ``meter`` (all meters when None)."""
@@ -539,26 +546,30 @@ class _Binding:
         # meter would return the first instrument and drop the new callback, so the hook is created once
         # per meter and publishes every binding registered under it since (re-instrumenting on the same
         # meter keeps publishing).
+        # The hook is created outside the lock: the SDK registers it under its collection lock, which a
+        # collection holds while it runs this very callback (which takes the hook lock).
         with _hooks_lock:
             bindings = _publish_hooks.get(meter)
+            created = bindings is None
             if bindings is None:
                 bindings = _publish_hooks[meter] = weakref.WeakSet()
-                hooked = bindings
-
-                def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
-                    with _hooks_lock:
-                        current = list(hooked)
-                    for binding in current:
-                        if binding.active:
-                            binding.publish()
-                    return ()
-
-                meter.create_observable_gauge(
-                    "otel_perf.internal.publish",
-                    callbacks=[_publish_callback],
-                    description="otel-perf publication hook; emits no data",
-                )
             bindings.add(self)
+        if created:
+            hooked = bindings
+
+            def _publish_callback(options: CallbackOptions) -> Iterable[Observation]:
+                with _hooks_lock:
+                    current = list(hooked)
+                for binding in current:
+                    if binding.active:
+                        binding.publish()
+                return ()
+
+            meter.create_observable_gauge(
+                "otel_perf.internal.publish",
+                callbacks=[_publish_callback],
+                description="otel-perf publication hook; emits no data",
+            )
 
     @guard
     def publish(self) -> None:

@@ -411,3 +411,40 @@ def test_a_fork_while_a_publication_lock_is_held_does_not_deadlock_the_childs_co
 
     assert fork_while_held(held, child_collects) == "ok"
     provider.shutdown()
+
+
+def test_binding_while_a_collection_runs_does_not_deadlock() -> None:
+    """Instrumenting (a histogram bound to a new meter) while a collection of the same provider is under
+    way: the SDK holds its collection lock while it runs callbacks and takes it to register an instrument,
+    so binding must not hold a lock the publication callback takes."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    started, go_on = threading.Event(), threading.Event()
+
+    def slow_callback(options: object) -> list[object]:  # runs first: registered before the hook
+        started.set()
+        go_on.wait(10)
+        return []
+
+    provider.get_meter("user").create_observable_gauge("user.gauge", callbacks=[slow_callback])
+    first = AggregatedHistogram("test.bind.first", "s", "test", BOUNDS)
+    first.bind(provider.get_meter("t"))
+    first.series({}).record(0.25)
+    collected: list[object] = []
+    collector = threading.Thread(target=lambda: collected.extend(metric_points(reader, "test.bind.first")),
+                                 daemon=True)
+    collector.start()
+    assert started.wait(10)
+    second = AggregatedHistogram("test.bind.second", "s", "test", BOUNDS)
+    binder = threading.Thread(target=second.bind, args=(provider.get_meter("t2"),), daemon=True)
+    binder.start()
+    time.sleep(0.3)  # the binder now waits for the SDK's collection lock
+    go_on.set()
+    collector.join(10)
+    binder.join(10)
+    assert not collector.is_alive() and not binder.is_alive(), "deadlocked"
+    assert [p.count for p in collected] == [1]
+    second.series({}).record(0.5)
+    (point,) = metric_points(reader, "test.bind.second")
+    assert point.count == 1
+    provider.shutdown()
