@@ -25,10 +25,11 @@ minor version. Any surprise there switches this module to the fallback, logged o
 
 Consistency without a lock: a record updates its bucket first (the one call, ``bisect``), then count, sum,
 min and max with no call in between, and a publication copies a cell and resets its min and max with no
-call in between either. CPython (3.11 and newer, with the GIL) switches threads and runs the collector only
-at calls and loop jumps, so a publication sees a record whole or not at all. On 3.10 a record that races a
-publication may lend its min or max to the neighbouring interval (never its count, sum or bucket); a
-published min or max is always kept inside its interval's lowest and highest non-empty buckets.
+call in between either. CPython 3.11 and newer (with the GIL) switch threads, run signal handlers and run
+the collector only at function calls and entries and at backward jumps, so a publication sees a record
+whole or not at all. On 3.10 a record that races a publication may have its sum, min or max counted in the
+neighbouring interval (its bucket, and so the count, in one of them; the totals stay exact); a published
+min or max is always kept inside its interval's lowest and highest non-empty buckets.
 """
 
 from __future__ import annotations
