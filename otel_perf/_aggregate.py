@@ -389,6 +389,7 @@ class AggregatedHistogram:
         # under way waits for it, so it exports everything recorded before it started.
         self._publish_lock = threading.Lock()
         self._bindings: list[_Binding] = []
+        self._dormant: list[_Binding] = []  # unbound; what they have still to publish waits for a new bind
         self._drains: list[Callable[[], None]] = []
         _all_histograms.add(self)
 
@@ -450,6 +451,12 @@ class AggregatedHistogram:
             for binding in self._bindings:
                 if binding.meter is meter:
                     return binding.instrument
+            for binding in self._dormant:
+                if binding.meter is meter:  # bound again (instrumented again): publish from where it stopped
+                    self._dormant.remove(binding)
+                    self._bindings.append(binding)
+                    binding.active = True
+                    return binding.instrument
         # Made with none of our locks held: the SDK takes its collection lock to register an instrument,
         # and holds that lock while it runs the publication callbacks, which take ours.
         binding = _Binding(self, meter)
@@ -469,13 +476,17 @@ class AggregatedHistogram:
         return binding.instrument
 
     def unbind(self, meter: Meter | None = None) -> None:
-        """Stop publishing into ``meter`` (all meters when None)."""
+        """Stop publishing into ``meter`` (all meters when None).
+
+        The binding stays dormant: the SDK keeps the instrument and what it received, so binding the same
+        meter again publishes from where this one stopped, never the same measurements twice.
+        """
         with self._lock:
             keep = []
             for binding in self._bindings:
                 if meter is None or binding.meter is meter:
                     binding.active = False
-                    binding.pending = {}
+                    self._dormant.append(binding)
                 else:
                     keep.append(binding)
             self._bindings = keep
@@ -494,7 +505,7 @@ class AggregatedHistogram:
         gets every interval once, with that interval's min and max, however the collections interleave.
         """
         with self._lock:
-            bindings = list(self._bindings)
+            bindings = self._bindings + self._dormant
             series_now = list(self._series.values())
         for series in series_now:
             interval = series.take()
@@ -514,7 +525,7 @@ class AggregatedHistogram:
         self._publish_lock = threading.Lock()
         for series in list(self._series.values()):
             series._reset()
-        for binding in self._bindings:
+        for binding in self._bindings + self._dormant:
             binding.pending = {}
             _forget_sdk_points(binding.instrument)
 

@@ -448,3 +448,24 @@ def test_binding_while_a_collection_runs_does_not_deadlock() -> None:
     (point,) = metric_points(reader, "test.bind.second")
     assert point.count == 1
     provider.shutdown()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["cumulative", "delta"])
+def test_binding_a_meter_again_publishes_each_measurement_once(delta: bool) -> None:
+    """Instrument, uninstrument, instrument again on the same meter (a second configure(), say): the SDK
+    kept what it received, so only what it has not received yet is published (it got the history again)."""
+    reader = _delta_reader() if delta else InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    hist = AggregatedHistogram("test.rebind", "s", "test", BOUNDS)
+    hist.bind(provider.get_meter("otel_perf"))
+    series = hist.series({})
+    series.record(0.25)
+    assert [p.count for p in metric_points(reader, "test.rebind")] == [1]
+    hist.unbind(provider.get_meter("otel_perf"))
+    series.record(0.75)  # while unbound: nothing published...
+    assert [p.count for p in metric_points(reader, "test.rebind")] == ([] if delta else [1])
+    hist.bind(provider.get_meter("otel_perf"))
+    series.record(0.375)
+    (point,) = metric_points(reader, "test.rebind")  # ...until bound again: then exactly once
+    assert _point_values(point) == _expected([0.75, 0.375] if delta else [0.25, 0.75, 0.375])
+    provider.shutdown()
