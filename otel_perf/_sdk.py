@@ -390,6 +390,7 @@ def configure(
             _handle = handle
             return handle
         with guarded("configure"):
+            set_settings(effective)  # the exporters made below read them (configure(spool_dir=...))
             resource = _make_resource(service_name)
             handle.tracer_provider, owns_t = _setup_tracing(resource, effective, tracer_provider)
             handle.meter_provider, owns_m = _setup_metrics(resource, effective, meter_provider)

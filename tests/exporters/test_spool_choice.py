@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from otel_perf._config import load_settings
 from otel_perf.exporters._spool import check_directory
 from otel_perf.exporters.otlp import apply_spool_choice, spooled_exporter_names
+from tests.conftest import clean_env
 
 
 def _settings(spool_dir: Path | None) -> object:
@@ -75,3 +80,25 @@ def test_check_directory_says_why_and_looking_changes_nothing(tmp_path: Path, ca
     assert check_directory(fresh) is None and sorted(p.name for p in fresh.iterdir()) == [
         "logs", "metrics", "traces"]
     assert not list(fresh.rglob(".tmp-*"))
+
+
+def test_configure_spools_into_the_directory_given_as_an_argument(tmp_path: Path) -> None:
+    """configure(spool_dir=...) spools there, not into the temporary directory the exporter uses when no
+    directory is set: the exporters read the settings configure() is putting in force."""
+    script = textwrap.dedent(f"""
+        import os
+        import otel_perf
+        from opentelemetry import trace
+        handle = otel_perf.configure(spool_dir={str(tmp_path / "spool")!r})
+        with trace.get_tracer("app").start_as_current_span("kept"):
+            pass
+        trace.get_tracer_provider().force_flush()
+        os._exit(0)  # like a SIGKILL: leave what is spooled
+    """)
+    (tmp_path / "tmp").mkdir()
+    env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_TIMEOUT="1",
+                    TMPDIR=str(tmp_path / "tmp"))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert list((tmp_path / "spool" / "traces").glob("*.otlp"))
+    assert not os.listdir(tmp_path / "tmp")
