@@ -259,7 +259,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "Seconds between memory-pressure checks.", range_doc="0.1 to 3600 seconds", low=0.1,
             high=3600.0),
     Setting("eventloop_lag_interval", "OTEL_PERF_EVENTLOOP_LAG_INTERVAL", 0.5, _parse_seconds,
-            "Seconds between event-loop lag probes.", range_doc="0.05 to 3600 seconds", low=0.05,
+            "Seconds between event-loop lag probes.", range_doc="0.01 to 3600 seconds", low=0.01,
             high=3600.0),
     Setting("debug_addr", "OTEL_PERF_DEBUG_ADDR", None, _parse_address_str,
             "host:port for the pprof debug server (off when unset).", default_doc="",
