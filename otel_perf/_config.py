@@ -5,14 +5,19 @@ Why this module exists: settings are read from the environment by both ways in (
 generated reference docs in step. Precedence is ``configure()`` argument > ``OTEL_PERF_*`` > standard
 ``OTEL_*`` > default, and an empty value counts as unset (STYLE.md, "Configuration and errors").
 
-A malformed environment value never raises into the host program: it logs one warning naming the
-variable, the value and the default used instead. A malformed ``configure()`` argument raises
-:class:`~otel_perf.errors.ConfigError`, because the caller can fix it.
+Every setting has a range (its row's ``range_doc``; numbers also ``low``/``high``). A malformed
+environment value never raises into the host program: it logs one warning naming the variable, the value
+and the default used instead; a number outside its range is reported the same way and clamped to the
+nearest end of the range. Only the root process of a process tree warns (its children read the same
+environment, so they would repeat the same lines into the program's output). A malformed or out-of-range
+``configure()`` argument raises :class:`~otel_perf.errors.ConfigError`, because the caller can fix it.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
+import math
 import os
 import re
 import threading
@@ -44,15 +49,8 @@ def _parse_seconds(raw: str) -> float:
         value = float(raw.strip())
     except ValueError:
         raise ValueError("a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("a finite number of seconds >= 0")
-    return value
-
-
-def _parse_positive_seconds(raw: str) -> float:
-    value = _parse_seconds(raw)
-    if value <= 0:
-        raise ValueError("a number of seconds > 0")
+    if math.isnan(value):
+        raise ValueError("a number of seconds")
     return value
 
 
@@ -61,19 +59,16 @@ def _parse_ratio(raw: str) -> float:
         value = float(raw.strip())
     except ValueError:
         raise ValueError("a ratio between 0 and 1, such as 0.8") from None
-    if not 0 < value <= 1:
+    if math.isnan(value):
         raise ValueError("a ratio between 0 and 1, such as 0.8")
     return value
 
 
-def _parse_nonnegative_int(raw: str) -> int:
+def _parse_int(raw: str) -> int:
     try:
-        value = int(raw.strip())
+        return int(raw.strip())
     except ValueError:
-        raise ValueError("a whole number >= 0") from None
-    if value < 0:
-        raise ValueError("a whole number >= 0")
-    return value
+        raise ValueError("a whole number") from None
 
 
 _SIZE_UNITS: Final = {
@@ -139,10 +134,15 @@ def _parse_builtin_parsers(raw: str) -> tuple[str, ...]:
 
 def _parse_token(raw: str) -> str:
     value = raw.strip()
-    # The token travels in an HTTP header: printable ASCII without spaces.
-    if not all(33 <= ord(c) <= 126 for c in value):
-        raise ValueError("a token of printable ASCII characters without spaces")
+    # The token travels in an HTTP header: printable ASCII without spaces, within a header line's limit.
+    if not all(33 <= ord(c) <= 126 for c in value) or len(value) > 4096:
+        raise ValueError("a token of 1 to 4096 printable ASCII characters without spaces")
     return value
+
+
+def _parse_path(raw: str) -> str:
+    # Whether the directory can be used is checked where it is used (durable export), which says why.
+    return raw.strip()
 
 
 def _parse_directory(raw: str) -> str:
@@ -174,7 +174,8 @@ def _parse_address_str(raw: str) -> str:
 
 
 class _PartialValue(ValueError):
-    """A list value with some bad entries: warn about them and use the rest."""
+    """A value that is usable only in part (a list with bad entries, a number outside its range): warn
+    about it and use ``usable``."""
 
     def __init__(self, usable: Any, expected: str) -> None:
         super().__init__(expected)
@@ -192,54 +193,97 @@ class Setting:
     doc: str
     default_doc: str = ""
     also_env: tuple[str, ...] = ()  # standard OTEL_* variables consulted after env
+    range_doc: str = ""  # the values it accepts, for the docs and the out-of-range message
+    low: float | None = None  # numbers below are clamped to this
+    high: float | None = None  # numbers above are clamped to this
 
+    def parse_value(self, raw: str) -> Any:
+        """Parse ``raw`` and check its range.
+
+        Raises:
+            _PartialValue: usable in part; ``usable`` is the value to use (e.g. clamped into the range).
+            ValueError: malformed; the message says what was expected.
+        """
+        value = self.parse(raw)
+        if self.low is not None and value < self.low:
+            raise _PartialValue(type(value)(self.low), f"in the range {self.range_doc}")
+        if self.high is not None and value > self.high:
+            raise _PartialValue(type(value)(self.high), f"in the range {self.range_doc}")
+        return value
+
+
+_BOOL = "true or false (also 1/0, yes/no, on/off)"
+_DOTTED = "comma-separated `pkg.mod:func` or `pkg.mod:Class.method`"
+_PATH = "a directory path"
+#: tracemalloc's own limit of frames per traceback (``tracemalloc.start()`` raises above it).
+_TRACEMALLOC_MAX_FRAMES = 65535
+_MIB = 1024**2
+_EIB = 1024**6
 
 SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("enabled", "OTEL_PERF_ENABLED", True, _parse_bool, "Master switch: false turns otel-perf off."),
+    Setting("enabled", "OTEL_PERF_ENABLED", True, _parse_bool, "Master switch: false turns otel-perf off.",
+            range_doc=_BOOL),
     Setting("pool_spans", "OTEL_PERF_POOL_SPANS", True, _parse_bool,
-            "A span per pool job (pool metrics are always on)."),
+            "A span per pool job (pool metrics are always on).", range_doc=_BOOL),
     Setting("tools", "OTEL_PERF_TOOLS", (), _parse_dotted,
-            "Dotted paths `pkg.mod:func,pkg.mod:Class.method` of callables to treat as tools."),
+            "Dotted paths `pkg.mod:func,pkg.mod:Class.method` of callables to treat as tools.",
+            range_doc=_DOTTED),
     Setting("tool_capture_content", "OTEL_PERF_TOOL_CAPTURE_CONTENT", False, _parse_bool,
             "Record tool arguments and results (JSON, truncated) on execute_tool spans.",
-            also_env=("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",)),
+            also_env=("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",), range_doc=_BOOL),
     Setting("subprocess_capture_args", "OTEL_PERF_SUBPROCESS_CAPTURE_ARGS", False, _parse_bool,
-            "Record program arguments (`process.command_args`), secret-looking values redacted."),
+            "Record program arguments (`process.command_args`), secret-looking values redacted.",
+            range_doc=_BOOL),
     Setting("parsers", "OTEL_PERF_PARSERS", (), _parse_dotted,
-            "Dotted paths of the user's own parse functions."),
+            "Dotted paths of the user's own parse functions.", range_doc=_DOTTED),
     Setting("parsers_builtin", "OTEL_PERF_PARSERS_BUILTIN", BUILTIN_PARSERS, _parse_builtin_parsers,
             "`all`, `none`, or a comma-separated list of built-in parser names "
-            "(json, argparse, shlex, tomllib, xml, yaml).", default_doc="all"),
+            "(json, argparse, shlex, tomllib, xml, yaml).", default_doc="all",
+            range_doc="`all`, `none` or names"),
     Setting("parse_span_min_duration", "OTEL_PERF_PARSE_SPAN_MIN_DURATION", 0.01, _parse_seconds,
-            "Seconds; parses slower than this get a span."),
-    Setting("parse_span_min_bytes", "OTEL_PERF_PARSE_SPAN_MIN_BYTES", 1048576, _parse_nonnegative_int,
-            "Bytes; parses of larger inputs get a span."),
+            "Seconds; parses slower than this get a span.", range_doc="0 to 3600 seconds", low=0.0,
+            high=3600.0),
+    Setting("parse_span_min_bytes", "OTEL_PERF_PARSE_SPAN_MIN_BYTES", 1048576, _parse_int,
+            "Bytes; parses of larger inputs get a span.", range_doc="0 to 1099511627776 bytes (1 TiB)",
+            low=0, high=1024**4),
     Setting("memory_limit", "OTEL_PERF_MEMORY_LIMIT", None, parse_size,
             "Memory limit in bytes, with optional KiB/MiB/GiB suffix; default: detected from the cgroup, "
-            "else physical memory.", default_doc="(detected)"),
+            "else physical memory.", default_doc="(detected)", range_doc="1MiB to 1EiB", low=_MIB,
+            high=_EIB),
     Setting("memory_threshold", "OTEL_PERF_MEMORY_THRESHOLD", 0.8, _parse_ratio,
-            "Pressure ratio (usage / limit) that counts as high."),
+            "Pressure ratio (usage / limit) that counts as high.", range_doc="0.01 to 1", low=0.01,
+            high=1.0),
     Setting("memory_cleanup", "OTEL_PERF_MEMORY_CLEANUP", False, _parse_bool,
-            "Run gc.collect() and malloc_trim(0) when pressure is high."),
-    Setting("memory_check_interval", "OTEL_PERF_MEMORY_CHECK_INTERVAL", 5.0, _parse_positive_seconds,
-            "Seconds between memory-pressure checks."),
-    Setting("eventloop_lag_interval", "OTEL_PERF_EVENTLOOP_LAG_INTERVAL", 0.5, _parse_positive_seconds,
-            "Seconds between event-loop lag probes."),
+            "Run gc.collect() and malloc_trim(0) when pressure is high.", range_doc=_BOOL),
+    Setting("memory_check_interval", "OTEL_PERF_MEMORY_CHECK_INTERVAL", 5.0, _parse_seconds,
+            "Seconds between memory-pressure checks.", range_doc="0.1 to 3600 seconds", low=0.1,
+            high=3600.0),
+    Setting("eventloop_lag_interval", "OTEL_PERF_EVENTLOOP_LAG_INTERVAL", 0.5, _parse_seconds,
+            "Seconds between event-loop lag probes.", range_doc="0.01 to 3600 seconds", low=0.01,
+            high=3600.0),
     Setting("debug_addr", "OTEL_PERF_DEBUG_ADDR", None, _parse_address_str,
-            "host:port for the pprof debug server (off when unset).", default_doc=""),
+            "host:port for the pprof debug server (off when unset).", default_doc="",
+            range_doc="host:port, port 0 to 65535"),
     Setting("debug_token", "OTEL_PERF_DEBUG_TOKEN", None, _parse_token,
             "Bearer token every debug-server request must present; required for non-loopback binds.",
-            default_doc=""),
-    Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_nonnegative_int,
-            "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks."),
-    Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_directory,
-            "Enables durable export: each batch is kept in this directory until the backend accepts it.",
-            default_doc=""),
+            default_doc="", range_doc="1 to 4096 printable ASCII characters, no spaces"),
+    Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_int,
+            "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks.",
+            range_doc=f"0 to {_TRACEMALLOC_MAX_FRAMES} frames", low=0, high=_TRACEMALLOC_MAX_FRAMES),
+    Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_path,
+            "Enables durable export: each batch is kept in this directory until the backend accepts it; "
+            "an `otlp` exporter then spools too. A directory that cannot be used is reported once and "
+            "export falls back to plain OTLP.", default_doc="",
+            range_doc="a directory this process can create and write"),
     Setting("spool_max_bytes", "OTEL_PERF_SPOOL_MAX_BYTES", 268435456, parse_size,
-            "Bound of the spool in bytes (oldest entries are dropped first)."),
+            "Bound of the spool in bytes (oldest entries are dropped first).", range_doc="1MiB to 1EiB",
+            low=_MIB, high=_EIB),
     Setting("output_dir", "OTEL_PERF_OUTPUT_DIR", "./otel-perf-data", _parse_directory,
-            "Directory for OTLP JSON lines files when no OTLP endpoint is set."),
+            "Directory for OTLP JSON lines files when no OTLP endpoint is set.", range_doc=_PATH),
 )
+
+#: ``OTEL_PERF_*`` variables that are not settings: otel-perf sets them for its own child processes.
+INTERNAL_ENV_VARS: Final = ("OTEL_PERF_ROOT_PID",)
 
 SETTINGS_BY_NAME: Final = {s.name: s for s in SETTINGS}
 ENV_VARS: Final = tuple(s.env for s in SETTINGS)
@@ -277,19 +321,38 @@ class Settings:
         return load_settings(env={}, base=self, **changes)
 
 
+@dataclass(frozen=True, slots=True)
+class SettingProblem:
+    """A malformed or out-of-range ``OTEL_PERF_*`` value, or an unknown ``OTEL_PERF_*`` name."""
+
+    variable: str
+    value: str
+    message: str  # one sentence: what was expected, what was given, what is used instead
+
+
+#: Set by the first otel-perf process of a process tree (``otel_perf._sdk.ROOT_MARKER``).
+_ROOT_MARKER = "OTEL_PERF_ROOT_PID"
+
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
 
-def _warn_once(variable: str, raw: str, expected: str, fallback: Any) -> None:
-    key = (variable, raw)
+def _problem(variable: str, raw: str, expected: str, fallback: Any) -> SettingProblem:
+    return SettingProblem(variable, raw, f"Expected {variable} to be {expected}, got {raw!r}; "
+                                         f"using {_describe(fallback)} instead.")
+
+
+def _warn_once(problem: SettingProblem) -> None:
+    key = (problem.variable, problem.value)
     with _warned_lock:
         if key in _warned:
             return
         _warned.add(key)
-    _logger.warning(
-        "Expected %s to be %s, got %r; using %s instead.", variable, expected, raw, _describe(fallback)
-    )
+    # The root process of the tree reports; its children read the same environment and would print the
+    # same lines into the program's output again (a child's own values are still logged, at debug level).
+    marker = os.environ.get(_ROOT_MARKER)
+    level = logging.DEBUG if marker and marker != str(os.getpid()) else logging.WARNING
+    _logger.log(level, "%s", problem.message)
 
 
 def _describe(value: Any) -> str:
@@ -306,18 +369,16 @@ def _validate_argument(setting: Setting, value: Any) -> Any:
         return None
     try:
         if isinstance(value, str):
-            return setting.parse(value)
+            return setting.parse_value(value)
         if isinstance(setting.default, bool):
             if isinstance(value, bool):
                 return value
         elif isinstance(setting.default, tuple):
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return setting.parse(",".join(value)) if value else ()
+                return setting.parse_value(",".join(value)) if value else ()
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return setting.parse(str(value))
-    except _PartialValue as exc:
-        raise ConfigError(f"Expected {setting.env} to be {exc}, got {value!r}") from None
-    except ValueError as exc:
+            return setting.parse_value(str(value))
+    except ValueError as exc:  # malformed, or out of range (_PartialValue): the caller can fix it
         raise ConfigError(f"Expected {setting.env} to be {exc}, got {value!r}") from None
     raise ConfigError(f"Expected {setting.env} to be {type(setting.default).__name__}, got {value!r}")
 
@@ -327,6 +388,8 @@ def load_settings(
 ) -> Settings:
     """Build :class:`Settings` from ``arguments`` > ``OTEL_PERF_*`` > ``OTEL_*`` > defaults.
 
+    Malformed and out-of-range environment values are logged once each (see the module docstring).
+
     Args:
         env: the environment to read (default ``os.environ``).
         base: settings to start from instead of the defaults (for :meth:`Settings.replace`).
@@ -335,7 +398,31 @@ def load_settings(
     Raises:
         ConfigError: an argument is unknown or invalid. Environment values never raise.
     """
+    return _load(os.environ if env is None else env, base, arguments, _warn_once)
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> tuple[Settings, list[SettingProblem]]:
+    """The settings ``env`` gives and every problem with it, without logging anything.
+
+    Problems are the malformed and out-of-range values, and each ``OTEL_PERF_*`` name that is no setting
+    (with the closest known name). ``otel-perf doctor`` lists them; ``otel-perf run`` uses this so that
+    only the launched program reports them.
+    """
     environ = os.environ if env is None else env
+    problems: list[SettingProblem] = []
+    settings = _load(environ, None, {}, problems.append)
+    known = set(ENV_VARS) | set(INTERNAL_ENV_VARS)
+    for name in sorted(environ):
+        if name.startswith("OTEL_PERF_") and name not in known:
+            close = difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md for the settings"
+            problems.append(SettingProblem(name, environ[name],
+                                           f"{name} is not an otel-perf setting and is ignored; {hint}"))
+    return settings, problems
+
+
+def _load(environ: Mapping[str, str], base: Settings | None, arguments: dict[str, Any],
+          report: Callable[[SettingProblem], None]) -> Settings:
     values: dict[str, Any] = {}
     sources: dict[str, str] = dict(base.sources) if base is not None else {}
     for setting in SETTINGS:
@@ -352,12 +439,12 @@ def load_settings(
             if raw is None or not raw.strip():
                 continue  # an empty value counts as unset
             try:
-                value, source = setting.parse(raw), variable
+                value, source = setting.parse_value(raw), variable
             except _PartialValue as exc:
                 value, source = exc.usable, variable
-                _warn_once(variable, raw, str(exc), exc.usable)
+                report(_problem(variable, raw, str(exc), exc.usable))
             except ValueError as exc:
-                _warn_once(variable, raw, str(exc), setting.default)
+                report(_problem(variable, raw, str(exc), setting.default))
             break
         values[setting.name] = value
         sources[setting.name] = source
@@ -432,9 +519,12 @@ def _reset_for_tests() -> None:
 __all__ = [
     "BUILTIN_PARSERS",
     "ENV_VARS",
+    "INTERNAL_ENV_VARS",
     "SETTINGS",
     "Setting",
+    "SettingProblem",
     "Settings",
+    "check_environment",
     "describe_settings",
     "get_settings",
     "load_settings",

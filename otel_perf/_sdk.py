@@ -33,7 +33,7 @@ from opentelemetry.util._importlib_metadata import entry_points
 
 from otel_perf._config import Settings, load_settings, set_settings
 from otel_perf._safety import guarded, log_once
-from otel_perf.exporters.otlp import endpoint_configured
+from otel_perf.exporters.otlp import endpoint_configured, spooled_exporter_names
 
 __all__ = [
     "ROOT_MARKER",
@@ -121,10 +121,13 @@ def attach_environment_context() -> bool:
 def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> list[str]:
     raw = (os.environ.get(_EXPORTER_ENV[signal]) or "").strip()
     if not raw:
-        return [] if explicit_only else [default_exporter(signal, settings=settings)]
-    if raw.lower() == "none":
+        names = [] if explicit_only else [default_exporter(signal, settings=settings)]
+    elif raw.lower() == "none":
         return []
-    return [name.strip() for name in raw.split(",") if name.strip()]
+    else:
+        names = [name.strip() for name in raw.split(",") if name.strip()]
+    # OTEL_PERF_SPOOL_DIR: `otlp` spools; an unusable directory means plain OTLP (warned once).
+    return spooled_exporter_names(names, settings)
 
 
 def _exporter_classes(signal: str, names: list[str]) -> list[type]:
@@ -398,6 +401,7 @@ def configure(
             _handle = handle
             return handle
         with guarded("configure"):
+            set_settings(effective)  # the exporters made below read them (configure(spool_dir=...))
             resource = _make_resource(service_name)
             handle.tracer_provider, owns_t = _setup_tracing(resource, effective, tracer_provider)
             handle.meter_provider, owns_m = _setup_metrics(resource, effective, meter_provider)

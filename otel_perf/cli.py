@@ -1,10 +1,12 @@
 """The ``otel-perf`` command: run, doctor, demo, report, profile.
 
-Why this module exists: one entry point for the things a user does from a shell. ``run`` launches a
-program under ``opentelemetry-instrument`` with otel-perf's distro and configurator selected (and local
-files when no OTLP endpoint is set); ``doctor`` explains what the launcher would do and whether the
-endpoint answers. ``demo``, ``report`` and ``profile`` live in their own modules, which provide
-``add_arguments(parser)`` and ``run(args) -> int``.
+Why this module exists: one entry point for the things a user does from a shell. ``run`` replaces itself
+with ``opentelemetry-instrument`` (``os.execve``) with otel-perf's distro and configurator selected (and
+local files when no OTLP endpoint is set), so the program gets the process, its signals and its exit
+status directly; ``doctor`` explains what the launcher would do, lists every problem with the
+``OTEL_PERF_*`` variables and whether the endpoint answers. ``demo``, ``report`` and ``profile`` live in
+their own modules, which provide ``add_arguments(parser)`` and ``run(args) -> int``; only the one asked
+for is imported.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from otel_perf._config import describe_settings, load_settings
+from otel_perf._config import check_environment, describe_settings
 from otel_perf.version import __version__
 
 __all__ = ["main"]
@@ -53,7 +55,7 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
         out["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
     out["OTEL_PYTHON_DISTRO"] = "otel_perf"
     out["OTEL_PYTHON_CONFIGURATOR"] = "otel_perf"
-    settings = load_settings(out)
+    settings, _ = check_environment(out)  # the launched program reports bad values, once
     files_dir = None
     for signal in ("traces", "metrics", "logs"):
         variable = f"OTEL_{signal.upper()}_EXPORTER"
@@ -66,29 +68,45 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
     return out, files_dir
 
 
+#: Exit statuses of ``otel-perf run`` itself (else the program's own status): the shell's conventions.
+EXIT_USAGE = 2  # no program given, or no launcher installed
+EXIT_CANNOT_EXECUTE = 126  # the program exists but is not executable
+EXIT_NOT_FOUND = 127  # no such program
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         print("otel-perf run: give the program to run, e.g. otel-perf run -- python app.py", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     launcher = launcher_path()
     if launcher is None:
         print("otel-perf run: opentelemetry-instrument was not found; install opentelemetry-instrumentation "
               "in this environment", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     env, files_dir = launcher_environment()
+    # The launcher looks the program up on PATH and fails with a traceback if it is missing: say it here.
+    program = shutil.which(command[0], path=env.get("PATH"))
+    if program is None:
+        if os.sep in command[0] and os.path.isfile(command[0]):
+            print(f"otel-perf run: {command[0]}: permission denied (not executable)", file=sys.stderr)
+            return EXIT_CANNOT_EXECUTE
+        print(f"otel-perf run: {command[0]}: command not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
     if files_dir and not args.quiet:
         print(f"otel-perf: no OTLP endpoint set; writing OTLP JSON lines under {files_dir}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        completed = subprocess.run([launcher, *command], env=env, check=False)
-    except FileNotFoundError as exc:
-        print(f"otel-perf run: {exc}", file=sys.stderr)
-        return 127
-    except KeyboardInterrupt:
-        return 130
-    return completed.returncode
+        # Become the launcher, which becomes the program: one process, whose signals (SIGTERM from a
+        # supervisor, SIGINT from the terminal, SIGHUP) and exit status are the program's own.
+        os.execve(launcher, [launcher, *command], env)
+    except OSError as exc:
+        print(f"otel-perf run: cannot start {launcher}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
+    return 0  # pragma: no cover  (execve does not return)
 
 
 def _entry_point_names(group: str) -> list[str]:
@@ -99,15 +117,25 @@ def _entry_point_names(group: str) -> list[str]:
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from otel_perf._sdk import default_exporter
-    from otel_perf.exporters.otlp import check_endpoint, endpoint_configured, otlp_protocol, resolved_endpoint
+    from otel_perf.exporters._spool import check_directory
+    from otel_perf.exporters.otlp import (
+        check_endpoint,
+        endpoint_configured,
+        otlp_protocol,
+        resolved_endpoint,
+        spooled_exporter_names,
+    )
 
     problems = 0
     env = dict(os.environ)
-    settings = load_settings(env)
+    settings, setting_problems = check_environment(env)
     print(f"otel-perf {__version__} on Python {sys.version.split()[0]} ({sys.executable})")
     print("\nConfiguration (variable, effective value, source):")
     for variable, value, source in describe_settings(settings):
         print(f"  {variable:<36} {value or '-':<24} {source}")
+    for problem in setting_problems:
+        print(f"  problem: {problem.message}")
+    problems += len(setting_problems)
 
     print("\nLauncher (opentelemetry-instrument):")
     launcher = launcher_path()
@@ -125,12 +153,29 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     print(f"  otel-perf instrumentors: {', '.join(sorted(instrumentors)) or 'none registered'}")
 
     print("\nExport:")
+    spool_usable = True
+    if settings.spool_dir:
+        spool_problem = check_directory(settings.spool_dir, create=False)  # look only: doctor changes nothing
+        spool_usable = spool_problem is None
+        if spool_problem:
+            print(f"  problem: OTEL_PERF_SPOOL_DIR={settings.spool_dir} cannot be used ({spool_problem}); "
+                  f"export falls back to plain OTLP without a spool")
+            problems += 1
+        else:
+            print(f"  spool    {settings.spool_dir} (durable export: an otlp exporter spools there)")
     check_otlp = False
     for signal in ("traces", "metrics", "logs"):
         variable = f"OTEL_{signal.upper()}_EXPORTER"
-        name = env.get(variable) or f"{default_exporter(signal, env, settings)} (otel-perf default)"
-        print(f"  {signal:<8} {name}")
-        check_otlp = check_otlp or "otlp" in name.split(" ")[0].replace("otel_perf_file", "")
+        given = (env.get(variable) or "").strip()
+        names = [n.strip() for n in given.split(",") if n.strip()] if given else [
+            default_exporter(signal, env, settings)]
+        effective = ",".join(spooled_exporter_names(names, settings, spool_usable=spool_usable))
+        note = f"{variable}={given}" if given else f"otel-perf default {','.join(names)}"
+        if effective != ",".join(names):
+            note += ("; spooled because OTEL_PERF_SPOOL_DIR is set" if spool_usable
+                     else "; plain OTLP because OTEL_PERF_SPOOL_DIR cannot be used")
+        print(f"  {signal:<8} {effective} ({note})")
+        check_otlp = check_otlp or "otlp" in effective.replace("otel_perf_file", "")
     if check_otlp or endpoint_configured(None, env):
         for signal in ("traces", "metrics", "logs"):
             ok, message = check_endpoint(signal, env)  # type: ignore[arg-type]
@@ -144,7 +189,36 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_REST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def _plain(text: str | None) -> str | None:
+    """Help text without the reST markup of docstrings (``x``, :func:`x`): a terminal shows it literally."""
+    if not text:
+        return text
+    return _REST_LITERAL.sub(r"\1", _REST_ROLE.sub(r"\1", text))
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    parser.description = _plain(parser.description)
+    parser.epilog = _plain(parser.epilog)
+    for action in parser._actions:
+        action.help = _plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = _plain(choice.help)
+            for sub in set(action.choices.values()):
+                _plain_help(sub)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``otel-perf`` argument parser.
+
+    Args:
+        only: import just this delegated subcommand's module (the others keep their one-line help), so
+            that ``otel-perf run`` does not pay for importing the report, the demo and the profiler.
+    """
     parser = argparse.ArgumentParser(prog="otel-perf", description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--version", action="version", version=f"otel-perf {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
@@ -162,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, (module_name, help_text) in _DELEGATED.items():
         sp = sub.add_parser(name, help=help_text)
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -169,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.add_arguments(sp)
         sp.set_defaults(func=module.run)
+    _plain_help(parser)
     return parser
 
 
@@ -182,8 +259,10 @@ def _unavailable(name: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otel-perf`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in _DELEGATED else "")
+    args = parser.parse_args(arguments)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -23,6 +23,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from otel_perf._config import get_settings, load_settings
 from otel_perf._safety import guarded, raise_internal_errors
 from otel_perf._sdk import default_exporter, process_startup
+from otel_perf.exporters.otlp import apply_spool_choice
 
 __all__ = ["OtelPerfConfigurator", "OtelPerfDistro"]
 
@@ -41,12 +42,16 @@ class OtelPerfDistro(BaseDistro):  # type: ignore[misc]
                 os.environ.setdefault(f"OTEL_{signal.upper()}_EXPORTER",
                                       default_exporter(signal, settings=settings))
             os.environ.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            apply_spool_choice(os.environ, settings)  # OTEL_PERF_SPOOL_DIR: `otlp` spools
 
 
 class OtelPerfConfigurator(_OTelSDKConfigurator):
     """The SDK's environment-driven set-up, then otel-perf's process start-up."""
 
     def _configure(self, **kwargs: Any) -> None:
+        with guarded("otel-perf exporter choice"):
+            if get_settings().enabled:
+                apply_spool_choice(os.environ, get_settings())  # also when another distro ran
         try:
             super()._configure(**kwargs)  # type: ignore[no-untyped-call]
         except Exception:

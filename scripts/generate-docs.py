@@ -46,16 +46,23 @@ def configuration() -> str:
              "Every setting is an environment variable, a `configure()` argument of the same name in lower case "
              "without the `OTEL_PERF_` prefix (`configure(memory_threshold=0.9)`), and a flag of "
              "`opentelemetry-instrument` (`--perf_memory_threshold 0.9`). Precedence: argument > `OTEL_PERF_*` > "
-             "standard `OTEL_*` > default; an empty value counts as unset. A malformed environment value is "
+             "standard `OTEL_*` > default; an empty value counts as unset.\n",
+             "Every setting accepts the values in its *range* column. A malformed environment value is "
              "reported once on the `otel_perf` logger, naming the variable, the value and the default used "
-             "instead; a malformed `configure()` argument raises `otel_perf.ConfigError`.\n",
-             "| variable | `configure()` argument | default | meaning |", "|---|---|---|---|"]
+             "instead; a number outside its range is reported the same way and clamped to the nearest end of "
+             "the range (`OTEL_PERF_TRACEMALLOC=70000` runs with 65535 frames). Only the first otel-perf "
+             "process of a process tree reports them: its child processes read the same environment. A "
+             "malformed or out-of-range `configure()` argument raises `otel_perf.ConfigError`. "
+             "`otel-perf doctor` lists every such value, and every `OTEL_PERF_*` name that is not a setting "
+             "(with the closest one), and then exits 1.\n",
+             "| variable | `configure()` argument | default | range | meaning |", "|---|---|---|---|---|"]
     for setting in _config.SETTINGS:
         meaning = setting.doc
         if setting.also_env:
             meaning += " Also turned on by " + ", ".join(f"`{e}`" for e in setting.also_env) + "."
         default = _default(setting)
-        lines.append(f"| `{setting.env}` | `{setting.name}` | {f'`{default}`' if default else ''} | {meaning} |")
+        lines.append(f"| `{setting.env}` | `{setting.name}` | {f'`{default}`' if default else ''} | "
+                     f"{setting.range_doc} | {meaning} |")
     lines.append("")
     lines.append("Standard OpenTelemetry variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, "
                  "`OTEL_EXPORTER_OTLP_*`, `OTEL_TRACES_EXPORTER`, `OTEL_METRIC_EXPORT_INTERVAL`, "

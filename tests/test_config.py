@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 
 import pytest
 
-from otel_perf import ConfigError, environment_variables
+from otel_perf import ConfigError, _config, environment_variables
 from otel_perf._config import (
     BUILTIN_PARSERS,
     ENV_VARS,
     SETTINGS,
     Settings,
+    check_environment,
     get_settings,
     load_settings,
     parse_size,
@@ -29,24 +31,28 @@ MALFORMED = {
     "OTEL_PERF_PARSERS": "pkg.mod.func",
     "OTEL_PERF_PARSERS_BUILTIN": "cobol",
     "OTEL_PERF_PARSE_SPAN_MIN_DURATION": "fast",
-    "OTEL_PERF_PARSE_SPAN_MIN_BYTES": "-5",
+    "OTEL_PERF_PARSE_SPAN_MIN_BYTES": "5 MB",
     "OTEL_PERF_MEMORY_LIMIT": "12XB",
     "OTEL_PERF_MEMORY_THRESHOLD": "abc",
     "OTEL_PERF_MEMORY_CLEANUP": "sometimes",
-    "OTEL_PERF_MEMORY_CHECK_INTERVAL": "0",
-    "OTEL_PERF_EVENTLOOP_LAG_INTERVAL": "-1",
+    "OTEL_PERF_MEMORY_CHECK_INTERVAL": "soon",
+    "OTEL_PERF_EVENTLOOP_LAG_INTERVAL": "often",
     "OTEL_PERF_DEBUG_ADDR": "localhost",
     "OTEL_PERF_DEBUG_TOKEN": "two words",
     "OTEL_PERF_TRACEMALLOC": "many",
-    "OTEL_PERF_SPOOL_DIR": __file__,
     "OTEL_PERF_SPOOL_MAX_BYTES": "lots",
     "OTEL_PERF_OUTPUT_DIR": __file__,
 }
 
 
+# Any text is a well-formed path; whether the spool directory can be used is checked where it is used
+# (tests/exporters/test_spool_choice.py).
+CHECKED_WHERE_USED = {"OTEL_PERF_SPOOL_DIR"}
+
+
 def test_every_variable_has_a_malformed_case() -> None:
     """The table below covers every OTEL_PERF_* setting (a new setting needs its bad-value test)."""
-    assert set(MALFORMED) == set(ENV_VARS)
+    assert set(MALFORMED) | CHECKED_WHERE_USED == set(ENV_VARS)
 
 
 @pytest.mark.parametrize("variable", sorted(MALFORMED))
@@ -171,3 +177,92 @@ def test_defaults_match_dataclass() -> None:
     defaults = Settings()
     for setting in SETTINGS:
         assert getattr(defaults, setting.name) == setting.default, setting.name
+
+
+# A value of the right form outside its setting's range, and the value used instead (the nearest end).
+OUT_OF_RANGE = [
+    ("OTEL_PERF_TRACEMALLOC", "70000", 65535),
+    ("OTEL_PERF_TRACEMALLOC", "-3", 0),
+    ("OTEL_PERF_MEMORY_CHECK_INTERVAL", "1e10", 3600.0),
+    ("OTEL_PERF_MEMORY_CHECK_INTERVAL", "1e-9", 0.1),
+    ("OTEL_PERF_MEMORY_CHECK_INTERVAL", "inf", 3600.0),
+    ("OTEL_PERF_EVENTLOOP_LAG_INTERVAL", "0", 0.01),
+    ("OTEL_PERF_EVENTLOOP_LAG_INTERVAL", "86400", 3600.0),
+    ("OTEL_PERF_PARSE_SPAN_MIN_DURATION", "-1", 0.0),
+    ("OTEL_PERF_PARSE_SPAN_MIN_BYTES", "-5", 0),
+    ("OTEL_PERF_PARSE_SPAN_MIN_BYTES", "99999999999999999999", 1024**4),
+    ("OTEL_PERF_MEMORY_THRESHOLD", "1.5", 1.0),
+    ("OTEL_PERF_MEMORY_THRESHOLD", "0", 0.01),
+    ("OTEL_PERF_MEMORY_LIMIT", "1KiB", 1024**2),
+    ("OTEL_PERF_SPOOL_MAX_BYTES", "10", 1024**2),
+    ("OTEL_PERF_SPOOL_MAX_BYTES", "9999999TiB", 1024**6),
+]
+
+
+@pytest.mark.parametrize(("variable", "raw", "used"), OUT_OF_RANGE)
+def test_out_of_range_value_is_reported_once_and_clamped(
+        variable: str, raw: str, used: float, caplog: pytest.LogCaptureFixture) -> None:
+    """Out of range is reported like malformed: once, naming the variable, the value and the value used."""
+    setting = next(s for s in SETTINGS if s.env == variable)
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        first = load_settings({variable: raw})
+        second = load_settings({variable: raw})
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert variable in message and repr(raw) in message and f"using {used!r} instead" in message
+    assert setting.range_doc in message
+    assert getattr(first, setting.name) == getattr(second, setting.name) == used
+    assert type(getattr(first, setting.name)) is type(setting.default if setting.default is not None else 1)
+
+
+def test_every_setting_states_its_range() -> None:
+    """Each row says what it accepts (for the docs and the messages); numbers have both ends."""
+    for setting in SETTINGS:
+        assert setting.range_doc, setting.env
+        numeric = isinstance(setting.default, (int, float)) and not isinstance(setting.default, bool)
+        if numeric or setting.name == "memory_limit":
+            assert setting.low is not None and setting.high is not None, setting.env
+
+
+@pytest.mark.parametrize(("argument", "value"), [("tracemalloc", 70000), ("memory_check_interval", 1e-9),
+                                                 ("memory_check_interval", 1e10), ("memory_threshold", 0)])
+def test_out_of_range_argument_raises_config_error(argument: str, value: float) -> None:
+    """A configure() argument outside its range raises, naming the variable and the range."""
+    setting = next(s for s in SETTINGS if s.name == argument)
+    with pytest.raises(ConfigError, match=setting.env) as info:
+        load_settings({}, **{argument: value})
+    assert setting.range_doc in str(info.value)
+
+
+def test_a_child_process_of_the_tree_does_not_repeat_the_warnings(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The root process reports a bad value; its children, which read the same environment, log it at
+    debug level only, so the program's output does not get the same warning once per child."""
+    monkeypatch.setenv("OTEL_PERF_ROOT_PID", "1")  # another process is the root
+    with caplog.at_level(logging.DEBUG, logger="otel_perf"):
+        load_settings({"OTEL_PERF_MEMORY_THRESHOLD": "abc"})
+    assert [(r.levelno, "OTEL_PERF_MEMORY_THRESHOLD" in r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, True)]
+    caplog.clear()
+    _config._reset_for_tests()
+    monkeypatch.setenv("OTEL_PERF_ROOT_PID", str(os.getpid()))  # this process is the root
+    with caplog.at_level(logging.DEBUG, logger="otel_perf"):
+        load_settings({"OTEL_PERF_MEMORY_THRESHOLD": "abc"})
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+def test_check_environment_lists_problems_and_unknown_names_without_logging(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What otel-perf doctor lists: malformed and out-of-range values, misspelt names with the closest
+    known one; otel-perf's own internal variables are not unknown. Nothing is logged."""
+    env = {"OTEL_PERF_MEMORY_THRESHOLD": "abc", "OTEL_PERF_TRACEMALLOC": "70000", "OTEL_PERF_POOL_SPAN": "false",
+           "OTEL_PERF_DEBUG_ADRESS": "127.0.0.1:6060", "OTEL_PERF_ROOT_PID": "1", "OTEL_PERF_ZZZ": "1"}
+    with caplog.at_level(logging.DEBUG, logger="otel_perf"):
+        settings, problems = check_environment(env)
+    assert not caplog.records
+    assert settings.tracemalloc == 65535
+    by_name = {p.variable: p.message for p in problems}
+    assert set(by_name) == {"OTEL_PERF_MEMORY_THRESHOLD", "OTEL_PERF_TRACEMALLOC", "OTEL_PERF_POOL_SPAN",
+                            "OTEL_PERF_DEBUG_ADRESS", "OTEL_PERF_ZZZ"}
+    assert "did you mean OTEL_PERF_POOL_SPANS?" in by_name["OTEL_PERF_POOL_SPAN"]
+    assert "did you mean OTEL_PERF_DEBUG_ADDR?" in by_name["OTEL_PERF_DEBUG_ADRESS"]
+    assert "not an otel-perf setting" in by_name["OTEL_PERF_ZZZ"]

@@ -18,6 +18,13 @@ Layout under the spool directory (``OTEL_PERF_SPOOL_DIR``)::
 Entry names sort by time, then pid, then a per-process sequence number, so a plain sort is the replay
 order. An entry file is ``flock``'d while it is being sent, so eviction never removes an entry that is in
 flight, and the directory's ``.replay.lock`` lets exactly one process at a time send a signal's entries.
+An entry becomes visible by a rename, and the directory is fsynced after it, so that a power loss cannot
+lose an entry the exporter already reported as kept.
+
+Whatever else a spool directory holds never stops the queue: an object named like an entry that is not a
+regular file (a directory, a symlink, a FIFO) is skipped and logged once, never opened for reading, never
+counted toward the bound nor as dropped; a regular file that fails its checks goes to ``corrupt/`` (or is
+deleted when ``corrupt/`` cannot hold it, e.g. a file has that name).
 POSIX only (``fcntl``).
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import struct
 import threading
 import time
@@ -34,7 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SIGNALS", "Entry", "Spool", "SpoolCorruptError"]
+from otel_perf._safety import log_once
+
+__all__ = ["SIGNALS", "Entry", "Spool", "SpoolCorruptError", "check_directory"]
 
 SIGNALS = ("traces", "metrics", "logs")
 
@@ -54,6 +64,11 @@ _STALE_TMP_SECONDS = 300.0
 
 _BUSY = object()  # an entry another sender holds right now
 _GONE = object()  # an entry that no longer exists
+_SKIP = object()  # not an entry this process can drop (not a regular file, no permission): left alone
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# Never follow a symlink out of the spool, never block on a FIFO named like an entry.
+_ENTRY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 DropCallback = Callable[[str, int, str], None]
 """``on_drop(signal, items, reason)``: called for every entry the spool removes undelivered."""
@@ -122,6 +137,71 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _is_entry(item: os.DirEntry[str]) -> bool:
+    """Whether a directory item is a complete entry: named like one and a regular file.
+
+    Anything else named like an entry (a directory, a symlink, a FIFO) is skipped, and logged once.
+    """
+    name = item.name
+    if not name.endswith(_SUFFIX) or name.startswith("."):
+        return False
+    try:
+        regular = item.is_file(follow_symlinks=False)
+    except OSError:
+        regular = False
+    if not regular:
+        _log_skipped(item.path, "it is not a regular file")
+    return regular
+
+
+def _log_skipped(path: str | os.PathLike[str], why: str) -> None:
+    log_once(("spool-skipped", os.fspath(path)),
+             "otel-perf: %s in the spool is skipped (%s): it is neither sent nor counted toward the spool's "
+             "bound. Move it out of the spool directory.", os.fspath(path), why)
+
+
+def _reason(exc: OSError) -> str:
+    """A one-line reason for a failed file-system operation, naming the path."""
+    where = f": {exc.filename}" if exc.filename else ""
+    if isinstance(exc, FileExistsError):
+        return f"exists and is not a directory{where}"
+    return f"{exc.strerror or exc}{where}"
+
+
+def check_directory(root: str | os.PathLike[str], *, create: bool = True) -> str | None:
+    """Why ``root`` cannot hold a spool, or None when it can.
+
+    Args:
+        root: the spool directory (``OTEL_PERF_SPOOL_DIR``).
+        create: make the directory and its signal subdirectories and write (then remove) a file in each,
+            as the spool will; without it, only look (``otel-perf doctor`` changes nothing).
+    """
+    directory = Path(root)
+    if create:
+        try:
+            for signal in SIGNALS:
+                (directory / signal).mkdir(parents=True, exist_ok=True)
+                probe = directory / signal / f"{_TMP_PREFIX}{os.getpid()}-probe"
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600))
+                os.unlink(probe)
+        except OSError as exc:
+            return _reason(exc)
+        return None
+    paths = [directory, *(directory / signal for signal in SIGNALS)]
+    existing = [path for path in paths if os.path.lexists(path)]
+    if not existing:  # it would be made: the nearest existing ancestor must be a writable directory
+        parent = directory.absolute().parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+        existing = [parent]
+    for path in existing:
+        if not path.is_dir():
+            return f"not a directory: {path}"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"not writable: {path}"
+    return None
+
+
 def read_header(data: bytes) -> tuple[int, int, int]:
     """(items, crc32, payload length) of an entry's first bytes. Raises SpoolCorruptError."""
     if len(data) < _HEADER.size:
@@ -164,19 +244,19 @@ class _Listing:
         total = 0
         for signal in SIGNALS:
             try:
-                names = os.listdir(root / signal)
-            except FileNotFoundError:
+                with os.scandir(root / signal) as scan:
+                    items = [item for item in scan if _is_entry(item)]
+            except OSError:  # gone, or not a directory: nothing of this signal counts
                 continue
-            for name in names:
-                if name.endswith(_SUFFIX) and not name.startswith("."):
-                    size = _size_from_name(name)
-                    if size is None:  # not named by us: ask the file system
-                        try:
-                            size = os.stat(root / signal / name).st_size
-                        except FileNotFoundError:
-                            continue
-                    entries.append((name, signal, size))
-                    total += size
+            for item in items:
+                size = _size_from_name(item.name)
+                if size is None:  # not named by us: ask the file system
+                    try:
+                        size = item.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+                entries.append((item.name, signal, size))
+                total += size
         entries.sort()
         self.entries = entries
         self.total = total
@@ -223,6 +303,7 @@ class Spool:
         self._fds: set[int] = set()
         self._fds_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._skipped: set[str] = set()  # regular files named like entries that this process cannot open
         #: Seconds a cached listing of the spool is trusted for the bound (see :meth:`enforce_bound`).
         self.rescan_seconds = 2.0
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -266,8 +347,29 @@ class Spool:
             except OSError:
                 pass
             raise
-        self.enforce_bound((name, _HEADER.size + len(payload)))
+        # The entry is written: what follows must not make the caller count it as lost.
+        if self._fsync:
+            self._fsync_directory()
+        try:
+            self.enforce_bound((name, _HEADER.size + len(payload)))
+        except OSError as exc:
+            log_once(("spool-bound", str(self.root), type(exc).__name__),
+                     "otel-perf: cannot keep the spool %s within its bound right now (%s); retried at the "
+                     "next write", self.root, _reason(exc))
         return name
+
+    def _fsync_directory(self) -> None:
+        """Make the rename durable: a power loss must not take back an entry reported as kept."""
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log_once(("spool-dir-fsync", str(self.directory), type(exc).__name__),
+                     "otel-perf: cannot fsync the spool directory %s (%s); entries survive a killed "
+                     "program but perhaps not a power loss", self.directory, _reason(exc))
 
     def enforce_bound(self, added: tuple[str, int] | None = None) -> int:
         """Drop the oldest entries of all signals until the spool fits ``max_bytes``.
@@ -307,7 +409,7 @@ class Spool:
                     kept.append((name, signal, size))
                     continue
                 listing.total -= size
-                if isinstance(outcome, int):  # else gone: delivered or dropped elsewhere meanwhile
+                if isinstance(outcome, int):  # else gone (delivered or dropped elsewhere) or skipped
                     dropped.append((signal, outcome))
             listing.entries = kept
         if self._on_drop is not None:
@@ -316,24 +418,38 @@ class Spool:
         return len(dropped)
 
     def _drop(self, path: Path) -> int | object:
-        """Delete one entry unless it is being sent. Returns its items (0 if unreadable), _BUSY or _GONE."""
+        """Delete one entry unless it is being sent.
+
+        Returns:
+            Its items (0 if its header is unreadable), _BUSY, _GONE, or _SKIP when it is not an entry this
+            process can delete (it is then neither deleted nor counted).
+        """
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, _ENTRY_FLAGS)
         except FileNotFoundError:
             return _GONE
+        except OSError as exc:
+            _log_skipped(path, _reason(exc))
+            return _SKIP
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _log_skipped(path, "it is not a regular file")
+                return _SKIP
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return _BUSY
             try:
                 items = read_header(os.pread(fd, _HEADER.size, 0))[0]
-            except SpoolCorruptError:
+            except (SpoolCorruptError, OSError):
                 items = 0
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 return _GONE
+            except OSError as exc:
+                _log_skipped(path, _reason(exc))
+                return _SKIP
             return items
         finally:
             os.close(fd)
@@ -341,19 +457,21 @@ class Spool:
     # --- reading ------------------------------------------------------------------------------------
 
     def entries(self) -> list[str]:
-        """Names of the complete entries, oldest first."""
+        """Names of the complete entries, oldest first (objects that are no entries are skipped)."""
         try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
+            with os.scandir(self.directory) as scan:
+                names = [item.name for item in scan if _is_entry(item)]
+        except OSError:
             return []
-        return sorted(n for n in names if n.endswith(_SUFFIX) and not n.startswith("."))
+        skipped = self._skipped
+        return sorted(n for n in names if n not in skipped) if skipped else sorted(names)
 
     def has_entries(self) -> bool:
         """Whether any complete entry is waiting (stops at the first one: cheap with a long queue)."""
         try:
             with os.scandir(self.directory) as scan:
-                return any(item.name.endswith(_SUFFIX) and not item.name.startswith(".") for item in scan)
-        except FileNotFoundError:
+                return any(_is_entry(item) and item.name not in self._skipped for item in scan)
+        except OSError:
             return False
 
     def present(self, names: set[str]) -> set[str]:
@@ -369,63 +487,110 @@ class Spool:
         """Lock, read and check one entry for sending.
 
         Returns:
-            The entry, or None when it is gone or corrupt (then moved to ``corrupt/`` and reported).
+            The entry, or None when it is gone, corrupt (then moved to ``corrupt/`` and reported) or not an
+            entry at all (skipped, logged once). Its descriptor stays open only in the returned entry.
 
         Raises:
             BlockingIOError: another process holds the entry right now.
         """
         path = self.directory / name
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, _ENTRY_FLAGS)
         except FileNotFoundError:
+            return None
+        except OSError as exc:  # a symlink, no permission, ...: not something this process can send
+            self._skip(name, _reason(exc))
             return None
         self._track_fd(fd)
+        claimed = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if not path.exists():  # removed between open and lock (sent or dropped by another process)
-                self._close_fd(fd)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self._skip(name, "it is not a regular file")
                 return None
-            data = b""
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                data += chunk
-            items, crc, length = read_header(data)
-            payload = data[_HEADER.size:]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                raise SpoolCorruptError("payload length or checksum mismatch")
-        except SpoolCorruptError:
-            self._move_aside(path)
-            self._close_fd(fd)
-            return None
-        except BaseException:
-            self._close_fd(fd)
-            raise
-        return Entry(name, path, items, payload, fd, self)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino != info.st_ino:
+                    return None  # replaced since it was opened
+            except FileNotFoundError:
+                return None  # removed between open and lock (sent or dropped by another process)
+            try:
+                items, crc, length = read_header(os.pread(fd, _HEADER.size, 0))
+                if info.st_size != _HEADER.size + length:
+                    raise SpoolCorruptError("the file's size does not match its header")
+                payload = self._read_payload(fd, length)
+                if zlib.crc32(payload) != crc:
+                    raise SpoolCorruptError("payload checksum mismatch")
+            except SpoolCorruptError:
+                self._move_aside(path)
+                return None
+            claimed = True
+            return Entry(name, path, items, payload, fd, self)
+        finally:
+            if not claimed:
+                self._close_fd(fd)
+
+    @staticmethod
+    def _read_payload(fd: int, length: int) -> bytes:
+        chunks = []
+        offset = _HEADER.size
+        remaining = length
+        while remaining > 0:
+            chunk = os.pread(fd, min(remaining, 1 << 20), offset)
+            if not chunk:
+                raise SpoolCorruptError("truncated payload")
+            chunks.append(chunk)
+            offset += len(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _skip(self, name: str, why: str) -> None:
+        self._skipped.add(name)
+        _log_skipped(self.directory / name, why)
 
     def _move_aside(self, path: Path) -> None:
+        """Keep a corrupt entry in ``corrupt/`` for diagnosis, or delete it when that cannot be done."""
         target_dir = self.directory / _CORRUPT_DIR
-        target_dir.mkdir(exist_ok=True)
         try:
+            target_dir.mkdir(exist_ok=True)
             os.rename(path, target_dir / path.name)
         except FileNotFoundError:
-            return
-        self._prune_corrupt(target_dir)
+            if os.path.lexists(path):  # the directory is there, the entry is: corrupt/ could not be made
+                self._delete_corrupt(path, target_dir, "it could not be made")
+            else:
+                return  # gone meanwhile: handled by another process
+        except OSError as exc:
+            self._delete_corrupt(path, target_dir, _reason(exc))
+        else:
+            self._prune_corrupt(target_dir)
+            log_once(("spool-corrupt", str(target_dir)),
+                     "otel-perf: a corrupt %s spool entry was moved to %s (the newest %d are kept there)",
+                     self.signal, target_dir, _CORRUPT_KEEP)
         if self._on_corrupt is not None:
             self._on_corrupt(self.signal)
+
+    def _delete_corrupt(self, path: Path, target_dir: Path, why: str) -> None:
+        log_once(("spool-corrupt-dir", str(target_dir)),
+                 "otel-perf: %s cannot keep corrupt spool entries (%s); corrupt entries are deleted instead",
+                 target_dir, why)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._skip(path.name, _reason(exc))
 
     @staticmethod
     def _prune_corrupt(target_dir: Path) -> None:
         """Delete all but the newest ``_CORRUPT_KEEP`` corrupt entries (names sort by write time)."""
         try:
             names = sorted(os.listdir(target_dir))
-        except FileNotFoundError:
+        except OSError:
             return
         for name in names[:-_CORRUPT_KEEP]:
             try:
                 os.unlink(target_dir / name)
-            except FileNotFoundError:  # another process pruned it first
+            except OSError:  # another process pruned it first, or it is no file of ours
                 pass
 
     def remove_stale_temporaries(self) -> int:
@@ -434,7 +599,7 @@ class Spool:
         now = time.time()
         try:
             names = os.listdir(self.directory)
-        except FileNotFoundError:
+        except OSError:
             return 0
         for name in names:
             if not name.startswith(_TMP_PREFIX):
@@ -456,7 +621,21 @@ class Spool:
         """Become the one process replaying this signal (non-blocking). Returns False if another is."""
         if self._lock_fd is not None:
             return True
-        fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        lock_path = self.directory / _LOCK_NAME
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileNotFoundError:
+            return False  # the directory is gone: nothing to replay
+        except OSError as exc:
+            # Something else has the lock file's name (a directory, a symlink): lock the signal's directory
+            # itself, which every process can open, rather than stop replaying.
+            log_once(("spool-lock", str(lock_path)),
+                     "otel-perf: %s cannot be used as the spool's lock (%s); locking %s instead",
+                     lock_path, _reason(exc), self.directory)
+            try:
+                fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+            except OSError:
+                return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -521,9 +521,7 @@ class _DurableExporter:
                                       _semconv.EXPORTER_DROP_REASON: reason})
 
     def _count_corrupt(self, signal: str) -> None:
-        self._corrupt.add(1, {_semconv.EXPORTER_SIGNAL: signal})
-        log_once(("durable-corrupt", signal), "otel-perf: a corrupt %s spool entry was moved to %s",
-                 signal, self.spool.directory / "corrupt")
+        self._corrupt.add(1, {_semconv.EXPORTER_SIGNAL: signal})  # the spool logs what it did with it
 
     def _spool_request(self, payload: bytes, items: int) -> bool:
         """Hand one encoded request to the spool and wake the sender. Returns False if it could not."""

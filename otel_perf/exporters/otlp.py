@@ -3,23 +3,39 @@
 Why this module exists: otel-perf decides between OTLP and local files by whether an endpoint is
 configured, ``otel-perf doctor`` checks that the endpoint answers, and durable export needs the same
 protocol choice; the standard exporters themselves come from ``opentelemetry-exporter-otlp`` unchanged.
+
+It also decides what ``OTEL_PERF_SPOOL_DIR`` does to the exporter names (:func:`spooled_exporter_names`,
+used by both ways in): a spool directory is the user saying "do not lose my data", so an ``otlp``
+exporter, which the OpenTelemetry Operator and many deployments name for every signal, becomes durable
+OTLP (``otlp_durable``); other explicit choices (``console``, ``none``, a vendor's, ``otlp_proto_http``)
+stay as set. A spool directory that cannot be used is reported once, naming the variable and why, and
+export goes on over plain OTLP: telemetry without a spool is better than none.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
+
+from otel_perf._safety import log_once
+
+if TYPE_CHECKING:
+    from otel_perf._config import Settings
 
 __all__ = [
     "Signal",
+    "apply_spool_choice",
     "check_endpoint",
     "endpoint_configured",
     "otlp_exporter",
     "otlp_protocol",
     "resolved_endpoint",
+    "spool_directory_problem",
+    "spooled_exporter_names",
 ]
 
 Signal = Literal["traces", "metrics", "logs"]
@@ -116,3 +132,67 @@ def check_endpoint(signal: Signal = "traces", env: Mapping[str, str] | None = No
             f"OTEL_EXPORTER_OTLP_ENDPOINT to one that runs, or unset it to write local files "
             f"with `otel-perf run`."
         )
+
+
+_SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
+
+
+def spool_directory_problem(spool_dir: str) -> str | None:
+    """Why ``spool_dir`` cannot hold a spool (it is made if missing), or None.
+
+    The first time a directory is found unusable, one warning names ``OTEL_PERF_SPOOL_DIR``, the
+    directory and why (in the root process of the tree only: its children would repeat it).
+    """
+    from otel_perf.exporters._spool import check_directory
+
+    problem = check_directory(spool_dir)
+    if problem is not None:
+        marker = os.environ.get("OTEL_PERF_ROOT_PID")
+        level = logging.DEBUG if marker and marker != str(os.getpid()) else logging.WARNING
+        log_once(("spool-dir-unusable", spool_dir),
+                 "otel-perf: OTEL_PERF_SPOOL_DIR=%s cannot be used (%s); exporting over plain OTLP without "
+                 "a spool, so batches sent while the backend is unreachable can be lost. Point it at a "
+                 "writable directory (otel-perf doctor checks it).", spool_dir, problem, level=level)
+    return problem
+
+
+def spooled_exporter_names(names: list[str], settings: Settings, *,
+                           spool_usable: bool | None = None) -> list[str]:
+    """The exporter names to use for a signal, given ``OTEL_PERF_SPOOL_DIR``.
+
+    With a usable spool directory ``otlp`` becomes ``otlp_durable``; with an unusable one ``otlp_durable``
+    becomes ``otlp``; without one, or for any other name, the names stay as given (duplicates dropped).
+
+    Args:
+        names: the exporter names ``OTEL_<SIGNAL>_EXPORTER`` gives (or otel-perf's default).
+        settings: the settings in force.
+        spool_usable: whether the spool directory can be used, if already known (else it is checked,
+            which makes the directory).
+    """
+    if not settings.spool_dir or not any(n in ("otlp", "otlp_durable") for n in names):
+        return names
+    if spool_usable is None:
+        spool_usable = spool_directory_problem(settings.spool_dir) is None
+    if spool_usable:
+        mapped = ["otlp_durable" if n == "otlp" else n for n in names]
+    else:
+        mapped = ["otlp" if n == "otlp_durable" else n for n in names]
+    return list(dict.fromkeys(mapped))
+
+
+def apply_spool_choice(environ: MutableMapping[str, str], settings: Settings) -> None:
+    """Rewrite ``OTEL_<SIGNAL>_EXPORTER`` in ``environ`` by :func:`spooled_exporter_names`.
+
+    For the launcher, whose SDK configurator reads the exporter names from the environment: the distro
+    and configurator call this before it runs.
+    """
+    for signal in _SIGNALS:
+        variable = f"OTEL_{signal.upper()}_EXPORTER"
+        raw = (environ.get(variable) or "").strip()
+        if not raw:
+            continue
+        names = [name.strip() for name in raw.split(",") if name.strip()]
+        chosen = spooled_exporter_names(names, settings)
+        if chosen != names:
+            environ[variable] = ",".join(chosen)
+

@@ -4,11 +4,16 @@ Why this module exists: ``go tool pprof`` reads our profiles, but it cannot send
 non-loopback server requires, and not every machine has Go. This command fetches a CPU, wall, heap or
 threads profile (showing progress while the server samples), saves the pprof file and can write a
 self-contained HTML flame graph next to it.
+
+Every failure is one line on stderr, never a traceback: exit 2 for a URL that cannot name a debug server,
+1 for a server that cannot be reached, answers with an HTTP error, does not speak HTTP at all, or does not
+send a profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import sys
 import threading
@@ -54,10 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def profile_url(base: str, kind: str, seconds: float | None = None, hz: float | None = None) -> str:
-    """The endpoint URL for ``kind`` on the server ``base`` (a URL that names an endpoint is kept)."""
+    """The endpoint URL for ``kind`` on the server ``base`` (a URL that names an endpoint is kept).
+
+    Raises:
+        ValueError: ``base`` is no http(s) URL with a host and a valid port; the message says what is wrong.
+    """
     if "://" not in base:
         base = "http://" + base
     parts = urlsplit(base)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the scheme must be http or https, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError("it names no host")
+    parts.port  # noqa: B018  (raises ValueError for a port that is not a number from 0 to 65535)
     path = parts.path.rstrip("/")
     if "/debug/pprof/" not in path + "/" or path.endswith("/debug/pprof"):
         path = path[: -len("/debug/pprof")] if path.endswith("/debug/pprof") else path
@@ -115,7 +129,12 @@ def run(args: argparse.Namespace) -> int:
     if seconds is not None and seconds <= 0:
         print("otel-perf profile: --seconds must be positive", file=sys.stderr)
         return 2
-    url = profile_url(args.url, kind, seconds, args.hz)
+    try:
+        url = profile_url(args.url, kind, seconds, args.hz)
+    except ValueError as exc:
+        print(f"otel-perf profile: {args.url!r} is not a debug server URL ({exc}); give one such as "
+              f"http://127.0.0.1:6060", file=sys.stderr)
+        return 2
     token = args.token or os.environ.get("OTEL_PERF_DEBUG_TOKEN") or None
     output = Path(args.output or f"{kind}.pb.gz")
     waiting = seconds if seconds is not None else (10.0 if kind == "heap" else 0.0)
@@ -130,11 +149,17 @@ def run(args: argparse.Namespace) -> int:
         data = fetch(url, token, timeout=waiting + 60.0)
     except urllib.error.HTTPError as exc:
         message = exc.read().decode("utf-8", "replace").strip()
-        print(f"\notel-perf profile: {url}: HTTP {exc.code}: {message}", file=sys.stderr)
+        print(f"otel-perf profile: {url}: HTTP {exc.code}: {' '.join(message.split())}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"\notel-perf profile: {url}: {reason}", file=sys.stderr)
+        print(f"otel-perf profile: {url}: {reason}", file=sys.stderr)
+        return 1
+    except http.client.HTTPException as exc:  # not an HTTP server: a wrong port, another protocol
+        detail = " ".join(str(exc).split())[:80]
+        print(f"otel-perf profile: {url}: the server did not answer with HTTP ({type(exc).__name__}"
+              f"{': ' + repr(detail) if detail else ''}); is this the debug server's address "
+              f"(OTEL_PERF_DEBUG_ADDR)?", file=sys.stderr)
         return 1
     finally:
         done.set()

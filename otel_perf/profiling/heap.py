@@ -13,6 +13,15 @@ happen and it slows allocation down, so it is off by default. Two cases:
 
 tracemalloc records file and line, not function names; names are found once per file from its source
 (``ast``), so ``go tool pprof -top`` lists functions as it does for CPU profiles.
+
+Speed: a snapshot holds one trace per live block, millions in a busy program. The standard library's
+``Snapshot.filter_traces``, ``statistics`` and ``compare_to`` build Python objects per trace, and while
+tracemalloc runs each of those allocations is itself traced: measured on 1.8 million live blocks, 36 s,
+6 s and 20 s, so a 3-second heap profile of a program allocating 35 MB/s took over a minute. Here the
+raw traces are grouped by traceback in one loop that allocates nothing per trace (0.2 s for the same
+snapshot), our own and tracemalloc's allocations are left out per group, and a request that started
+tracemalloc stops it before grouping. The raw traces are ``Snapshot.traces._traces`` (stable since Python
+3.4); where it is missing the public ``statistics()`` is used instead (slower, same result).
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ from __future__ import annotations
 import ast
 import gc
 import linecache
+import logging
 import threading
 import tracemalloc
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from otel_perf._safety import log_once
 from otel_perf.profiling.pprof import ProfileBuilder, python_function_name
 
 __all__ = ["DEFAULT_FRAMES", "DEFAULT_GROWTH_SECONDS", "HeapBusy", "heap_profile"]
@@ -89,25 +100,47 @@ def _function_at(filename: str, line: int) -> tuple[str, int]:
     return best[2], best[0]
 
 
-def _add(builder: ProfileBuilder, frames: Sequence[tracemalloc.Frame], count: int, size: int,
+#: A traceback as tracemalloc keeps it: (filename, line) frames, the most recent (the leaf) first.
+_Frames = tuple[tuple[str, int], ...]
+#: Allocations of these files are the profiler's own, not the program's.
+_OWN_FILES = frozenset({tracemalloc.__file__, __file__})
+
+
+def _add(builder: ProfileBuilder, frames: Sequence[tuple[str, int]], count: int, size: int,
          locations: dict[tuple[str, int], int]) -> None:
     ids = []
-    # tracemalloc's tracebacks iterate oldest frame first; pprof wants the leaf first.
-    for frame in reversed(frames):
-        key = (frame.filename, frame.lineno)
+    for key in frames:  # leaf first, as pprof wants
         location = locations.get(key)
         if location is None:
-            name, first = _function_at(frame.filename, frame.lineno)
-            location = locations[key] = builder.location(builder.function(name, frame.filename, first),
-                                                         frame.lineno)
+            filename, lineno = key
+            name, first = _function_at(filename, lineno)
+            location = locations[key] = builder.location(builder.function(name, filename, first), lineno)
         ids.append(location)
     builder.sample(ids, [count, size])
 
 
-def _filtered(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
-    # Leave out tracemalloc's own bookkeeping and this module's.
-    return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__),
-                                   tracemalloc.Filter(False, __file__)])
+def _grouped(snapshot: tracemalloc.Snapshot) -> dict[_Frames, tuple[int, int]]:
+    """(blocks, bytes) per traceback, leaving out tracemalloc's and this module's own allocations."""
+    raw = getattr(getattr(snapshot, "traces", None), "_traces", None)
+    if not isinstance(raw, list):
+        log_once("heap-public-statistics", "otel-perf: tracemalloc's raw traces are not available in this "
+                 "Python; heap profiles use Snapshot.statistics() (slower with many live blocks)",
+                 level=logging.INFO)
+        public = {tuple((f.filename, f.lineno) for f in reversed(stat.traceback)): (stat.count, stat.size)
+                  for stat in snapshot.statistics("traceback")}
+        return {frames: value for frames, value in public.items() if frames and frames[0][0] not in _OWN_FILES}
+    # One loop over every live block that allocates nothing per block (each allocation would be traced
+    # too): the sizes of a traceback go into its list, summed in C below. Identical tracebacks are one
+    # tuple object in a snapshot, so the dictionary finds them by identity after the hash.
+    sizes_by_traceback: dict[_Frames, list[int]] = {}
+    get = sizes_by_traceback.get
+    for trace in raw:  # (domain, size, traceback, total frames)
+        sizes = get(trace[2])
+        if sizes is None:
+            sizes = sizes_by_traceback[trace[2]] = []
+        sizes.append(trace[1])
+    return {frames: (len(sizes), sum(sizes)) for frames, sizes in sizes_by_traceback.items()
+            if frames and frames[0][0] not in _OWN_FILES}
 
 
 def heap_profile(seconds: float | None = None, *, frames: int = DEFAULT_FRAMES, run_gc: bool = False,
@@ -131,40 +164,42 @@ def heap_profile(seconds: float | None = None, *, frames: int = DEFAULT_FRAMES, 
     if tracemalloc.is_tracing() and not seconds:
         if run_gc:
             gc.collect()
-        snapshot = _filtered(tracemalloc.take_snapshot())
-        for stat in snapshot.statistics("traceback"):
-            _add(builder, stat.traceback, stat.count, stat.size, locations)
+        in_use = _grouped(tracemalloc.take_snapshot())
+        for stack, (count, size) in sorted(in_use.items(), key=lambda item: -item[1][1]):
+            _add(builder, stack, count, size, locations)
         return builder.encode()
     if not _lock.acquire(blocking=False):
         raise HeapBusy("a heap growth profile is already running; try again when it ends")
     try:
         started_here = not tracemalloc.is_tracing()
         wait = seconds if seconds else DEFAULT_GROWTH_SECONDS
+        before: dict[_Frames, tuple[int, int]] = {}
         if started_here:
             tracemalloc.start(frames)
             builder.comment(f"tracemalloc started by this request: growth over {wait:g} s")
-            before = None
         else:
             if run_gc:
                 gc.collect()
-            before = _filtered(tracemalloc.take_snapshot())
+            before = _grouped(tracemalloc.take_snapshot())
             builder.comment(f"growth over {wait:g} s")
         try:
             waiting.wait(wait)
             if run_gc:
                 gc.collect()
-            after = _filtered(tracemalloc.take_snapshot())
+            snapshot = tracemalloc.take_snapshot()
         finally:
             if started_here:
-                tracemalloc.stop()
+                tracemalloc.stop()  # before grouping: the program runs untraced again at once
+        after = _grouped(snapshot)
+        del snapshot
         builder.duration_nanos = int(wait * 1e9)
-        if before is None:
-            for stat in after.statistics("traceback"):
-                _add(builder, stat.traceback, stat.count, stat.size, locations)
-        else:
-            for diff in after.compare_to(before, "traceback"):
-                if diff.size_diff > 0:
-                    _add(builder, diff.traceback, max(diff.count_diff, 0), diff.size_diff, locations)
+        growth = []
+        for stack, (count, size) in after.items():
+            count_before, size_before = before.get(stack, (0, 0))
+            if size > size_before:
+                growth.append((size - size_before, max(count - count_before, 0), stack))
+        for size, count, stack in sorted(growth, key=lambda item: -item[0]):
+            _add(builder, stack, count, size, locations)
         return builder.encode()
     finally:
         _lock.release()

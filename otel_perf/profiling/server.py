@@ -19,6 +19,14 @@ Endpoints (query parameters and status codes follow Go's):
 loopback addresses only, unless a token is configured (``OTEL_PERF_DEBUG_TOKEN``), and then every request
 must send ``Authorization: Bearer <token>`` (else 401). It runs in daemon threads, so it never holds up the
 program's exit, and a forked child closes the listening socket it inherited.
+
+Clients cannot hold the host (this all happens before the token is checked, so it matters most for a
+token-protected public bind): at most :data:`MAX_CONNECTIONS` connections are served at once, and one more
+is answered 503 and closed at once; a request must arrive whole (request line and headers) within
+:data:`REQUEST_TIMEOUT` seconds of the connection or of the previous response, however slowly its bytes
+trickle in, and each write of a response gets :data:`WRITE_TIMEOUT` seconds. A client that goes away early
+costs a debug line on the ``otel_perf`` logger; nothing is ever printed to the program's stderr but
+through that logger (an unexpected fault: once).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import html
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -49,7 +58,16 @@ from otel_perf.version import __version__
 if TYPE_CHECKING:
     from otel_perf._config import Settings
 
-__all__ = ["DEFAULT_ADDR", "MAX_SECONDS", "DebugServer", "is_loopback", "start_debug_server"]
+__all__ = [
+    "DEFAULT_ADDR",
+    "MAX_CONNECTIONS",
+    "MAX_SECONDS",
+    "REQUEST_TIMEOUT",
+    "WRITE_TIMEOUT",
+    "DebugServer",
+    "is_loopback",
+    "start_debug_server",
+]
 
 logger = logging.getLogger("otel_perf")
 
@@ -57,6 +75,13 @@ DEFAULT_ADDR = "127.0.0.1:6060"
 #: The longest profile a request may ask for (Go answers 400 past its WriteTimeout; this is ours).
 MAX_SECONDS = 600.0
 DEFAULT_PROFILE_SECONDS = 30.0
+#: Connections served at once (a thread each); more are answered 503 and closed.
+MAX_CONNECTIONS = 32
+#: Seconds a request (request line and headers) may take to arrive, from the connection or the previous
+#: response: a client that sends a byte now and then is cut off, and an idle keep-alive connection ends.
+REQUEST_TIMEOUT = 10.0
+#: Seconds each write of a response may take (a client that does not read is cut off).
+WRITE_TIMEOUT = 30.0
 
 _INDEX = [
     ("profile", "CPU profile: threads that used CPU. ?seconds=30&hz=100"),
@@ -91,15 +116,70 @@ class _HTTPError(Exception):
         self.message = message
 
 
+class _RequestReader:
+    """The handler's ``rfile``: reads a request within a whole-request deadline.
+
+    A socket timeout bounds each ``recv`` only, so a client sending a byte every few seconds would never
+    time out; here every ``recv`` may wait only for what is left of the deadline.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self.deadline = math.inf
+
+    def _fill(self) -> bool:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive within its deadline")
+        self._sock.settimeout(remaining)
+        chunk = self._sock.recv(65536)
+        self._buffer += chunk
+        return bool(chunk)
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        while True:
+            end = self._buffer.find(b"\n") + 1
+            if end and (limit < 0 or end <= limit):
+                return self._take(end)
+            if 0 <= limit <= len(self._buffer):
+                return self._take(limit)
+            if not self._fill():
+                return self._take(len(self._buffer))
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            if not self._fill():
+                break
+        return self._take(len(self._buffer) if size < 0 else size)
+
+    def close(self) -> None:
+        self._buffer.clear()
+
+
+_BUSY_REPLY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 47\r\n\r\n"
+               b"Too many connections to the debug server; retry\n")
+
+
 class DebugServer(ThreadingHTTPServer):
     """The HTTP server; ``stop()`` ends it (also the profiles it is taking)."""
 
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = MAX_CONNECTIONS
+    request_timeout = REQUEST_TIMEOUT
+    write_timeout = WRITE_TIMEOUT
 
     def __init__(self, address: tuple[str, int], token: str | None) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         self.token = token
         self.pid = os.getpid()
         self.started = time.time()
@@ -114,6 +194,47 @@ class DebugServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         text = host.decode() if isinstance(host, bytes) else str(host)
         return f"http://[{text}]:{port}" if ":" in text else f"http://{text}:{port}"
+
+    # --- one thread per connection, at most max_connections of them -------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        """Answer 503 without waiting for the client (this runs in the thread that accepts)."""
+        log_once(("debug-server-busy", self.server_address),
+                 "otel-perf debug server: %d connections are open; more are refused (503) until some end. "
+                 "Not logged again.", self.max_connections, level=logging.WARNING)
+        try:
+            request.setblocking(False)
+            request.send(_BUSY_REPLY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log through the ``otel_perf`` logger, never print a traceback into the program's stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # the client went away, or was too slow
+            logger.debug("debug server: connection from %s ended: %r", client_address, exc)
+            return
+        log_once(("debug-server-error", type(exc).__name__),
+                 "otel-perf debug server: a request from %s failed (%s: %s); the server goes on. Further "
+                 "errors of this kind are not logged.", client_address, type(exc).__name__, exc,
+                 exc_info=True)
 
     def shutdown(self) -> None:
         # In a forked child nothing serves this socket: waiting for serve_forever would never end.
@@ -139,6 +260,22 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("debug server: " + format, *args)
 
     # --- plumbing ----------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = _RequestReader(self.connection)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        # The deadline covers the wait for the request too: an idle keep-alive connection ends with it.
+        self.rfile.deadline = time.monotonic() + self.server.request_timeout  # type: ignore[attr-defined]
+        super().handle_one_request()
+
+    def end_headers(self) -> None:
+        # Writing starts here: from now on the socket's timeout bounds each write (sendall counts the
+        # whole write against it), not what was left of the request's deadline.
+        self.connection.settimeout(self.server.write_timeout)
+        super().end_headers()
 
     def do_GET(self) -> None:
         try:

@@ -320,3 +320,116 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
     assert [str(r.body) for r in backend.logs()] == [f"launched-{i}" for i in range(5)]
     assert backend.points("launched.items")[-1].value == 5
     assert not list((tmp_path / "spool").rglob("*.otlp"))
+
+
+# A short program as users write them, under either way in: its own span, a parse (a span for every parse:
+# OTEL_PERF_PARSE_SPAN_MIN_DURATION=0), a log record and a counter; it flushes, says which otel-perf
+# instrumentors are on and whether the debug server runs, then (with a go file) waits to be released.
+SHORT_APP = textwrap.dedent("""
+    import json, os, sys, time
+    from importlib.metadata import entry_points
+    from pathlib import Path
+    if sys.argv[1] == "configure":
+        import otel_perf
+        otel_perf.configure()
+    from opentelemetry import _logs, metrics, trace
+    with trace.get_tracer("app").start_as_current_span("work"):
+        json.loads('{"a": 1}')
+        _logs.get_logger("app").emit(body="log-work")
+        metrics.get_meter("app").create_counter("app.items").add(3)
+    on = sorted(ep.name for ep in entry_points(group="opentelemetry_instrumentor")
+                if ep.name.startswith("otel_perf_") and ep.load()().is_instrumented_by_opentelemetry)
+    from otel_perf.profiling import server
+    print("instrumented=" + ",".join(on))
+    print("debug-server=%s" % (server._startup_server is not None))
+    trace.get_tracer_provider().force_flush()
+    _logs.get_logger_provider().force_flush()
+    metrics.get_meter_provider().force_flush(1000)
+    if len(sys.argv) > 2:
+        Path(sys.argv[2] + ".flushed").write_text("")
+        deadline = time.monotonic() + 60
+        while not Path(sys.argv[2]).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+""")
+
+ALL_INSTRUMENTORS = "otel_perf_memory,otel_perf_parsers,otel_perf_runtime,otel_perf_subprocess,otel_perf_tools," \
+                    "otel_perf_workers"
+
+
+def _short_app_command(tmp_path: Path, way_in: str, *extra: str) -> list[str]:
+    app = tmp_path / "short_app.py"
+    app.write_text(SHORT_APP)
+    if way_in == "launcher":
+        return [str(BIN / "opentelemetry-instrument"), sys.executable, str(app), way_in, *extra]
+    return [sys.executable, str(app), way_in, *extra]
+
+
+def _short_app_env(backend: _Backend, **extra: str) -> dict[str, str]:
+    return clean_env(**backend.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+                     OTEL_PERF_PARSE_SPAN_MIN_DURATION="0", OTEL_METRIC_EXPORT_INTERVAL="60000", **extra)
+
+
+@pytest.mark.parametrize("way_in", ["launcher", "configure"])
+def test_an_unusable_spool_directory_means_plain_otlp_and_one_warning(
+        tmp_path: Path, backend: _Backend, way_in: str) -> None:
+    """OTEL_PERF_SPOOL_DIR under a regular file: one warning naming the variable and why, no traceback;
+    the signals go over plain OTLP, every instrumentation is on and the debug server runs."""
+    (tmp_path / "a-file").write_text("")
+    spool = tmp_path / "a-file" / "spool"
+    receiver = backend.up()
+    env = _short_app_env(backend, OTEL_PERF_SPOOL_DIR=str(spool), OTEL_PERF_DEBUG_ADDR="127.0.0.1:0")
+    out = subprocess.run(_short_app_command(tmp_path, way_in), env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "OTEL_PERF_SPOOL_DIR" in line]
+    assert len(warnings) == 1, out.stderr
+    assert str(spool) in warnings[0] and "Not a directory" in warnings[0] and "plain OTLP" in warnings[0]
+    assert "Traceback" not in out.stderr
+    assert f"instrumented={ALL_INSTRUMENTORS}" in out.stdout
+    assert "debug-server=True" in out.stdout
+    receiver.wait_for(lambda r: {"work", "parse json"} <= {s.name for s in r.spans()} and r.logs()
+                      and r.metric_points("app.items"), timeout=30)
+
+
+@pytest.mark.parametrize("way_in", ["launcher", "configure"])
+def test_an_explicit_otlp_exporter_spools_when_a_spool_directory_is_set(
+        tmp_path: Path, backend: _Backend, way_in: str) -> None:
+    """OTEL_{TRACES,METRICS,LOGS}_EXPORTER=otlp, as the Operator sets, with OTEL_PERF_SPOOL_DIR: what the
+    program flushed while the backend was down survives a SIGKILL and arrives after a restart."""
+    spool = tmp_path / "spool"
+    env = _short_app_env(backend, OTEL_PERF_SPOOL_DIR=str(spool), OTEL_TRACES_EXPORTER="otlp",
+                         OTEL_METRICS_EXPORTER="otlp", OTEL_LOGS_EXPORTER="otlp")
+    go = tmp_path / "go"
+    program = subprocess.Popen(_short_app_command(tmp_path, way_in, str(go)), env=env, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "go.flushed").exists():
+            assert program.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        for signal_dir in ("traces", "metrics", "logs"):  # nobody listens: all of it is in the spool
+            assert list((spool / signal_dir).glob("*.otlp")), signal_dir
+        program.send_signal(signal.SIGKILL)
+        program.wait(timeout=30)
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(timeout=30)
+        assert program.stdout is not None
+        program.stdout.close()
+    receiver = backend.up()
+    replay = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        deadline = time.monotonic() + 30
+        while list(Path({str(spool)!r}).rglob("*.otlp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    """)
+    command = [str(BIN / "opentelemetry-instrument"), sys.executable, "-c", replay]
+    if way_in == "configure":
+        command = [sys.executable, "-c", "import otel_perf; otel_perf.configure()\n" + replay]
+    subprocess.run(command, env=env, timeout=120, check=True)
+    assert {"work", "parse json"} <= {s.name for s in receiver.spans()}
+    assert "log-work" in [str(r.body) for r in receiver.logs()]
+    assert [p.value for p in receiver.metric_points("app.items")] == [3]
+    assert not list(spool.rglob("*.otlp"))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +131,94 @@ def test_broken_sdk_setup_does_not_abort_auto_instrumentation(tmp_path: Path) ->
     assert "threading-instrumented=True" in out.stdout
     assert "could not be set up" in out.stderr
     assert "OTEL_PERF_MEMORY_THRESHOLD" in out.stderr and "'abc'" in out.stderr
+
+
+# --- otel-perf run: one process, the program's own signals and exit status -------------------------------
+
+SIGNALLED_APP = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+    def on_signal(signum, frame):
+        Path("got").write_text(signal.Signals(signum).name)
+        sys.exit(40 + signum)
+    if sys.argv[1:] != ["default"]:
+        for which in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(which, on_signal)
+    Path("pid").write_text(str(os.getpid()))
+    time.sleep(60)
+    sys.exit(3)
+""")
+
+
+def _start_signalled(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    (tmp_path / "app.py").write_text(SIGNALLED_APP)
+    process = subprocess.Popen([str(BIN / "otel-perf"), "run", "-q", "--", "python", "app.py", *args],
+                               env=clean_env(), cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+        assert process.poll() is None and time.monotonic() < deadline, "the program did not start"
+        time.sleep(0.02)
+    return process
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_otel_perf_run_becomes_the_program_so_signals_reach_it(tmp_path: Path, signum: int) -> None:
+    """otel-perf run replaces itself with the launcher and the launcher with the program: the pid a
+    supervisor holds is the program's, a signal sent to it reaches the program's handler, and the exit
+    status is the program's own."""
+    process = _start_signalled(tmp_path)
+    try:
+        assert int((tmp_path / "pid").read_text()) == process.pid  # no waiting parent process in between
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 40 + signum
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert (tmp_path / "got").read_text() == signal.Signals(signum).name
+
+
+def test_otel_perf_run_ends_with_the_signal_that_ended_the_program(tmp_path: Path) -> None:
+    """A program without handlers is ended by SIGTERM sent to otel-perf run, whoever waits sees exactly
+    that, and no program is left running orphaned."""
+    process = _start_signalled(tmp_path, "default")
+    program = int((tmp_path / "pid").read_text())
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == -signal.SIGTERM
+        with pytest.raises(ProcessLookupError):
+            os.kill(program, 0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(program, signal.SIGKILL)
+
+
+def test_otel_perf_run_names_a_missing_or_unusable_program(tmp_path: Path) -> None:
+    """No such program: 127; a file that is not executable: 126; one line each, no traceback."""
+    missing = subprocess.run([str(BIN / "otel-perf"), "run", "--", "no-such-program-xyz"], env=clean_env(),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 127
+    assert missing.stderr.strip().splitlines()[-1] == "otel-perf run: no-such-program-xyz: command not found"
+    (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    unusable = subprocess.run([str(BIN / "otel-perf"), "run", "--", "./script.sh"], env=clean_env(),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert unusable.returncode == 126
+    assert "./script.sh: permission denied" in unusable.stderr and "Traceback" not in unusable.stderr
+
+
+def test_a_malformed_value_is_reported_once_under_otel_perf_run(tmp_path: Path) -> None:
+    """One warning for one bad value: not again by the otel-perf run process, nor by the program's child
+    Pythons, which read the same environment."""
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import subprocess, sys
+        for _ in range(2):
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+    """))
+    out = _run([str(BIN / "otel-perf"), "run", "-q", "--", "python", "app.py"],
+               clean_env(OTEL_PERF_MEMORY_THRESHOLD="abc", OTEL_PERF_OUTPUT_DIR=str(tmp_path / "out")), tmp_path)
+    warnings = [line for line in out.stderr.splitlines() if "OTEL_PERF_MEMORY_THRESHOLD" in line]
+    assert len(warnings) == 1, out.stderr
+    assert "'abc'" in warnings[0] and "using 0.8 instead" in warnings[0]

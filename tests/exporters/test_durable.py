@@ -290,3 +290,35 @@ def test_only_the_batch_whose_answer_was_lost_is_duplicated(
     assert list(dict.fromkeys(received)) == expected
     duplicated = {n for n in received if received.count(n) > 1}
     assert duplicated == set(batches[0])
+
+
+@pytest.mark.parametrize("obstacle", ["directory-named-like-an-entry", "file-named-corrupt", "lock-is-a-directory"])
+def test_unexpected_objects_in_the_spool_do_not_stop_delivery(
+        otlp_receiver: OTLPReceiver, tmp_path: Path, obstacle: str, exporters: list[Any],
+        tracer_provider: TracerProvider, meter_provider: MeterProvider, metric_reader: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever else sits in traces/, all 30 batches arrive in order, nothing counts as dropped, the
+    obstacle is logged once, and the sender lets go of every descriptor and lock it took."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    if obstacle == "directory-named-like-an-entry":
+        (traces / "00000000000000000001-0000000001-0000000001-64.otlp").mkdir()
+    elif obstacle == "file-named-corrupt":
+        (traces / "corrupt").write_bytes(b"someone's file")
+        (traces / "00000000000000000001-0000000001-0000000001-7.otlp").write_bytes(b"garbage")
+    else:
+        (traces / ".replay.lock").mkdir()
+    exporter = _span_exporter(exporters, otlp_receiver, "grpc", tmp_path, meter_provider=meter_provider)
+    names = [f"b{b}" for b in range(30)]
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        for name in names:
+            assert exporter.export(_batch(tracer_provider, [name])).name == "SUCCESS"
+        assert exporter.force_flush(10_000)
+        exporter.export(_batch(tracer_provider, ["last"]))
+        assert exporter.force_flush(10_000)
+    assert [s.name for s in otlp_receiver.spans()] == [*names, "last"]
+    assert _dropped(metric_reader, "spool_full") == _dropped(metric_reader, "spool_error") == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "otel_perf"]
+    assert len(messages) == 1, messages
+    exporter.shutdown()
+    assert not exporter.spool._fds

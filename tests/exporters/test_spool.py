@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from otel_perf.exporters import _spool
 from otel_perf.exporters._spool import Spool
+from tests.conftest import require_binary
 
 
 def _dead_pid() -> int:
@@ -203,3 +205,143 @@ def test_entries_other_processes_wrote_count_toward_the_bound(tmp_path: Path) ->
     assert drops == [("logs", 2, "spool_full"), ("logs", 2, "spool_full")]
     assert len(list((tmp_path / "logs").glob("*.otlp"))) == 1
     assert spool.entries() == [mine]
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _make_obstacle(directory: Path, kind: str, name: str, elsewhere: Path) -> Path:
+    """Something named like an entry that is not a regular file of the spool's."""
+    path = directory / name
+    if kind == "directory":
+        path.mkdir()
+        (path / "inside").write_bytes(b"not for sending")
+    elif kind == "symlink":
+        target = elsewhere / "outside.otlp"
+        target.write_bytes(b"a file outside the spool")
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo"])
+def test_objects_named_like_entries_are_skipped_logged_once_and_left_alone(
+        tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory, symlink or FIFO named like the oldest entry is not sent, not opened for reading,
+    not deleted, logged once, and the entries behind it are claimed as usual without leaking descriptors."""
+    spool_dir, elsewhere = tmp_path / "spool", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spool = Spool(spool_dir, "traces", 1 << 30)
+    obstacle = _make_obstacle(spool.directory, kind, "00000000000000000001-0000000001-0000000001-99.otlp",
+                              elsewhere)
+    good = [spool.append(f"good-{i}".encode(), items=1) for i in range(3)]
+    fds_before = _open_fds()
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        assert spool.entries() == good
+        assert spool.entries() == good
+        assert spool.has_entries()
+        assert spool.claim(obstacle.name) is None
+        payloads = []
+        for name in good:
+            entry = spool.claim(name)
+            assert entry is not None
+            payloads.append(entry.payload)
+            entry.remove()
+    assert payloads == [b"good-0", b"good-1", b"good-2"]
+    assert os.path.lexists(obstacle)
+    assert len([r for r in caplog.records if obstacle.name in r.getMessage()]) == 1
+    assert _open_fds() == fds_before and not spool._fds
+    assert not spool.has_entries()
+
+
+def test_a_file_named_corrupt_does_not_stop_the_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With a regular file where corrupt/ belongs, a damaged entry is deleted instead of moved aside,
+    reported and logged once, its descriptor and lock are let go, and the next entry is sent."""
+    reported: list[str] = []
+    spool = Spool(tmp_path, "traces", 1 << 30, on_corrupt=reported.append)
+    (spool.directory / "corrupt").write_bytes(b"someone's file")
+    bad = [spool.append(b"x" * 100, items=3) for _ in range(2)]
+    good = spool.append(b"y" * 100, items=4)
+    for name in bad:
+        (spool.directory / name).write_bytes(b"not an entry")
+    fds_before = _open_fds()
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        assert [spool.claim(name) for name in bad] == [None, None]
+    assert reported == ["traces", "traces"]
+    assert len([r for r in caplog.records if "cannot keep corrupt" in r.getMessage()]) == 1
+    assert spool.entries() == [good]
+    assert (spool.directory / "corrupt").read_bytes() == b"someone's file"
+    assert _open_fds() == fds_before and not spool._fds
+    entry = spool.claim(good)
+    assert entry is not None and entry.payload == b"y" * 100
+    entry.remove()
+
+
+def test_an_entry_whose_size_disagrees_with_its_header_is_not_read_whole(tmp_path: Path) -> None:
+    """A file grown past what its header says (a foreign write) is corrupt: moved aside, not sent."""
+    reported: list[str] = []
+    spool = Spool(tmp_path, "logs", 1 << 30, on_corrupt=reported.append)
+    name = spool.append(b"z" * 100, items=1)
+    with open(spool.directory / name, "ab") as handle:
+        handle.write(b"\0" * 10_000)
+    assert spool.claim(name) is None
+    assert reported == ["logs"] and (spool.directory / "corrupt" / name).exists()
+
+
+def test_the_bound_counts_and_drops_only_real_entries(tmp_path: Path) -> None:
+    """A directory named like a huge old entry is neither counted toward the bound nor dropped: the bound
+    drops the oldest real entries, and the drop counter counts exactly their items."""
+    drops: list[tuple[str, int, str]] = []
+    spool = Spool(tmp_path, "traces", 1 << 30, on_drop=lambda *a: drops.append(a))
+    spool.rescan_seconds = 0.0
+    obstacle = spool.directory / "00000000000000000001-0000000001-0000000001-999999999.otlp"
+    obstacle.mkdir()
+    names = [spool.append(b"e" * 1000, items=i + 1) for i in range(2)]
+    assert drops == []  # the directory's "size" in its name does not count
+    entry_size = (spool.directory / names[0]).stat().st_size
+    spool.max_bytes = 2 * entry_size + entry_size // 2
+    names += [spool.append(b"e" * 1000, items=i + 3) for i in range(2)]
+    assert drops == [("traces", 1, "spool_full"), ("traces", 2, "spool_full")]
+    assert spool.entries() == names[2:]
+    assert obstacle.is_dir()
+
+
+def test_a_lock_file_that_is_a_directory_still_gives_one_replayer(tmp_path: Path) -> None:
+    """When something else has the replay lock's name, the signal directory itself is locked: replay goes
+    on, still one holder at a time."""
+    first = Spool(tmp_path, "metrics", 1 << 30)
+    (first.directory / _spool._LOCK_NAME).mkdir()
+    second = Spool(tmp_path, "metrics", 1 << 30)
+    assert first.try_lock()
+    assert not second.try_lock()
+    first.unlock()
+    assert second.try_lock()
+    second.unlock()
+    assert not first._fds and not second._fds
+
+
+def test_the_directory_is_fsynced_after_each_entry_is_renamed_into_place(tmp_path: Path) -> None:
+    """Durability across power loss needs the directory entry on disk too: strace shows the rename of each
+    entry followed by an fsync of its directory."""
+    strace = require_binary("strace", "strace")
+    log = tmp_path / "strace.log"
+    script = textwrap.dedent(f"""
+        from otel_perf.exporters._spool import Spool
+        spool = Spool({str(tmp_path / "spool")!r}, "traces", 1 << 30)
+        for _ in range(2):
+            spool.append(b"payload", items=1)
+    """)
+    subprocess.run([strace, "-f", "-e", "trace=openat,rename,fsync,close", "-o", str(log), sys.executable,
+                    "-c", script], check=True, timeout=60, capture_output=True)
+    directory = str(tmp_path / "spool" / "traces")
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines() if " " in line]
+    renames = [i for i, call in enumerate(calls) if call.startswith("rename(") and f'"{directory}/' in call]
+    assert len(renames) == 2
+    for index in renames:
+        opened = next(call for call in calls[index + 1:] if call.startswith("openat("))
+        assert f'"{directory}"' in opened and "O_DIRECTORY" in opened, opened
+        fd = opened.rsplit("=", 1)[1].strip()
+        following = calls[calls.index(opened, index) + 1:]
+        assert f"fsync({fd})" in [call.split(" ")[0].strip() for call in following[:2]], following[:3]

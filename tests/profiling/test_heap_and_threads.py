@@ -152,3 +152,33 @@ def test_pprof_dump_has_one_sample_per_thread(parked: None) -> None:
     names = [next(lb.value for lb in s.labels if lb.key == "thread") for s in prof.samples]
     assert len(names) == threading.active_count()
     assert {"parked-0", "parked-1", "parked-2", "MainThread"} <= set(names)
+
+
+def _make_records(n: int) -> list[dict[str, object]]:
+    return [{"key": "x" * 40 + str(i), "values": [i]} for i in range(n)]
+
+
+def test_grouping_raw_traces_matches_the_standard_librarys_statistics(no_tracemalloc: None) -> None:
+    """The fast grouping gives exactly what filter_traces + statistics("traceback") give: the same
+    tracebacks (leaf first), blocks and bytes, without tracemalloc's and the profiler's own allocations;
+    and the public fallback, used when the raw traces are missing, agrees with both."""
+    tracemalloc.start(16)
+    kept = _make_records(2000)
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    fast = heap._grouped(snapshot)
+    own = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, heap.__file__)]
+    expected = {tuple((f.filename, f.lineno) for f in reversed(stat.traceback)): (stat.count, stat.size)
+                for stat in snapshot.filter_traces(own).statistics("traceback")}
+    assert fast == expected
+    assert any(frames[0][0] == __file__ and count >= 2000 for frames, (count, _) in fast.items())
+
+    class _NoRawTraces:
+        traces = None
+
+        @staticmethod
+        def statistics(key_type: str) -> list[tracemalloc.Statistic]:
+            return snapshot.statistics(key_type)
+
+    assert heap._grouped(_NoRawTraces()) == expected  # type: ignore[arg-type]
+    assert kept

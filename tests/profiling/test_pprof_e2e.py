@@ -186,3 +186,56 @@ def test_profile_command_reports_server_errors(workload_url: str, tmp_path: Path
     assert done.returncode == 1
     assert "HTTP 400" in done.stderr and "exceeds" in done.stderr
     assert not (tmp_path / "x.pb.gz").exists()
+
+
+BUSY_ALLOCATOR = textwrap.dedent('''
+    import collections
+    import sys
+    import time
+
+    kept = collections.deque(maxlen=400_000)  # about 1.2 million live blocks when full
+
+
+    def allocate_records():
+        # About 35 MB/s: 1000 small records (some 430 bytes each) every 12 ms.
+        i = 0
+        announced = time.monotonic() + 1.0
+        while True:
+            started = time.monotonic()
+            for _ in range(1000):
+                kept.append({"key": "x" * 64 + str(i), "values": [i, 2, 3]})
+                i += 1
+            if announced and started > announced:
+                print("ready", flush=True)
+                announced = 0
+            time.sleep(max(0.0, 0.012 - (time.monotonic() - started)))
+
+
+    allocate_records()
+''')
+
+
+@pytest.mark.parametrize("tracemalloc_frames", ["0", "16"], ids=["started-by-the-request", "running-from-start-up"])
+def test_go_pprof_heap_profile_of_a_busy_allocator_finishes_within_its_window(
+        tmp_path: Path, tracemalloc_frames: str) -> None:
+    """A program allocating about 35 MB/s with a million live blocks: go tool pprof's 3-second heap profile
+    arrives within pprof's own 20-second fetch timeout (it took over a minute when the snapshots were
+    filtered and compared per block) and names the allocating function. The bound is the user's symptom
+    (go tool pprof timing out), with a wide margin: this checks for minutes-long stalls, not for speed."""
+    app = tmp_path / "allocator.py"
+    app.write_text(BUSY_ALLOCATOR)
+    port = _free_port()
+    env = clean_env(OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+                    OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+                    OTEL_PERF_DEBUG_ADDR=f"127.0.0.1:{port}", OTEL_PERF_TRACEMALLOC=tracemalloc_frames)
+    process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), "python", str(app)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        top = pprof_tool(tmp_path, "-top", "-timeout", "20", "-seconds", "3",
+                         f"http://127.0.0.1:{port}/debug/pprof/heap")
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    assert "Type: inuse_space" in top
+    assert "allocate_records" in top_functions(top), top

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +100,67 @@ def test_flame_graph_page_is_self_contained_and_escapes_names() -> None:
     assert doc["root"]["c"][0]["c"][0]["c"][0]["n"] == "hot</script><b>"
     assert doc["unit"] == "s"
     assert "<title>t &lt;x&gt;</title>" in page
+
+
+class _RawServer:
+    """A loopback TCP server that answers every connection with fixed bytes (not necessarily HTTP)."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.port = self.socket.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.socket.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(self.reply)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+
+@pytest.mark.parametrize("reply", [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+                                   b"\x16\x03\x01\x00\x05hello"],
+                         ids=["another-protocol", "cut-short", "binary"])
+def test_profile_command_reports_a_server_that_does_not_speak_http_in_one_line(
+        reply: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong port answers with something else: exit 1 and one line naming the URL, no traceback."""
+    server = _RawServer(reply)
+    try:
+        code = main(["profile", f"http://127.0.0.1:{server.port}", "--threads", "-q",
+                     "-o", str(tmp_path / "t.pb.gz")])
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert f"http://127.0.0.1:{server.port}/debug/pprof/threads" in line
+    assert not (tmp_path / "t.pb.gz").exists()
+
+
+@pytest.mark.parametrize(("url", "why"), [("http://[::1", "Invalid IPv6 URL"),
+                                          ("http://127.0.0.1:notaport", "Port"),
+                                          ("http://127.0.0.1:99999", "Port out of range"),
+                                          ("ftp://127.0.0.1/x", "http or https"),
+                                          ("http://", "no host")])
+def test_profile_command_rejects_a_bad_url_in_one_line(
+        url: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL that cannot name a debug server: exit 2 (a usage error) and one line saying why."""
+    code = main(["profile", url, "--threads", "-q", "-o", str(tmp_path / "t.pb.gz")])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert repr(url) in line and why in line
