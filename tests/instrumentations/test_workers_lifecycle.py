@@ -398,3 +398,77 @@ def test_uninstrument_restores_every_patched_method_including_joblib_and_loky(in
         == [False] * len(targets)
     instrumentor.uninstrument()
     assert all(owner.__dict__[name] is original for (owner, name), original in zip(targets, before, strict=True))
+
+
+# --- forking while the SDK exports ---------------------------------------------------------------------
+
+
+def _wait_for_child(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None (and the child killed) when it is still running after ``timeout``."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@needs_fork
+@pytest.mark.parametrize("stall", [0.4, 3.0], ids=["export-finishes", "export-stuck"])
+def test_a_worker_forked_during_an_export_flushes_at_exit_without_hanging(
+        otel_globals: None, otlp_receiver: Any, stall: float) -> None:
+    """A worker forked while the parent's periodic metric reader was exporting inherited the reader's
+    export lock held, and its metrics flush at exit waited for it forever (and so did the pool and the
+    program's exit). Forks now wait for the export (bounded); one still stuck after the wait leaves the
+    worker without a flush of that signal instead of a hang."""
+    import threading as _threading
+    import time
+
+    from opentelemetry import metrics
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from otel_perf.instrumentations import _workers_fork, _workers_run
+
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=otlp_receiver.grpc_endpoint, insecure=True), export_interval_millis=600_000)
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.set_meter_provider(provider)
+    counter = provider.get_meter("t").create_counter("forked.things")
+    instrumentor = WorkerPoolInstrumentor()
+    instrumentor.instrument(meter_provider=provider, settings=load_settings(pool_spans=False))
+    try:
+        counter.add(1)
+        provider.force_flush()  # the channel is connected: the next export goes straight to the stall
+        otlp_receiver.stall_seconds = stall
+        exporting = _threading.Thread(target=provider.force_flush)
+        exporting.start()
+        time.sleep(0.15)  # the export is in the receiver's stall now, holding the reader's export lock
+        pid = os.fork()
+        if pid == 0:  # the worker: record and flush, as a pool worker does when it ends
+            try:
+                counter.add(1, {"in": "worker"})
+                _workers_run._flush(metrics=True)
+                os._exit(10 + len(_workers_fork.unsafe))
+            finally:
+                os._exit(1)
+        status = _wait_for_child(pid, 25)
+        exporting.join(10)
+    finally:
+        otlp_receiver.stall_seconds = 0
+        instrumentor.uninstrument()
+        provider.shutdown()
+    assert status is not None, "the forked worker hung in its flush"
+    if stall < _workers_fork.WAIT:  # the fork waited for the export: the worker flushed its metrics
+        assert status == 10
+        otlp_receiver.wait_for(lambda r: [p for p in r.metric_points("forked.things")
+                                          if p.attributes.get("in") == "worker"], timeout=15)
+    else:  # the export outlasted the wait: the worker skipped its metrics flush rather than hang
+        assert status == 11
