@@ -48,14 +48,17 @@ def batch_of(fn: Any) -> Any:
     return None
 
 
-def expand_batch(batch: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> int:
-    """Make each task of ``batch`` a pool job: its function becomes ``wrap(function)``.
+def expand_batch(batch: Any, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> int:
+    """Make each task of ``batch`` a pool job: its function becomes ``wrap(function, last)``, ``last``
+    true for the batch's last task (a worker process flushes after it: the batch's results leave together,
+    and joblib kills its workers when a call fails or ends).
 
     Returns:
         The number of tasks.
     """
     items = batch.items
-    batch.items = [(wrap(func), args, kwargs) for func, args, kwargs in items]
+    last = len(items) - 1
+    batch.items = [(wrap(func, i == last), args, kwargs) for i, (func, args, kwargs) in enumerate(items)]
     return len(items)
 
 

@@ -82,6 +82,7 @@ from otel_perf._semconv import (
     PROCESS_PID,
     SCHEMA_URL,
 )
+from otel_perf.instrumentations import _workers_fork
 from otel_perf.instrumentations._workers_state import (
     FOLD_AT,
     SOURCE_MP,
@@ -89,6 +90,7 @@ from otel_perf.instrumentations._workers_state import (
     error_type,
     runtime,
     states_by_id,
+    unpublished,
 )
 
 __all__ = [
@@ -343,21 +345,28 @@ def _carrier(ctx: otel_context.Context | None = None) -> str | dict[str, str] | 
     return header
 
 
-def job_info(state: PoolState, chunked: bool = False) -> Info:
+def job_info(state: PoolState, chunked: bool = False, flush: bool | None = None) -> Info:
     """What a process job submitted now, in the current context, to the pool of ``state`` carries.
 
-    ``chunked``: the job may run as one item of a chunk (``map``, ``multiprocessing.pool``), whose
-    results leave the worker together (see ``_unsent``); a ``ProcessPoolExecutor.submit`` job never does.
+    Args:
+        state: the pool's state.
+        chunked: the job may run as one item of a chunk (``map``, ``multiprocessing.pool``, a joblib
+            batch), whose results leave the worker together (see ``_unsent``); a
+            ``ProcessPoolExecutor.submit`` job never does.
+        flush: flush what the job recorded before its result leaves the worker; default: for
+            ``multiprocessing.pool`` jobs.
     """
     # multiprocessing.pool workers are killed (SIGTERM) by Pool.terminate() and `with Pool()`: they flush
     # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
-    # max_tasks_per_child): they flush once, when they exit.
+    # max_tasks_per_child): they flush once, when they exit. joblib kills its workers too (a failed task
+    # aborts the call): the last task of each of its batches flushes (_workers_joblib).
     spans = runtime.spans
     snapshot = None
     if state.snapshot_per_job:
         handle = current_handle()
         snapshot = _snapshot(handle) if handle is not None else None
-    flush = state.source == SOURCE_MP
+    if flush is None:
+        flush = state.source == SOURCE_MP
     extra = (state.name, state.kind, spans, snapshot, flush) if spans or flush or snapshot is not None else None
     ctx = get_current()
     last = _last_carrier
@@ -393,6 +402,9 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     except BaseException as exc:
         run = perf_counter() - start
         etype = error_type(exc)
+        if ends is None and info[5]:
+            # A failing item ends its chunk or batch, and joblib then kills its workers: flush now.
+            ends = _FLUSH_ALL
         _leave_worker_job(span, token, ends, exc, etype)
         _tag_exception(exc, (owner, info[1], (wait, run, etype)))
         raise
@@ -516,9 +528,10 @@ def compact_call_items(on: bool) -> None:
         del reducers[_CallItem]
 
 
-def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
-    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``)."""
-    return functools.partial(trampoline, fn, job_info(state, chunked=True))
+def process_job(state: PoolState, fn: Callable[..., Any], flush: bool | None = None) -> functools.partial[Any]:
+    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``); ``flush``
+    as for :func:`job_info`."""
+    return functools.partial(trampoline, fn, job_info(state, chunked=True, flush=flush))
 
 
 def is_process_job(fn: Any) -> bool:
@@ -687,6 +700,10 @@ def set_up_workers(pool: Any, context: Any, started: bool) -> bool:
 
 
 def _flush(spans: bool = True, logs: bool = True, metrics: bool = False) -> None:
+    unsafe = _workers_fork.unsafe  # signals this worker must not flush (it could hang: _workers_fork)
+    if unsafe:
+        spans, logs, metrics = (spans and "traces" not in unsafe, logs and "logs" not in unsafe,
+                                metrics and "metrics" not in unsafe)
     if spans:
         flush = getattr(trace.get_tracer_provider(), "force_flush", None)
         if flush is not None:
@@ -765,6 +782,10 @@ def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, ob
     return span, token, (_ended() if extra is not None and extra[4] else None)
 
 
+#: ``ends`` that makes a job flush whatever it recorded (see :func:`_ended`).
+_FLUSH_ALL = (-1, -1)
+
+
 def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | None,
                       exc: BaseException | None, etype: str | None) -> None:
     try:
@@ -775,8 +796,9 @@ def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | 
         if ends is not None:
             spans_ended, logs_ended = _ended()
             # Export what the job recorded before its result leaves the worker (module docstring); a job
-            # that recorded nothing costs no flush (a provider we cannot count on is always flushed).
-            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1])
+            # that recorded nothing costs no flush (a provider we cannot count on is always flushed). The
+            # metrics too when the job ran pools of its own here (a nested Parallel) not yet published.
+            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1], unpublished())
     except Exception as failure:
         _fault("pool job end in a worker process", failure)
 

@@ -72,6 +72,7 @@ __all__ = [
     "runtime",
     "state_for",
     "states_by_id",
+    "unpublished",
 ]
 
 #: Where a pool's state is read from (one reader per stdlib pool family).
@@ -514,6 +515,12 @@ def custom_state(name: str) -> PoolState:
 
 def live_states() -> list[PoolState]:
     return [state for ref in list(states_by_id.values()) if (state := ref()) is not None]
+
+
+def unpublished() -> bool:
+    """Whether this process holds pool jobs it has not published yet (a pool worker flushes its metrics
+    after a job that ran pools of its own)."""
+    return bool(orphans) or any(state.done for state in live_states())
 
 
 def _fold_all() -> None:

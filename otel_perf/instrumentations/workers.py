@@ -65,9 +65,10 @@ from otel_perf._semconv import (
     CODE_FUNCTION_NAME,
     INSTRUMENTATION_SCOPE,
     JOB_WAIT_DURATION,
+    POOL_KIND_THREAD,
     SCHEMA_URL,
 )
-from otel_perf.instrumentations import PerfInstrumentor, _workers_run
+from otel_perf.instrumentations import PerfInstrumentor, _workers_fork, _workers_run
 from otel_perf.instrumentations._workers_joblib import batch_of, expand_batch, parallel_call, parallel_dispatch
 from otel_perf.instrumentations._workers_run import (
     _SET_UP,
@@ -199,7 +200,7 @@ def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(fn, functools.partial) and _is_job_chunk(fn):
                 future = call(self, fn, *args, **kwargs)
             elif (batch := batch_of(fn)) is not None:  # joblib (loky backend): a job per task
-                expand_batch(batch, functools.partial(process_job, state))
+                expand_batch(batch, functools.partial(_batch_job, state))
                 future = call(self, fn, *args, **kwargs)
             else:
                 future = call(self, trampoline, fn, job_info(state, chunked), *args, **kwargs)
@@ -272,6 +273,14 @@ def _job_for(state: PoolState, func: Callable[..., Any]) -> functools.partial[An
     return local_job(state, func) if state.source == SOURCE_MP_THREAD else process_job(state, func)
 
 
+def _batch_job(state: PoolState, func: Callable[..., Any], last: bool) -> functools.partial[Any]:
+    """A task of a joblib batch as a job of the pool of ``state``; a process job flushes after the
+    batch's ``last`` task only (``_workers_joblib.expand_batch``)."""
+    if state.kind == POOL_KIND_THREAD:
+        return local_job(state, func)
+    return process_job(state, func, flush=last)
+
+
 def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
     call = _callable_original(original)
 
@@ -282,7 +291,7 @@ def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
             return call(self, func, *args, **kwargs)
         batch = batch_of(func)
         if batch is not None:  # joblib (threading and multiprocessing backends): a job per task
-            count = expand_batch(batch, functools.partial(_job_for, state))
+            count = expand_batch(batch, functools.partial(_batch_job, state))
             job: Callable[..., Any] = func
         else:
             count, job = 1, _job_for(state, func)
@@ -410,9 +419,11 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
         for path, factory in _PATCHES:
             self._patcher.replace(path, factory)
         _watch_contrib_threading()
+        _workers_fork.activate(True)  # forks wait for exports in progress (worker processes flush)
 
     def _stop(self) -> None:
         runtime.active = False
+        _workers_fork.activate(False)
         if self._patcher is not None:
             self._patcher.unpatch_all()
             self._patcher = None
