@@ -11,12 +11,12 @@ and run time recorded by the process that owns the pool (DESIGN.md, "Worker pool
   In the worker the trampoline runs the job under the carried context and ends its span. With spans off
   (and no per-job flush) the job carries six small values and the worker only enters the carried context
   (benchmark group ``workers.process.roundtrip.paired``).
-* Each worker process is set up once, when it starts: the pool's initializer becomes
-  :func:`worker_initializer` (then the pool's own initializer, if any), which registers the flush at exit
-  and, for a ``configure()``d parent's spawn, forkserver or loky worker, configures the SDK from a pickled
-  :class:`~otel_perf._sdk.ConfigSnapshot` (about 1.1 KB, OTLP headers included) that travels once per
-  worker process, with the process's start-up arguments, instead of with every job. Only a pool whose
-  workers were already running when otel-perf first saw it sends the snapshot with its jobs.
+* Each worker process is set up once, when it starts (``_workers_setup``): :func:`_ensure_worker_sdk`
+  registers the flush at exit and, for a ``configure()``d parent's spawn, forkserver or loky worker,
+  configures the SDK from a pickled :class:`~otel_perf._sdk.ConfigSnapshot` (about 1.1 KB, OTLP headers
+  included) that travels once per worker process, with the process's start-up arguments, instead of with
+  every job. Only a pool whose workers were already running when otel-perf first saw it sends the
+  snapshot with its jobs.
 * Nothing recorded in a job may be lost when its worker ends. Fork and forkserver workers end with
   ``os._exit`` (no ``atexit``), and ``with multiprocessing.Pool()`` terminates its workers (SIGTERM) as
   soon as the block ends. Flushing after every job costs one synchronous export per job that recorded
@@ -95,17 +95,13 @@ from otel_perf.instrumentations._workers_state import (
 
 __all__ = [
     "compact_call_items",
-    "find_contrib_wrapper",
     "function_names",
     "is_process_job",
     "job_info",
-    "job_target",
     "local_job",
     "process_job",
     "run_thread_job",
-    "set_up_workers",
     "trampoline",
-    "worker_initializer",
 ]
 
 #: A finished process job, as its owner logs it: (wait seconds, run seconds[, error.type]).
@@ -117,46 +113,6 @@ Meta = tuple[int, int, Entry]
 #: code object -> (short name, code.function.name, qualname): plain functions sharing a code object
 #: (closures made by one def) share their names, so a job's names are computed once per def.
 _names_by_code: dict[Any, tuple[str, str, Any]] = {}
-
-
-#: The code object of the closure contrib's threading instrumentation submits in place of a job (it wraps
-#: ``ThreadPoolExecutor.submit`` too): ``wrapped_func``, which enters the submitter's context and calls
-#: ``original_func``. Found when that module is imported (:func:`find_contrib_wrapper`); None before.
-_contrib_wrapper: Any = None
-
-
-def find_contrib_wrapper(module: Any) -> None:
-    """Find the code of contrib's submit closure in its ``opentelemetry.instrumentation.threading`` module."""
-    global _contrib_wrapper
-    instrumentor = getattr(module, "ThreadingInstrumentor", None)
-    for attribute in vars(instrumentor).values() if instrumentor is not None else ():
-        function = getattr(attribute, "__func__", attribute)
-        code = getattr(function, "__code__", None)
-        if code is None or "submit" not in code.co_name:
-            continue
-        for const in code.co_consts:
-            if getattr(const, "co_name", None) == "wrapped_func" and "original_func" in const.co_freevars:
-                _contrib_wrapper = const
-                return
-
-
-def job_target(fn: Any) -> Any:
-    """The function a thread job runs, seen through contrib's submit closure (:data:`_contrib_wrapper`).
-
-    When contrib's wrapper is outside ours it hands the pool its closure, which would enter the
-    submitter's context inside the job, after the job's span was made current: the user's spans would
-    become siblings of the job's span. The job already runs in a copy of the submitter's context, so the
-    closure is unwrapped: the job runs the user's function, named after it, under its own span.
-    """
-    wrapper: Any = _contrib_wrapper
-    if wrapper is None or getattr(fn, "__code__", None) is not wrapper:
-        return fn
-    free: tuple[str, ...] = _contrib_wrapper.co_freevars
-    try:
-        inner = fn.__closure__[free.index("original_func")].cell_contents
-    except (IndexError, ValueError, TypeError):  # an empty cell, or not the closure we know
-        return fn
-    return inner if callable(inner) else fn
 
 
 def function_names(fn: Any) -> tuple[str, str]:
@@ -633,70 +589,6 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     Finalize(None, _flush_at_exit, exitpriority=100)
     _span_ends = _counter_on(trace.get_tracer_provider(), "add_span_processor")
     _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
-
-
-# --- setting up a worker process when it starts --------------------------------------------------------
-
-#: Marks a pool whose future worker processes start with :func:`worker_initializer`.
-_SET_UP = "_otel_perf_workers_set_up"
-
-
-def worker_initializer(snapshot: bytes | None, initializer: Callable[..., Any] | None, initargs: Any) -> None:
-    """A process pool's initializer while instrumented: set this worker up, then run the pool's own.
-
-    Module level, so that it pickles by name for spawn, forkserver and loky workers. The pool's own
-    initializer runs exactly as it would have: its exceptions reach the pool (which then behaves as it
-    does bare: ``BrokenProcessPool``, or a ``multiprocessing`` pool starting a new worker).
-
-    Args:
-        snapshot: the pickled ``configure()`` snapshot of the parent, for a worker that starts without
-            the parent's SDK (spawn, forkserver, loky); None otherwise.
-        initializer: the pool's own initializer, or None.
-        initargs: its arguments.
-    """
-    try:
-        if _worker_pid != _my_pid:
-            _ensure_worker_sdk(snapshot)
-    except Exception as exc:
-        _fault("setting up a pool worker process", exc)
-    if initializer is not None:
-        initializer(*initargs)
-
-
-def _start_method(context: Any) -> str | None:
-    try:
-        method = context.get_start_method() if context is not None else None
-    except Exception:
-        return None
-    return method if isinstance(method, str) else None
-
-
-def set_up_workers(pool: Any, context: Any, started: bool) -> bool:
-    """Make the worker processes ``pool`` starts from now on run :func:`worker_initializer` first.
-
-    Sets the pool's ``_initializer``/``_initargs`` (read by ``ProcessPoolExecutor``, loky's executor and
-    ``multiprocessing.pool.Pool`` each time they start a worker), once per pool. The ``configure()``
-    snapshot goes with it when the workers will not inherit the parent's SDK (any start method but fork).
-
-    Args:
-        pool: the process pool.
-        context: its multiprocessing context (for the start method).
-        started: the pool already runs workers: they missed the set-up.
-
-    Returns:
-        True when the pool's jobs must carry the snapshot themselves: a ``configure()``d parent, workers
-        that do not inherit its SDK, and some of them already started.
-    """
-    if pool.__dict__.get(_SET_UP):
-        return False
-    handle = current_handle()
-    snapshot = None
-    if handle is not None and _start_method(context) != "fork":
-        snapshot = _snapshot(handle)
-    pool._initializer = functools.partial(worker_initializer, snapshot, pool._initializer, pool._initargs)
-    pool._initargs = ()
-    pool.__dict__[_SET_UP] = True
-    return started and snapshot is not None
 
 
 def _flush(spans: bool = True, logs: bool = True, metrics: bool = False) -> None:

@@ -68,23 +68,21 @@ from otel_perf._semconv import (
     POOL_KIND_THREAD,
     SCHEMA_URL,
 )
-from otel_perf.instrumentations import PerfInstrumentor, _workers_fork, _workers_run
+from otel_perf.instrumentations import PerfInstrumentor, _workers_contrib, _workers_fork
+from otel_perf.instrumentations._workers_contrib import find_contrib_wrapper, job_target
 from otel_perf.instrumentations._workers_joblib import batch_of, expand_batch, parallel_call, parallel_dispatch
 from otel_perf.instrumentations._workers_run import (
-    _SET_UP,
     _end_span,
     compact_call_items,
-    find_contrib_wrapper,
     function_names,
     is_process_job,
     job_info,
-    job_target,
     local_job,
     process_job,
     run_thread_job,
-    set_up_workers,
     trampoline,
 )
+from otel_perf.instrumentations._workers_setup import SET_UP, set_up_workers
 from otel_perf.instrumentations._workers_state import (
     SOURCE_MP_THREAD,
     PoolState,
@@ -142,7 +140,7 @@ def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
             state = state_for(self)
         if state.ignored:
             return call(self, fn, *args, **kwargs)
-        if _workers_run._contrib_wrapper is not None:  # contrib's threading instrumentation is imported
+        if _workers_contrib._contrib_wrapper is not None:  # contrib's threading instrumentation is imported
             fn = job_target(fn)
         # The job runs as ctx.run(run_thread_job, ...) in a copy of the submitter's context: no extra
         # Python frame or closure per job.
@@ -364,7 +362,7 @@ def _mp_repopulate(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def _repopulate_pool(self: Any) -> Any:
-        if runtime.active and not self.__dict__.get(_SET_UP):
+        if runtime.active and not self.__dict__.get(SET_UP):
             with guarded("setting up a process pool's workers"):
                 mp_pool = sys.modules.get("multiprocessing.pool")
                 if mp_pool is None or not isinstance(self, mp_pool.ThreadPool):
