@@ -198,6 +198,8 @@ class JobLog:
             lock.release()
         if not batch:
             return
+        global _folded
+        _folded = True
         self.wait.record_many([entry[0] for entry in batch])
         runs = [entry[1] for entry in batch if len(entry) == 2]
         self.ok.record_many(runs)
@@ -517,10 +519,15 @@ def live_states() -> list[PoolState]:
     return [state for ref in list(states_by_id.values()) if (state := ref()) is not None]
 
 
+#: Jobs were folded into the series since the last publication (see :func:`unpublished`).
+_folded = False
+
+
 def unpublished() -> bool:
     """Whether this process holds pool jobs it has not published yet (a pool worker flushes its metrics
-    after a job that ran pools of its own)."""
-    return bool(orphans) or any(state.done for state in live_states())
+    after a job that ran pools of its own): logged, handed over by a pool that is gone, or folded since the
+    last publication."""
+    return _folded or bool(orphans) or any(state.done for state in live_states())
 
 
 def _fold_all() -> None:
@@ -534,6 +541,8 @@ def _fold_all() -> None:
         except IndexError:  # another publication took the last one
             break
         log.fold()
+    global _folded
+    _folded = False  # the publication that called this follows at once
 
 
 JOB_WAIT.add_drain(_fold_all)
@@ -624,6 +633,8 @@ def _after_fork_in_child() -> None:
     states_by_id.clear()
     orphans.clear()
     _custom.clear()
+    global _folded
+    _folded = False
 
 
 if hasattr(os, "register_at_fork"):

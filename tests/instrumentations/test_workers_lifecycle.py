@@ -472,3 +472,39 @@ def test_a_worker_forked_during_an_export_flushes_at_exit_without_hanging(
                                           if p.attributes.get("in") == "worker"], timeout=15)
     else:  # the export outlasted the wait: the worker skipped its metrics flush rather than hang
         assert status == 11
+
+
+def run_nested_pool(jobs: int) -> int:
+    """A job that runs a thread pool of its own (as a nested joblib.Parallel does)."""
+    with otel_perf.name_pool(mpp.ThreadPool(2), "nested") as pool:
+        return sum(pool.map(work, range(jobs)))
+
+
+@needs_fork
+def test_a_worker_killed_after_a_job_that_ran_its_own_pool_has_published_it(otel_globals: None,
+                                                                           otlp_receiver: Any) -> None:
+    """A multiprocessing worker owns the pools its jobs make and reports them itself; `with Pool()` kills
+    it (SIGTERM) as soon as the block ends, so it flushes its metrics after such a job, before the job's
+    result leaves it."""
+    from opentelemetry import metrics
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=otlp_receiver.grpc_endpoint, insecure=True), export_interval_millis=600_000)
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.set_meter_provider(provider)
+    instrumentor = WorkerPoolInstrumentor()
+    instrumentor.instrument(meter_provider=provider, settings=load_settings(pool_spans=False))
+    try:
+        with FORK.Pool(1) as pool:
+            assert pool.apply(run_nested_pool, (5,)) == 20
+            worker_pids = [p.pid for p in pool._pool]
+        nested = otlp_receiver.wait_for(lambda r: [p for p in r.metric_points(POOL_JOB_DURATION)
+                                                   if p.attributes.get(POOL_NAME) == "nested"], timeout=15)
+        assert max(p.count for p in nested) == 5
+        assert os.getpid() not in worker_pids
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
