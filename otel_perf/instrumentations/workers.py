@@ -84,6 +84,8 @@ from otel_perf.instrumentations._workers_run import (
 )
 from otel_perf.instrumentations._workers_setup import SET_UP, set_up_workers
 from otel_perf.instrumentations._workers_state import (
+    JOB_DURATION,
+    JOB_WAIT,
     SOURCE_MP_THREAD,
     PoolState,
     create_instruments,
@@ -429,6 +431,11 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
             compact_call_items(False)
         meter = getattr(self, "meter", None)
         if meter is not None:
+            # Everything the pools finished goes into the SDK's storage before the histograms are unbound:
+            # the providers' final export (shutdown() uninstruments first) then carries it.
+            with guarded("publishing pool jobs before uninstrumenting"):
+                JOB_WAIT.publish()
+                JOB_DURATION.publish()
             release_instruments(meter)
 
 

@@ -508,3 +508,13 @@ def test_a_worker_killed_after_a_job_that_ran_its_own_pool_has_published_it(otel
     finally:
         instrumentor.uninstrument()
         provider.shutdown()
+
+
+def test_jobs_finished_before_uninstrument_are_in_the_next_export(instrument: Any, metric_reader: Any) -> None:
+    """otel_perf.shutdown() uninstruments before the providers' final export: the jobs the pools finished
+    (here a pool gone before any collection) are handed to the SDK first, so that export carries them."""
+    instrumentor = instrument()
+    name = unique("before-uninstrument")
+    _thread_executor(name, 4)
+    instrumentor.uninstrument()
+    assert counted(metric_reader, name) == (4, 4)
