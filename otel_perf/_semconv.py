@@ -156,16 +156,18 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     _m("memory", "otel_perf.process_tree.memory.peak", "gauge", "By",
        "High-water mark of the process tree's resident set size."),
     # Worker pools (otel_perf_workers)
-    _m("workers", "otel_perf.pool.queue.depth", "updowncounter", "{job}", "Jobs waiting for a worker.",
+    _m("workers", "otel_perf.pool.queue.depth", "updowncounter", "{job}",
+       "Jobs waiting for a worker, read from the pool at collection (0 once a shut-down pool's workers ended).",
        *_POOL_ATTRS),
-    _m("workers", "otel_perf.pool.worker.busy", "updowncounter", "{worker}", "Workers running a job.",
-       *_POOL_ATTRS),
+    _m("workers", "otel_perf.pool.worker.busy", "updowncounter", "{worker}",
+       "Workers running a job, read from the pool at collection.", *_POOL_ATTRS),
     _m("workers", "otel_perf.pool.worker.limit", "updowncounter", "{worker}", "Most workers the pool may run.",
        *_POOL_ATTRS),
     _m("workers", "otel_perf.pool.job.wait.duration", "histogram", "s",
-       "Time from submission until a worker started the job.", *_POOL_ATTRS),
-    _m("workers", "otel_perf.pool.job.duration", "histogram", "s", "Time a worker spent running the job.",
-       *_POOL_ATTRS, JOB_OUTCOME, ERROR_TYPE),
+       "Time from submission until a worker started the job; one per finished job.", *_POOL_ATTRS),
+    _m("workers", "otel_perf.pool.job.duration", "histogram", "s",
+       "Time a worker spent running the job; one per job (a call of the function) that finished or was "
+       "cancelled.", *_POOL_ATTRS, JOB_OUTCOME, ERROR_TYPE),
     _m("workers", "otel_perf.pool.job.rejected", "counter", "{job}",
        "Jobs the pool refused (shut down or broken).", *_POOL_ATTRS),
     _m("workers", "otel_perf.pool.job.retries", "counter", "{retry}", "Jobs run again after a failure.",
@@ -188,6 +190,28 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
 
 METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}
 
+#: What ``error.type`` holds, for the generated telemetry reference (scripts/generate-docs.py).
+ERROR_TYPE_NOTE: Final = (
+    "`error.type` has one spelling on every span and metric: for an exception, its class's fully qualified "
+    "name (`json.decoder.JSONDecodeError`, `myapp.errors.ToolError`), builtins bare (`ValueError`), as the "
+    "semantic conventions ask; for a program, its exit code or the signal that ended it (`3`, `SIGKILL`).")
+
+#: A paragraph the generated telemetry reference adds under a group's metrics table.
+GROUP_NOTES: Final[dict[str, str]] = {
+    "workers": (
+        "A job is one call of the function given to the pool: each item of `map`/`imap`/`starmap` (also in "
+        "chunks) and each task of a `joblib.Parallel` batch. The job histograms count every job that "
+        "finished (or was cancelled before it ran), in the process that owns the pool: a thread pool's job "
+        "when it ends, a process pool's when its result reaches the owner. A pool gone before the next "
+        "collection (made in a function, one per request, asyncio's default executor) is still published "
+        "once after its last job, then forgotten; pools alive at exit are published by the final export. "
+        "Queue depth, busy workers, the worker limit and worker memory are read from each live pool at "
+        "collection. Covered: `concurrent.futures` executors, `multiprocessing.pool.Pool` and `ThreadPool`, "
+        "loky's executor (joblib's default backend, named `loky`) and joblib's other backends, and "
+        "`otel_perf.job(...)`. Submissions made while instrumentation is suppressed are not counted, and "
+        "pools that only the OpenTelemetry SDK and exporters use are left out."),
+}
+
 
 def metric(name: str) -> MetricSpec:
     """Return the catalogue entry for ``name`` (KeyError for a name not in the catalogue)."""
@@ -206,7 +230,8 @@ class SpanSpec:
 
 
 SPANS: Final[tuple[SpanSpec, ...]] = (
-    SpanSpec("{otel_perf.pool.name} {function name}", "INTERNAL", "One pool job, child of its submitter.",
+    SpanSpec("{otel_perf.pool.name} {function name}", "INTERNAL",
+             "One pool job, child of its submitter (a joblib task: of the span that called Parallel).",
              (POOL_NAME, POOL_KIND, CODE_FUNCTION_NAME, JOB_WAIT_DURATION, ERROR_TYPE, PROCESS_PID),
              "workers"),
     SpanSpec("execute_tool {gen_ai.tool.name}", "INTERNAL", "One tool call (GenAI semantic conventions).",

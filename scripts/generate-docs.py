@@ -74,7 +74,8 @@ def telemetry() -> str:
     lines = [HEADER.format(source="otel_perf/_semconv.py"), "# Telemetry reference\n",
              "Every metric and span otel-perf emits. Semantic-convention names where a convention exists; "
              "everything of otel-perf's own under `otel_perf.`. Histograms in seconds have explicit bucket "
-             "boundaries with each objective's threshold on a boundary.\n", "## Metrics\n"]
+             "boundaries with each objective's threshold on a boundary.\n",
+             *([f"{_semconv.ERROR_TYPE_NOTE}\n"] if hasattr(_semconv, "ERROR_TYPE_NOTE") else []), "## Metrics\n"]
     groups: dict[str, list[_semconv.MetricSpec]] = {}
     for spec in _semconv.METRICS:
         groups.setdefault(spec.group, []).append(spec)
@@ -85,6 +86,9 @@ def telemetry() -> str:
             attrs = ", ".join(f"`{a}`" for a in spec.attributes)
             lines.append(f"| `{spec.name}` | {_KIND[spec.instrument]} | `{spec.unit}` | {attrs} | {spec.description} |")
         lines.append("")
+        note = getattr(_semconv, "GROUP_NOTES", {}).get(group)
+        if note:
+            lines += [note, ""]
     lines += ["## Spans\n", "| span name | kind | attributes | description |", "|---|---|---|---|"]
     for span in _semconv.SPANS:
         attrs = ", ".join(f"`{a}`" for a in span.attributes)

@@ -3,7 +3,8 @@
 Run it under otel-perf (``otel-perf demo`` does) and every part of it is measured without a line of
 otel-perf code in the job logic: the pools, the parsers, the subprocess, the runtime. The only otel-perf
 code is what a user would write on purpose: ``@otel_perf.tool`` on two tools, ``otel_perf.name_pool`` and
-``otel_perf.track_queue`` to give names, and ``BufferPool`` for file reads.
+``otel_perf.track_queue`` to give names, ``@otel_perf.job`` on the batch of fetches (a home-made pool of
+asyncio tasks), and ``BufferPool`` for file reads.
 
 Usage::
 
@@ -109,6 +110,7 @@ def generate_script(count: int, files: Sequence[str], faults: set[str], rng: ran
     return script
 
 
+@otel_perf.job(pool="fetches", name="fetch")  # a home-made pool: asyncio.gather of fetches, one job a batch
 async def _fetch_all(commands: list[dict[str, Any]]) -> list[str]:
     results: list[str] = await asyncio.gather(*(tools.fetch_remote(c["name"], c["delay"]) for c in commands))
     return results

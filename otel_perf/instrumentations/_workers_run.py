@@ -7,19 +7,26 @@ and run time recorded by the process that owns the pool (DESIGN.md, "Worker pool
   the span's parent is the submitter's span however often the pool's threads are reused.
 * Process pools run :func:`trampoline`: a module-level function (a wrapped callable would not pickle)
   given the user's function and a small tuple of primitives (:data:`Info`): a W3C ``traceparent``
-  carrier, the submission time and, only when the job needs them, the pool's name and kind for its span
-  and, for a ``configure()``d parent, a pickled :class:`~otel_perf._sdk.ConfigSnapshot`, from which a
-  spawn or forkserver worker without an SDK configures itself once. In the worker the trampoline runs
-  the job under the carried context and ends its span. With spans off (and no snapshot, no per-job
-  flush) the job carries six small values and the worker only enters the carried context (benchmark
-  group ``workers.process.roundtrip.paired``).
+  carrier, the submission time and, only when the job needs them, the pool's name and kind for its span.
+  In the worker the trampoline runs the job under the carried context and ends its span. With spans off
+  (and no per-job flush) the job carries six small values and the worker only enters the carried context
+  (benchmark group ``workers.process.roundtrip.paired``).
+* Each worker process is set up once, when it starts (``_workers_setup``): :func:`_ensure_worker_sdk`
+  registers the flush at exit and, for a ``configure()``d parent's spawn, forkserver or loky worker,
+  configures the SDK from a pickled :class:`~otel_perf._sdk.ConfigSnapshot` (about 1.1 KB, OTLP headers
+  included) that travels once per worker process, with the process's start-up arguments, instead of with
+  every job. Only a pool whose workers were already running when otel-perf first saw it sends the
+  snapshot with its jobs.
 * Nothing recorded in a job may be lost when its worker ends. Fork and forkserver workers end with
   ``os._exit`` (no ``atexit``), and ``with multiprocessing.Pool()`` terminates its workers (SIGTERM) as
   soon as the block ends. Flushing after every job costs one synchronous export per job that recorded
   something (about 1.1 ms with OTLP/gRPC here, against a 63 µs round trip), so ``ProcessPoolExecutor``
   workers, which always end gracefully, flush once when they exit (a ``multiprocessing`` finalizer runs
-  even before ``os._exit``). ``multiprocessing.pool`` workers can be terminated at any moment, so they
-  flush after each job that recorded a span or log record, before its result leaves. Flushing on the
+  even before ``os._exit``). That exit flush also exports the worker's metrics, so its runtime metrics
+  (``process.uptime``, CPU, memory) cover its whole life, not only up to its last periodic export.
+  ``multiprocessing.pool`` workers can be terminated at any moment, so they flush after each job that
+  recorded a span or log record, before its result leaves (a worker that ends gracefully, after
+  ``close()`` or ``maxtasksperchild``, also flushes its metrics at exit). Flushing on the
   SIGTERM instead was tried and rejected: a Python signal handler runs only in the main thread, and when
   the kernel hands the signal to another thread of a worker blocked on the pool's queue lock, the worker
   never dies and ``terminate()`` waits forever (seen on 3.13, about 1 run in 20).
@@ -75,6 +82,7 @@ from otel_perf._semconv import (
     PROCESS_PID,
     SCHEMA_URL,
 )
+from otel_perf.instrumentations import _workers_fork
 from otel_perf.instrumentations._workers_state import (
     FOLD_AT,
     SOURCE_MP,
@@ -82,10 +90,19 @@ from otel_perf.instrumentations._workers_state import (
     error_type,
     runtime,
     states_by_id,
+    unpublished,
 )
 
-__all__ = ["compact_call_items", "function_names", "is_process_job", "job_info", "local_job", "process_job",
-           "run_thread_job", "trampoline"]
+__all__ = [
+    "compact_call_items",
+    "function_names",
+    "is_process_job",
+    "job_info",
+    "local_job",
+    "process_job",
+    "run_thread_job",
+    "trampoline",
+]
 
 #: A finished process job, as its owner logs it: (wait seconds, run seconds[, error.type]).
 Entry = tuple[Any, ...]
@@ -162,7 +179,7 @@ def _start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
 @guard
 def _end_span(span: Span, exc: BaseException | None, etype: str | None) -> None:
     if exc is not None:
-        span.set_attribute(ERROR_TYPE, etype or type(exc).__qualname__)
+        span.set_attribute(ERROR_TYPE, etype or error_type(exc))
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
     span.end()
@@ -233,6 +250,8 @@ _snapshot_cache: tuple[Any, bytes] | None = None
 
 #: What a job needs beyond the context, when it needs anything: (pool name, pool kind, spans on,
 #: snapshot, flush after each job). None when spans are off, there is no snapshot and no per-job flush.
+#: The snapshot travels only for a pool whose workers started before otel-perf saw it (see
+#: :func:`set_up_workers`).
 Extra = tuple[str, str, bool, "bytes | None", bool]
 
 #: What travels with each process job (a tuple of primitives: it pickles fast, in C):
@@ -282,19 +301,28 @@ def _carrier(ctx: otel_context.Context | None = None) -> str | dict[str, str] | 
     return header
 
 
-def job_info(state: PoolState, chunked: bool = False) -> Info:
+def job_info(state: PoolState, chunked: bool = False, flush: bool | None = None) -> Info:
     """What a process job submitted now, in the current context, to the pool of ``state`` carries.
 
-    ``chunked``: the job may run as one item of a chunk (``map``, ``multiprocessing.pool``), whose
-    results leave the worker together (see ``_unsent``); a ``ProcessPoolExecutor.submit`` job never does.
+    Args:
+        state: the pool's state.
+        chunked: the job may run as one item of a chunk (``map``, ``multiprocessing.pool``, a joblib
+            batch), whose results leave the worker together (see ``_unsent``); a
+            ``ProcessPoolExecutor.submit`` job never does.
+        flush: flush what the job recorded before its result leaves the worker; default: for
+            ``multiprocessing.pool`` jobs.
     """
     # multiprocessing.pool workers are killed (SIGTERM) by Pool.terminate() and `with Pool()`: they flush
     # after each job that recorded something. ProcessPoolExecutor workers always end gracefully (also with
-    # max_tasks_per_child): they flush once, when they exit.
+    # max_tasks_per_child): they flush once, when they exit. joblib kills its workers too (a failed task
+    # aborts the call): the last task of each of its batches flushes (_workers_joblib).
     spans = runtime.spans
-    handle = current_handle()
-    snapshot = _snapshot(handle) if handle is not None else None
-    flush = state.source == SOURCE_MP
+    snapshot = None
+    if state.snapshot_per_job:
+        handle = current_handle()
+        snapshot = _snapshot(handle) if handle is not None else None
+    if flush is None:
+        flush = state.source == SOURCE_MP
     extra = (state.name, state.kind, spans, snapshot, flush) if spans or flush or snapshot is not None else None
     ctx = get_current()
     last = _last_carrier
@@ -330,6 +358,9 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
     except BaseException as exc:
         run = perf_counter() - start
         etype = error_type(exc)
+        if ends is None and info[5]:
+            # A failing item ends its chunk or batch, and joblib then kills its workers: flush now.
+            ends = _FLUSH_ALL
         _leave_worker_job(span, token, ends, exc, etype)
         _tag_exception(exc, (owner, info[1], (wait, run, etype)))
         raise
@@ -453,9 +484,10 @@ def compact_call_items(on: bool) -> None:
         del reducers[_CallItem]
 
 
-def process_job(state: PoolState, fn: Callable[..., Any]) -> functools.partial[Any]:
-    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``)."""
-    return functools.partial(trampoline, fn, job_info(state, chunked=True))
+def process_job(state: PoolState, fn: Callable[..., Any], flush: bool | None = None) -> functools.partial[Any]:
+    """``fn`` as one callable for APIs that take a single function (``map``, ``apply_async``); ``flush``
+    as for :func:`job_info`."""
+    return functools.partial(trampoline, fn, job_info(state, chunked=True, flush=flush))
 
 
 def is_process_job(fn: Any) -> bool:
@@ -559,7 +591,11 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     _log_ends = _counter_on(get_logger_provider(), "add_log_record_processor")
 
 
-def _flush(spans: bool = True, logs: bool = True) -> None:
+def _flush(spans: bool = True, logs: bool = True, metrics: bool = False) -> None:
+    unsafe = _workers_fork.unsafe  # signals this worker must not flush (it could hang: _workers_fork)
+    if unsafe:
+        spans, logs, metrics = (spans and "traces" not in unsafe, logs and "logs" not in unsafe,
+                                metrics and "metrics" not in unsafe)
     if spans:
         flush = getattr(trace.get_tracer_provider(), "force_flush", None)
         if flush is not None:
@@ -568,6 +604,12 @@ def _flush(spans: bool = True, logs: bool = True) -> None:
         from opentelemetry._logs import get_logger_provider
 
         flush = getattr(get_logger_provider(), "force_flush", None)
+        if flush is not None:
+            flush(10_000)
+    if metrics:
+        from opentelemetry.metrics import get_meter_provider
+
+        flush = getattr(get_meter_provider(), "force_flush", None)
         if flush is not None:
             flush(10_000)
 
@@ -580,7 +622,7 @@ def _flush_at_exit() -> None:
     global _flushing
     _flushing = True
     try:
-        _flush()
+        _flush(metrics=True)  # the worker's runtime metrics up to its very end (module docstring)
     finally:
         _flushing = False
 
@@ -632,6 +674,10 @@ def _enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, ob
     return span, token, (_ended() if extra is not None and extra[4] else None)
 
 
+#: ``ends`` that makes a job flush whatever it recorded (see :func:`_ended`).
+_FLUSH_ALL = (-1, -1)
+
+
 def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | None,
                       exc: BaseException | None, etype: str | None) -> None:
     try:
@@ -642,8 +688,9 @@ def _leave_worker_job(span: Span | None, token: object, ends: tuple[int, int] | 
         if ends is not None:
             spans_ended, logs_ended = _ended()
             # Export what the job recorded before its result leaves the worker (module docstring); a job
-            # that recorded nothing costs no flush (a provider we cannot count on is always flushed).
-            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1])
+            # that recorded nothing costs no flush (a provider we cannot count on is always flushed). The
+            # metrics too when the job ran pools of its own here (a nested Parallel) not yet published.
+            _flush(spans_ended != ends[0] or _span_ends is None, logs_ended != ends[1], unpublished())
     except Exception as failure:
         _fault("pool job end in a worker process", failure)
 

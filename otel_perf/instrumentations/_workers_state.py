@@ -7,6 +7,14 @@ Queue depth, busy workers, the worker limit and worker memory are not counted on
 observable instruments read them from the pool's own state (its work queue, its pending work items, its
 worker processes) at collection time, through :meth:`PoolState.depth` and friends.
 
+A pool's jobs outlive the pool: a pool made in a function (``with ThreadPoolExecutor() as p: ...``), a pool
+per request, or asyncio's default executor is usually gone before the next collection. Its state is
+registered weakly; when it goes, what its log still holds is handed to :data:`orphans` (a list append: the
+callback may run inside the garbage collector, where no lock may be taken) and folded into the series at
+the next publication, which publishes it. Nothing of the pool stays after that: the series are shared by
+every pool of the same name and kind, so a program that makes 100 000 short pools keeps one set of series
+and no per-pool state.
+
 The registry of live pools is per process and is emptied in a forked child, so a worker never
 re-exports its parent's pools.
 """
@@ -25,6 +33,7 @@ from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
 from opentelemetry.trace import Tracer
 
 from otel_perf._aggregate import AggregatedHistogram, Series, take
+from otel_perf._error_type import error_type_of
 from otel_perf._safety import guarded
 from otel_perf._semconv import (
     DURATION_BOUNDARIES,
@@ -53,14 +62,17 @@ __all__ = [
     "FOLD_AT",
     "JOB_DURATION",
     "JOB_WAIT",
+    "JobLog",
     "PoolState",
     "Runtime",
     "custom_state",
     "error_type",
     "live_states",
+    "orphans",
     "runtime",
     "state_for",
     "states_by_id",
+    "unpublished",
 ]
 
 #: Where a pool's state is read from (one reader per stdlib pool family).
@@ -68,7 +80,10 @@ SOURCE_TPE = "concurrent.futures.thread"
 SOURCE_PPE = "concurrent.futures.process"
 SOURCE_MP = "multiprocessing.pool"
 SOURCE_MP_THREAD = "multiprocessing.pool.ThreadPool"
+SOURCE_LOKY = "loky"  # loky's ProcessPoolExecutor (joblib's default backend): read like SOURCE_PPE
 SOURCE_CUSTOM = "custom"
+_EXECUTOR_SOURCES = (SOURCE_TPE, SOURCE_PPE, SOURCE_LOKY)
+_PROCESS_EXECUTOR_SOURCES = (SOURCE_PPE, SOURCE_LOKY)
 
 _STATE_ATTR = "_otel_perf_pool"
 _GENERATED_PREFIX = re.compile(r"^ThreadPoolExecutor-\d+$")
@@ -106,10 +121,21 @@ FOLD_AT = 256
 #: (so is a lookup function: the owner reads this dict inline).
 states_by_id: dict[int, weakref.ref[PoolState]] = {}
 
+#: Logs of pools that are gone, waiting for the next publication to fold them (see the module docstring).
+orphans: list[JobLog] = []
+
 
 def _register(state: PoolState) -> None:
     pool_id = state.id
-    states_by_id[pool_id] = weakref.ref(state, lambda _: states_by_id.pop(pool_id, None))
+    log = state.log
+
+    def gone(_: object) -> None:
+        # May run inside the garbage collector, in any thread: no lock, no allocation beyond the append.
+        states_by_id.pop(pool_id, None)
+        if log.done:
+            orphans.append(log)
+
+    states_by_id[pool_id] = weakref.ref(state, gone)
 
 
 _custom: dict[str, PoolState] = {}
@@ -117,57 +143,32 @@ _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()
 
 
-class PoolState:
-    """One pool: name, kind, histogram series, and how to read depth, busy, limit and worker memory.
+class JobLog:
+    """A pool's finished jobs, logged raw, and the series they are folded into.
 
-    Finished jobs are logged raw: ``done`` gets ``(wait, run)``, or ``(wait, run, error.type)`` for a
-    failed job, one ``list.append`` (atomic, no lock) by the thread that ran the job (thread pools) or
-    received its result (process pools). :meth:`fold` records the log into the histogram series in bulk
-    when it reaches :data:`FOLD_AT` entries and before every publication. Recording each job into two
-    series as it ends cost about 2.5 µs of a 65 µs thread-pool round trip (cold caches in a just-woken
-    thread: four times its cost in a loop); the append costs a fraction of that (benchmark group
-    ``workers.thread.roundtrip.paired``).
-
-    Thread pools also log each job's start in ``begun``: busy workers are the jobs begun and not done.
-    ``running`` holds the ``otel_perf.job`` scopes in progress (user pools). ``outstanding`` counts jobs
-    submitted and not yet finished for ``multiprocessing`` pools, whose own state counts tasks (chunks)
-    rather than jobs.
+    Separate from :class:`PoolState` so that it can outlive its pool: when the pool is gone, its log
+    waits in :data:`orphans` for the next publication, which folds it (:meth:`fold`) and publishes it.
     """
 
-    __slots__ = ("__weakref__", "_begun_total", "_done_total", "_errors", "_fold_lock", "_lock", "_pool",
-                 "attrs", "begun", "done", "id", "ignored", "kind", "name", "ok", "outstanding", "queues",
-                 "running", "source", "wait")
+    __slots__ = ("_begun_total", "_done_total", "_errors", "_fold_lock", "attrs", "begun", "done", "ok",
+                 "wait")
 
-    def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
-        self.id = next(_ids)
-        self._pool: Callable[[], Any] = weakref.ref(pool) if pool is not None else (lambda: None)
-        self.kind = kind
-        self.source = source
-        self.ignored = False
-        self.running: dict[int, Any] = {}
+    def __init__(self) -> None:
         self.begun: list[float] = []
         self.done: list[tuple[Any, ...]] = []
         self._begun_total = 0
         self._done_total = 0
         self._fold_lock = threading.Lock()
-        self.outstanding = 0
-        self.queues: list[Callable[[], Any]] = []
-        self._lock = threading.Lock()
-        self.name = ""
         self.attrs: dict[str, str] = {}
         self.wait: Series
         self.ok: Series
         self._errors: dict[str, Series] = {}
-        self.rename(name)
 
-    def rename(self, name: str) -> None:
-        """Use ``name`` for everything recorded from now on."""
-        if self.name:
-            self.fold()  # what was logged under the old name stays under it
-        self.name = name
-        self.attrs = {POOL_NAME: name, POOL_KIND: self.kind}
-        self.wait = JOB_WAIT.series(self.attrs)
-        self.ok = JOB_DURATION.series({**self.attrs, JOB_OUTCOME: OUTCOME_OK})
+    def use(self, attrs: dict[str, str]) -> None:
+        """Fold into the series of ``attrs`` from now on (a pool named or renamed)."""
+        self.attrs = attrs
+        self.wait = JOB_WAIT.series(attrs)
+        self.ok = JOB_DURATION.series({**attrs, JOB_OUTCOME: OUTCOME_OK})
         self._errors = {}
 
     def error_series(self, error: str) -> Series:
@@ -197,6 +198,8 @@ class PoolState:
             lock.release()
         if not batch:
             return
+        global _folded
+        _folded = True
         self.wait.record_many([entry[0] for entry in batch])
         runs = [entry[1] for entry in batch if len(entry) == 2]
         self.ok.record_many(runs)
@@ -205,7 +208,7 @@ class PoolState:
                 if len(entry) == 3:
                     self.error_series(entry[2]).record(entry[1])
 
-    def forget_log(self) -> None:
+    def forget(self) -> None:
         """In a forked child: the log is the parent's, and its lock may have been held by a parent thread
         (replace it rather than acquire it)."""
         self._fold_lock = threading.Lock()
@@ -213,13 +216,93 @@ class PoolState:
         self.begun = []
         self._done_total = self._begun_total = 0
 
-    def jobs_running(self) -> int:
+    def running(self) -> int:
         """Jobs begun and not done (thread pools)."""
         with self._fold_lock:
             # done before begun: a job logs its start before its end, so this never goes below zero.
             done = self._done_total + len(self.done)
             begun = self._begun_total + len(self.begun)
         return max(0, begun - done)
+
+
+class PoolState:
+    """One pool: name, kind, its :class:`JobLog`, and how to read depth, busy, limit and worker memory.
+
+    Finished jobs are logged raw: ``done`` gets ``(wait, run)``, or ``(wait, run, error.type)`` for a
+    failed job, one ``list.append`` (atomic, no lock) by the thread that ran the job (thread pools) or
+    received its result (process pools). :meth:`fold` records the log into the histogram series in bulk
+    when it reaches :data:`FOLD_AT` entries and before every publication. Recording each job into two
+    series as it ends cost about 2.5 µs of a 65 µs thread-pool round trip (cold caches in a just-woken
+    thread: four times its cost in a loop); the append costs a fraction of that (benchmark group
+    ``workers.thread.roundtrip.paired``). ``done`` and ``begun`` are the log's own lists, kept here too so
+    that the hot path reaches them with one attribute lookup.
+
+    Thread pools also log each job's start in ``begun``: busy workers are the jobs begun and not done.
+    ``running`` holds the ``otel_perf.job`` scopes in progress (user pools). ``outstanding`` counts jobs
+    submitted and not yet finished for ``multiprocessing`` pools, whose own state counts tasks (chunks)
+    rather than jobs. ``snapshot_per_job``: the pool's worker processes were started before otel-perf saw
+    the pool, so they did not get the ``configure()`` snapshot through their initializer and its jobs
+    carry it (see ``_workers_run.job_info``); ``ready``: that was decided (at the pool's first use).
+    """
+
+    __slots__ = ("__weakref__", "_lock", "_pool", "begun", "done", "id", "ignored", "kind", "log", "name",
+                 "outstanding", "queues", "ready", "running", "snapshot_per_job", "source")
+
+    def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
+        self.id = next(_ids)
+        self._pool: Callable[[], Any] = weakref.ref(pool) if pool is not None else (lambda: None)
+        self.kind = kind
+        self.source = source
+        self.ignored = False
+        self.snapshot_per_job = False
+        self.ready = False  # process pools: its worker processes' set-up was decided (workers.py)
+        self.running: dict[int, Any] = {}
+        self.log = JobLog()
+        self.begun = self.log.begun
+        self.done = self.log.done
+        self.outstanding = 0
+        self.queues: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
+        self.name = ""
+        self.rename(name)
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        """``otel_perf.pool.name`` and ``otel_perf.pool.kind``."""
+        return self.log.attrs
+
+    @property
+    def wait(self) -> Series:
+        return self.log.wait
+
+    @property
+    def ok(self) -> Series:
+        return self.log.ok
+
+    def rename(self, name: str) -> None:
+        """Use ``name`` for everything recorded from now on."""
+        if self.name:
+            self.fold()  # what was logged under the old name stays under it
+        self.name = name
+        self.log.use({POOL_NAME: name, POOL_KIND: self.kind})
+
+    def error_series(self, error: str) -> Series:
+        """The job-duration series of outcome ``error`` for ``error.type`` = ``error``."""
+        return self.log.error_series(error)
+
+    def fold(self, wait: bool = True) -> None:
+        """Record the logged jobs into the series (:meth:`JobLog.fold`)."""
+        self.log.fold(wait)
+
+    def forget_log(self) -> None:
+        """In a forked child: the log is the parent's (:meth:`JobLog.forget`)."""
+        self.log.forget()
+        self.begun = self.log.begun
+        self.done = self.log.done
+
+    def jobs_running(self) -> int:
+        """Jobs begun and not done (thread pools)."""
+        return self.log.running()
 
     def record_cancelled(self) -> None:
         """A job cancelled before it ran: it counts with outcome ``cancelled`` and no run time."""
@@ -243,7 +326,7 @@ class PoolState:
         pool = self.pool()
         if pool is None:
             return None
-        if self.source in (SOURCE_TPE, SOURCE_PPE):
+        if self.source in _EXECUTOR_SOURCES:
             return int(pool._max_workers)
         if self.source in (SOURCE_MP, SOURCE_MP_THREAD):
             return int(pool._processes)
@@ -251,7 +334,7 @@ class PoolState:
 
     def _process_pending(self, pool: Any) -> tuple[int, int]:
         """(jobs not yet finished, live worker processes) of a process pool."""
-        if self.source == SOURCE_PPE:
+        if self.source in _PROCESS_EXECUTOR_SOURCES:
             pending = len(pool._pending_work_items)
             processes = len(pool._processes or ())
         else:
@@ -297,8 +380,7 @@ class PoolState:
         if pool is None:
             return None
         if self.source == SOURCE_TPE:
-            # After shutdown one None sentinel stays in the queue (each exiting worker puts it back).
-            return max(0, int(pool._work_queue.qsize()) - (1 if pool._shutdown else 0))
+            return _thread_executor_depth(pool)
         if self.source == SOURCE_MP_THREAD:
             return max(0, self._mp_outstanding(pool) - self.jobs_running())
         pending, processes = self._process_pending(pool)
@@ -308,11 +390,29 @@ class PoolState:
         pool = self.pool()
         if pool is None:
             return []
-        if self.source == SOURCE_PPE:
+        if self.source in _PROCESS_EXECUTOR_SOURCES:
             return [pid for pid in list((pool._processes or {}).keys())]
         if self.source == SOURCE_MP:
             return [p.pid for p in list(pool._pool) if p.pid is not None and p.exitcode is None]
         return []
+
+
+def _thread_executor_depth(pool: Any) -> int:
+    """Jobs waiting in a ``ThreadPoolExecutor``'s work queue, without its wake-up sentinels.
+
+    The queue also carries ``None`` sentinels that wake the worker threads to exit: ``shutdown()`` puts
+    one (and each exiting worker puts one back), and at interpreter exit ``concurrent.futures`` puts one
+    more per thread. Once every thread has ended, nothing in the queue will ever run: the depth is 0.
+    """
+    queued = int(pool._work_queue.qsize())
+    exiting = bool(getattr(sys.modules.get("concurrent.futures.thread"), "_shutdown", False))
+    if not (pool._shutdown or exiting):
+        return queued
+    threads = list(pool._threads)
+    if not any(thread.is_alive() for thread in threads):
+        return 0
+    sentinels = (1 if pool._shutdown else 0) + (len(threads) if exiting else 0)
+    return max(0, queued - sentinels)
 
 
 def _default_name(pool: Any, source: str) -> str:
@@ -320,6 +420,8 @@ def _default_name(pool: Any, source: str) -> str:
         prefix = getattr(pool, "_thread_name_prefix", "")
         if prefix and not _GENERATED_PREFIX.match(prefix):
             return str(prefix)
+    if source == SOURCE_LOKY:
+        return "loky"  # its classes (_ReusablePoolExecutor, joblib's MemmappingExecutor) are internal names
     return type(pool).__name__
 
 
@@ -330,8 +432,10 @@ def _source_of(pool: Any) -> tuple[str, str]:
         return POOL_KIND_THREAD, SOURCE_TPE
     if isinstance(pool, ProcessPoolExecutor):
         return POOL_KIND_PROCESS, SOURCE_PPE
-    import sys
-
+    for module in _LOKY_MODULES:
+        loky = sys.modules.get(module)
+        if loky is not None and isinstance(pool, loky.ProcessPoolExecutor):
+            return POOL_KIND_PROCESS, SOURCE_LOKY
     mp_pool = sys.modules.get("multiprocessing.pool")
     if mp_pool is not None and isinstance(pool, mp_pool.ThreadPool):
         return POOL_KIND_THREAD, SOURCE_MP_THREAD
@@ -340,21 +444,35 @@ def _source_of(pool: Any) -> tuple[str, str]:
     return POOL_KIND_CUSTOM, SOURCE_CUSTOM
 
 
-_SKIPPED_MODULES = ("concurrent.futures", "multiprocessing", "functools", "otel_perf.instrumentations.")
-_INTERNAL_MODULES = ("opentelemetry.", "otel_perf.")
+#: Modules whose frames only pass a pool call through: the pools' own code, wrappers (otel-perf's, wrapt,
+#: contrib instrumentations such as opentelemetry-instrumentation-threading, which wraps ``submit`` too)
+#: and asyncio's ``run_in_executor``. The first frame outside them is the code that uses the pool.
+_PASS_THROUGH_MODULES = ("concurrent.futures", "multiprocessing", "functools", "asyncio", "wrapt",
+                         "otel_perf.instrumentations.", "opentelemetry.instrumentation.")
+#: The code whose pools are OpenTelemetry's own plumbing: the SDK (resource detection, concurrent span and
+#: log processors) and exporters. Not ``opentelemetry.*`` as a whole (contrib instrumentations are
+#: wrappers around the user's calls) nor ``otel_perf.*`` (the demo is a user program).
+_INTERNAL_MODULES = ("opentelemetry.sdk.", "opentelemetry.exporter.", "otel_perf.exporters.")
+_INTERNAL_PACKAGES = ("opentelemetry.sdk", "opentelemetry.exporter", "otel_perf.exporters")
+_LOKY_MODULES = ("joblib.externals.loky.process_executor", "loky.process_executor")
 
 
 def _created_internally() -> bool:
-    """Whether the code using a pool for the first time is OpenTelemetry's or otel-perf's own.
+    """Whether the pool used for the first time is OpenTelemetry's own: the code that uses it (the first
+    frame outside the pools and the wrappers around them) is the SDK's or an exporter's.
 
-    The SDK runs resource detectors on a ThreadPoolExecutor; spans and metrics for that pool would be
-    noise in the user's data (and recursion risk), so such pools are left alone.
+    The SDK runs resource detectors and concurrent span processors on thread pools that it
+    makes and uses itself; spans and metrics for those pools would be noise in the user's data (and a
+    recursion risk), so they are left alone. A pool used by any other code, including a program shipped
+    in otel-perf such as its demo, is the user's.
     """
     frame = sys._getframe(2)
     while frame is not None:
-        module = str(frame.f_globals.get("__name__", ""))
-        if not module.startswith(_SKIPPED_MODULES):
-            return module.startswith(_INTERNAL_MODULES)
+        module = frame.f_globals.get("__name__", "")
+        if not isinstance(module, str):
+            return False
+        if not module.startswith(_PASS_THROUGH_MODULES):
+            return module.startswith(_INTERNAL_MODULES) or module in _INTERNAL_PACKAGES
         frame = frame.f_back  # type: ignore[assignment]
     return False
 
@@ -401,29 +519,38 @@ def live_states() -> list[PoolState]:
     return [state for ref in list(states_by_id.values()) if (state := ref()) is not None]
 
 
+#: Jobs were folded into the series since the last publication (see :func:`unpublished`).
+_folded = False
+
+
+def unpublished() -> bool:
+    """Whether this process holds pool jobs it has not published yet (a pool worker flushes its metrics
+    after a job that ran pools of its own): logged, handed over by a pool that is gone, or folded since the
+    last publication."""
+    return _folded or bool(orphans) or any(state.done for state in live_states())
+
+
 def _fold_all() -> None:
-    """Before the job histograms publish: fold every live pool's log (see :class:`PoolState`)."""
+    """Before the job histograms publish: fold every live pool's log and the logs of pools that are gone
+    (see :class:`PoolState` and the module docstring); a gone pool's log is then dropped."""
     for state in live_states():
         state.fold()
+    while orphans:
+        try:
+            log = orphans.pop()
+        except IndexError:  # another publication took the last one
+            break
+        log.fold()
+    global _folded
+    _folded = False  # the publication that called this follows at once
 
 
 JOB_WAIT.add_drain(_fold_all)
 JOB_DURATION.add_drain(_fold_all)
 
 
-_error_names: dict[type, str] = {}
-
-
-def error_type(exc: BaseException) -> str:
-    """``error.type`` of an exception: its fully qualified class name (builtins unqualified)."""
-    cls = type(exc)
-    found = _error_names.get(cls)
-    if found is None:
-        module = cls.__module__
-        found = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-        if len(_error_names) < 1000:
-            _error_names[cls] = found
-    return found
+#: ``error.type`` of an exception (``otel_perf._error_type``): the one spelling of every instrumentation.
+error_type = error_type_of
 
 
 # --- observable instruments -----------------------------------------------------------------------
@@ -504,7 +631,10 @@ def _after_fork_in_child() -> None:
     for state in live_states():
         state.forget_log()
     states_by_id.clear()
+    orphans.clear()
     _custom.clear()
+    global _folded
+    _folded = False
 
 
 if hasattr(os, "register_at_fork"):

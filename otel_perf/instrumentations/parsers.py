@@ -34,6 +34,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 
 from otel_perf._aggregate import AggregatedHistogram, Series, take
 from otel_perf._config import Settings
+from otel_perf._error_type import error_type_of
 from otel_perf._patching import Patcher
 from otel_perf._safety import guarded, log_once
 from otel_perf._semconv import (
@@ -190,7 +191,7 @@ class _Probe:
                 error_type = None  # argparse's --help/--version: a successful parse that exits
                 series = duration
             else:
-                error_type = type(exc).__qualname__
+                error_type = error_type_of(exc)
                 found = self._errors.get(error_type)
                 if found is None:
                     found = session.duration.series({PARSER_NAME: self.name, ERROR_TYPE: error_type})

@@ -47,6 +47,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from otel_perf import _semconv as sc
 from otel_perf._aggregate import AggregatedHistogram, Series
+from otel_perf._error_type import error_type_of
 from otel_perf._patching import Patcher
 from otel_perf._safety import guard
 from otel_perf.instrumentations import PerfInstrumentor
@@ -249,7 +250,7 @@ def _begin(
 
 @guard
 def _launch_failed(run: _Run, exc: BaseException) -> None:
-    error_type = type(exc).__qualname__
+    error_type = error_type_of(exc)
     span = run.span
     span.set_attribute(sc.ERROR_TYPE, error_type)
     span.record_exception(exc)

@@ -57,6 +57,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from otel_perf import _semconv as sc
 from otel_perf._aggregate import AggregatedHistogram, Series
+from otel_perf._error_type import error_type_of
 from otel_perf._patching import _MISSING, Patcher, resolve, split_path
 from otel_perf._safety import guard, log_once
 from otel_perf.instrumentations import PerfInstrumentor
@@ -91,7 +92,7 @@ _active: _Active | None = None
 
 
 def _error_type(exc: BaseException) -> str:
-    return type(exc).__qualname__
+    return error_type_of(exc)
 
 
 # --- content capture ---------------------------------------------------------------------------------

@@ -16,9 +16,14 @@ the queue is, how long jobs wait, how many workers are busy, or carries the trac
 **What it patches**: ``concurrent.futures.ThreadPoolExecutor.submit`` (and so ``map``),
 ``ProcessPoolExecutor.submit`` and ``.map``, ``multiprocessing.pool.Pool`` (and ``ThreadPool``)
 ``apply_async``, ``_map_async`` (``map``, ``map_async``, ``starmap``, ``starmap_async``), ``imap`` and
-``imap_unordered`` (the synchronous forms are built on them), and ``concurrent.futures.Future.cancel``
-(to count cancelled jobs). Methods are patched on the classes, so pools created before instrumentation
-are covered too.
+``imap_unordered`` (the synchronous forms are built on them) and ``_repopulate_pool`` (to set up the
+worker processes it starts), and ``concurrent.futures.Future.cancel`` (to count cancelled jobs). When
+joblib is imported: loky's ``ProcessPoolExecutor.submit`` and ``.map`` (joblib's default backend, and the
+``loky`` package itself), and ``joblib.Parallel.__call__`` and ``._dispatch`` (``_workers_joblib``).
+Methods are patched on the classes, so pools created before instrumentation are covered too.
+
+A submission made while instrumentation is suppressed (``opentelemetry.instrumentation.utils.suppress_instrumentation``,
+as the SDK's exporters and processors run) is passed straight to the pool: no span, no metrics.
 
 **What it emits** (DESIGN.md, "Worker pools"): a span ``{otel_perf.pool.name} {function}`` (INTERNAL)
 per job when ``OTEL_PERF_POOL_SPANS`` is on (the default), child of the submitter's span, also in worker
@@ -46,20 +51,26 @@ from time import perf_counter
 from types import FunctionType, TracebackType
 from typing import Any, TypeVar
 
+import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.trace import SpanKind
 
 from otel_perf._config import get_settings
+from otel_perf._context import get_current
 from otel_perf._patching import Patcher
-from otel_perf._safety import guard, log_once
+from otel_perf._safety import guard, guarded, log_once
 from otel_perf._semconv import (
     CODE_FUNCTION_NAME,
     INSTRUMENTATION_SCOPE,
     JOB_WAIT_DURATION,
+    POOL_KIND_THREAD,
     SCHEMA_URL,
 )
-from otel_perf.instrumentations import PerfInstrumentor
+from otel_perf.instrumentations import PerfInstrumentor, _workers_contrib, _workers_fork
+from otel_perf.instrumentations._workers_contrib import find_contrib_wrapper, job_target
+from otel_perf.instrumentations._workers_joblib import batch_of, expand_batch, parallel_call, parallel_dispatch
 from otel_perf.instrumentations._workers_run import (
     _end_span,
     compact_call_items,
@@ -71,7 +82,10 @@ from otel_perf.instrumentations._workers_run import (
     run_thread_job,
     trampoline,
 )
+from otel_perf.instrumentations._workers_setup import SET_UP, set_up_workers
 from otel_perf.instrumentations._workers_state import (
+    JOB_DURATION,
+    JOB_WAIT,
     SOURCE_MP_THREAD,
     PoolState,
     create_instruments,
@@ -86,6 +100,13 @@ __all__ = ["WorkerPoolInstrumentor", "job", "name_pool", "track_queue"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _FUTURE_MARK = "_otel_perf_pool"
+#: The context key of ``suppress_instrumentation()``; read from the current context directly (one C call
+#: and a dict lookup on the submit path, benchmark group ``workers.thread.roundtrip.paired``).
+_SUPPRESSED = _SUPPRESS_INSTRUMENTATION_KEY
+
+
+def _suppressed() -> bool:
+    return bool(get_current().get(_SUPPRESSED))
 
 
 # --- concurrent.futures --------------------------------------------------------------------------------
@@ -113,7 +134,7 @@ def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active:
+        if not runtime.active or get_current().get(_SUPPRESSED):
             return call(self, fn, *args, **kwargs)
         try:
             state = self.__dict__["_otel_perf_pool"]
@@ -121,6 +142,8 @@ def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
             state = state_for(self)
         if state.ignored:
             return call(self, fn, *args, **kwargs)
+        if _workers_contrib._contrib_wrapper is not None:  # contrib's threading instrumentation is imported
+            fn = job_target(fn)
         # The job runs as ctx.run(run_thread_job, ...) in a copy of the submitter's context: no extra
         # Python frame or closure per job.
         try:
@@ -139,13 +162,30 @@ def _is_job_chunk(fn: Any) -> bool:
     return isinstance(fn, functools.partial) and bool(fn.args) and is_process_job(fn.args[0])
 
 
+def _set_up(pool: Any, state: PoolState, context: Any, started: bool) -> None:
+    """At a process pool's first instrumented use: set up the worker processes it starts from now on
+    (``set_up_workers``: the initializer they start with)."""
+    state.ready = True
+    with guarded("setting up a process pool's workers"):
+        state.snapshot_per_job = set_up_workers(pool, context, started)
+
+
+def _executor_context(pool: Any) -> Any:
+    return getattr(pool, "_mp_context", None) or getattr(pool, "_context", None)  # stdlib, loky
+
+
 def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``submit`` of ``ProcessPoolExecutor`` and of loky's executor."""
     call = _callable_original(original)
-    compact_call_items(True)  # concurrent.futures.process is imported: this patch is being applied
+    stdlib = getattr(original, "__module__", "") == "concurrent.futures.process"
+    if stdlib:
+        compact_call_items(True)  # concurrent.futures.process is imported: this patch is being applied
+    # loky pickles results its own way: its jobs' results go back as chunk items do (_workers_run).
+    chunked = not stdlib
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active:
+        if not runtime.active or get_current().get(_SUPPRESSED):
             return call(self, fn, *args, **kwargs)
         try:
             state = self.__dict__["_otel_perf_pool"]
@@ -153,12 +193,17 @@ def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
             state = state_for(self)
         if state.ignored:
             return call(self, fn, *args, **kwargs)
+        if not state.ready:
+            _set_up(self, state, _executor_context(self), bool(self._processes))
         try:
             # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
             if isinstance(fn, functools.partial) and _is_job_chunk(fn):
                 future = call(self, fn, *args, **kwargs)
+            elif (batch := batch_of(fn)) is not None:  # joblib (loky backend): a job per task
+                expand_batch(batch, functools.partial(_batch_job, state))
+                future = call(self, fn, *args, **kwargs)
             else:
-                future = call(self, trampoline, fn, job_info(state), *args, **kwargs)
+                future = call(self, trampoline, fn, job_info(state, chunked), *args, **kwargs)
         except BaseException:
             state.record_rejected()
             raise
@@ -173,9 +218,13 @@ def _process_map(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def map(self: Any, fn: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
-        state = state_for(self) if runtime.active else None
-        if state is None or state.ignored:
+        if not runtime.active or _suppressed():
             return call(self, fn, *iterables, **kwargs)
+        state = state_for(self)
+        if state.ignored:
+            return call(self, fn, *iterables, **kwargs)
+        if not state.ready:
+            _set_up(self, state, _executor_context(self), bool(self._processes))
         return call(self, process_job(state, fn), *iterables, **kwargs)
 
     return map
@@ -201,8 +250,35 @@ def _future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
 # --- multiprocessing.pool ----------------------------------------------------------------------------
 
 
+def _mp_state(pool: Any) -> PoolState | None:
+    """The state of a ``multiprocessing`` pool for a submission now; None when it goes to the pool bare
+    (uninstrumented, suppressed, or one of OpenTelemetry's own pools)."""
+    if not runtime.active or _suppressed():
+        return None
+    try:
+        state: PoolState = pool.__dict__["_otel_perf_pool"]
+    except KeyError:
+        state = state_for(pool)
+    if state.ignored:
+        return None
+    if not state.ready:
+        if state.source == SOURCE_MP_THREAD:
+            state.ready = True
+        else:  # set up by _repopulate_pool unless the pool was made before instrumentation
+            _set_up(pool, state, getattr(pool, "_ctx", None), True)
+    return state
+
+
 def _job_for(state: PoolState, func: Callable[..., Any]) -> functools.partial[Any]:
     return local_job(state, func) if state.source == SOURCE_MP_THREAD else process_job(state, func)
+
+
+def _batch_job(state: PoolState, func: Callable[..., Any], last: bool) -> functools.partial[Any]:
+    """A task of a joblib batch as a job of the pool of ``state``; a process job flushes after the
+    batch's ``last`` task only (``_workers_joblib.expand_batch``)."""
+    if state.kind == POOL_KIND_THREAD:
+        return local_job(state, func)
+    return process_job(state, func, flush=last)
 
 
 def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,14 +286,20 @@ def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def apply_async(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        state = state_for(self) if runtime.active else None
-        if state is None or state.ignored:
+        state = _mp_state(self)
+        if state is None:
             return call(self, func, *args, **kwargs)
-        state.add_outstanding(1)
+        batch = batch_of(func)
+        if batch is not None:  # joblib (threading and multiprocessing backends): a job per task
+            count = expand_batch(batch, functools.partial(_batch_job, state))
+            job: Callable[..., Any] = func
+        else:
+            count, job = 1, _job_for(state, func)
+        state.add_outstanding(count)
         try:
-            return call(self, _job_for(state, func), *args, **kwargs)
+            return call(self, job, *args, **kwargs)
         except BaseException:
-            state.add_outstanding(-1)
+            state.add_outstanding(-count)
             state.record_rejected()
             raise
 
@@ -230,8 +312,8 @@ def _mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _map_async(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any,
                    **kwargs: Any) -> Any:
-        state = state_for(self) if runtime.active else None
-        if state is None or state.ignored:
+        state = _mp_state(self)
+        if state is None:
             return call(self, func, iterable, *args, **kwargs)
         try:
             self._check_running()
@@ -263,8 +345,8 @@ def _mp_imap(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def imap(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
-        state = state_for(self) if runtime.active else None
-        if state is None or state.ignored:
+        state = _mp_state(self)
+        if state is None:
             return call(self, func, iterable, *args, **kwargs)
         try:
             self._check_running()
@@ -276,6 +358,24 @@ def _mp_imap(original: Callable[..., Any]) -> Callable[..., Any]:
     return imap
 
 
+def _mp_repopulate(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Pool._repopulate_pool``, called by ``Pool.__init__`` to start its workers: set them up first."""
+    call = _callable_original(original)
+
+    @functools.wraps(original)
+    def _repopulate_pool(self: Any) -> Any:
+        if runtime.active and not self.__dict__.get(SET_UP):
+            with guarded("setting up a process pool's workers"):
+                mp_pool = sys.modules.get("multiprocessing.pool")
+                if mp_pool is None or not isinstance(self, mp_pool.ThreadPool):
+                    set_up_workers(self, getattr(self, "_ctx", None), False)
+        return call(self)
+
+    return _repopulate_pool
+
+
+_LOKY = ("joblib.externals.loky.process_executor", "loky.process_executor")
+
 _PATCHES: tuple[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
     ("concurrent.futures._base:Future.cancel", _future_cancel),
     ("concurrent.futures.thread:ThreadPoolExecutor.submit", _thread_submit),
@@ -285,7 +385,24 @@ _PATCHES: tuple[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]], 
     ("multiprocessing.pool:Pool._map_async", _mp_map_async),
     ("multiprocessing.pool:Pool.imap", _mp_imap),
     ("multiprocessing.pool:Pool.imap_unordered", _mp_imap),
+    ("multiprocessing.pool:Pool._repopulate_pool", _mp_repopulate),
+    *((f"{module}:ProcessPoolExecutor.submit", _process_submit) for module in _LOKY),
+    *((f"{module}:ProcessPoolExecutor.map", _process_map) for module in _LOKY),
+    ("joblib.parallel:Parallel.__call__", parallel_call),
+    ("joblib.parallel:Parallel._dispatch", parallel_dispatch),
 )
+
+
+_watching_contrib = False
+
+
+def _watch_contrib_threading() -> None:
+    """Find contrib's submit closure when its threading instrumentation is (or gets) imported (once per
+    process: an import hook cannot be removed, and what it finds stays valid)."""
+    global _watching_contrib
+    if not _watching_contrib:
+        _watching_contrib = True
+        wrapt.register_post_import_hook(guard(find_contrib_wrapper), "opentelemetry.instrumentation.threading")
 
 
 class WorkerPoolInstrumentor(PerfInstrumentor):
@@ -301,9 +418,12 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
         self._patcher = Patcher("otel_perf_workers")
         for path, factory in _PATCHES:
             self._patcher.replace(path, factory)
+        _watch_contrib_threading()
+        _workers_fork.activate(True)  # forks wait for exports in progress (worker processes flush)
 
     def _stop(self) -> None:
         runtime.active = False
+        _workers_fork.activate(False)
         if self._patcher is not None:
             self._patcher.unpatch_all()
             self._patcher = None
@@ -311,6 +431,11 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
             compact_call_items(False)
         meter = getattr(self, "meter", None)
         if meter is not None:
+            # Everything the pools finished goes into the SDK's storage before the histograms are unbound:
+            # the providers' final export (shutdown() uninstruments first) then carries it.
+            with guarded("publishing pool jobs before uninstrumenting"):
+                JOB_WAIT.publish()
+                JOB_DURATION.publish()
             release_instruments(meter)
 
 
@@ -399,6 +524,8 @@ class _JobScope:
 
     @guard
     def _enter(self) -> None:
+        if _suppressed():
+            return  # suppress_instrumentation(): no span, no metrics (_exit finds no state)
         state = self._state = custom_state(self.pool)
         self._key = id(self)
         state.running[self._key] = True

@@ -250,7 +250,7 @@ def test_errors_propagate_unchanged_and_carry_error_type(
     name = "test_errors_propagate_unchanged_and_carry_error_type.<locals>.strict"
     assert counts == {
         (("error.type", "ValueError"), ("otel_perf.parser.name", name)): 1,
-        (("error.type", "JSONDecodeError"), ("otel_perf.parser.name", "json")): 1,
+        (("error.type", "json.decoder.JSONDecodeError"), ("otel_perf.parser.name", "json")): 1,
         (("error.type", "SystemExit"), ("otel_perf.parser.name", "argparse")): 1,
         (("otel_perf.parser.name", "argparse"),): 1,  # --help exits with 0: not an error
     }

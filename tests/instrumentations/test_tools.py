@@ -64,6 +64,9 @@ class ToolError(Exception):
     pass
 
 
+TOOL_ERROR = f"{__name__}.ToolError"  # error.type: the fully qualified class name
+
+
 @otel_perf.tool
 def failing(message: str) -> None:
     raise ToolError(message)
@@ -108,10 +111,10 @@ def test_failing_tool_marks_error_and_propagates_the_same_exception(instrumented
     assert info.traceback[-1].name == "failing"  # raised by the tool's own frame
     (span,) = span_exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
-    assert span.attributes[sc.ERROR_TYPE] == "ToolError"
+    assert span.attributes[sc.ERROR_TYPE] == TOOL_ERROR
     assert span.events[0].name == "exception"
     points = _points(metric_reader)
-    key = ((sc.ERROR_TYPE, "ToolError"), (sc.GEN_AI_TOOL_NAME, "failing"), (sc.GEN_AI_TOOL_TYPE, "function"))
+    key = ((sc.ERROR_TYPE, TOOL_ERROR), (sc.GEN_AI_TOOL_NAME, "failing"), (sc.GEN_AI_TOOL_TYPE, "function"))
     assert points[key].count == 1
 
 
@@ -172,7 +175,7 @@ def test_async_tool(instrumented, span_exporter):
         asyncio.run(broken())
     ok, bad = span_exporter.get_finished_spans()
     assert ok.name == "execute_tool fetch" and (ok.end_time - ok.start_time) >= 10_000_000
-    assert bad.attributes[sc.ERROR_TYPE] == "ToolError"
+    assert bad.attributes[sc.ERROR_TYPE] == TOOL_ERROR
 
 
 def test_generator_tool_span_covers_iteration_and_forwards_protocol(instrumented, tracer_provider,
@@ -230,7 +233,7 @@ def test_generator_closed_early_is_not_an_error_and_failure_is(instrumented, spa
     closed, full, failed = span_exporter.get_finished_spans()
     assert closed.status.status_code is StatusCode.UNSET and sc.ERROR_TYPE not in closed.attributes
     assert full.status.status_code is StatusCode.UNSET
-    assert failed.attributes[sc.ERROR_TYPE] == "ToolError"
+    assert failed.attributes[sc.ERROR_TYPE] == TOOL_ERROR
 
 
 def test_async_generator_tool(instrumented, span_exporter):
@@ -310,7 +313,7 @@ def test_tool_call_block_with_call_id(instrumented, span_exporter, metric_reader
     assert ok.name == "execute_tool fetch"
     assert ok.attributes[sc.GEN_AI_TOOL_CALL_ID] == "call_1"
     assert sc.GEN_AI_TOOL_CALL_ARGUMENTS not in ok.attributes
-    assert bad.status.status_code is StatusCode.ERROR and bad.attributes[sc.ERROR_TYPE] == "ToolError"
+    assert bad.status.status_code is StatusCode.ERROR and bad.attributes[sc.ERROR_TYPE] == TOOL_ERROR
     counts = sorted(p.count for p in histogram_points(metric_reader, DURATION))
     assert counts == [1, 1]
 
