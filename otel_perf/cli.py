@@ -52,7 +52,11 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
     if path.split(os.pathsep)[0] != bin_dir:
         out["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
     out["OTEL_PYTHON_DISTRO"] = "otel_perf"
-    out["OTEL_PYTHON_CONFIGURATOR"] = "otel_perf"
+    # No configurator is selected: the one installed (opentelemetry-distro's) or, with none, otel-perf's
+    # pre-instrument hook sets the SDK up. Selecting one makes the launcher warn about every other one in
+    # each child Python's stderr; the name otel-perf once registered is dropped for the same reason.
+    if out.get("OTEL_PYTHON_CONFIGURATOR") == "otel_perf":
+        del out["OTEL_PYTHON_CONFIGURATOR"]
     settings = load_settings(out)
     files_dir = None
     for signal in ("traces", "metrics", "logs"):
