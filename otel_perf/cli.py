@@ -120,7 +120,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     for kind, variable in (("distro", "OTEL_PYTHON_DISTRO"), ("configurator", "OTEL_PYTHON_CONFIGURATOR")):
         names = _entry_point_names(f"opentelemetry_{kind}")
         chosen = env.get(variable) or (names[0] if names else "(SDK default)")
-        note = f"set by {variable}" if env.get(variable) else "first found; set " + variable + "=otel_perf to be sure"
+        note = f"set by {variable}" if env.get(variable) else "first found"  # otel-perf's distro = the stock one
         print(f"  {kind}s installed: {', '.join(names) or 'none'}; would load: {chosen} ({note})")
         if env.get(variable) and env[variable] not in names:
             print(f"    problem: {variable}={env[variable]} names no installed {kind}")
