@@ -50,7 +50,7 @@ class CpuLimit:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None  # missing or unreadable: this source does not apply
 

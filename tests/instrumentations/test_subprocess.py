@@ -23,7 +23,7 @@ from otel_perf.testing import histogram_points
 PY = sys.executable
 DURATION = "otel_perf.subprocess.duration"
 PRINT_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
-POPEN_METHODS = ("__init__", "wait", "_internal_poll", "_try_wait")
+POPEN_METHODS = ("_execute_child", "wait", "_internal_poll", "_try_wait")
 
 
 def _instrument(tracer_provider: Any, meter_provider: Any, **settings: Any) -> SubprocessInstrumentor:
@@ -273,7 +273,7 @@ def test_uninstrument_restores_originals_and_twice_is_harmless(tracer_provider, 
     instrumentor = _instrument(tracer_provider, meter_provider)
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        assert subprocess.Popen.__dict__["__init__"] is not originals["__init__"]
+        assert subprocess.Popen.__dict__["_execute_child"] is not originals["_execute_child"]
         subprocess.run([PY, "-c", "pass"], timeout=30)
         assert len(span_exporter.get_finished_spans()) == 1
     finally:
@@ -296,3 +296,60 @@ def test_forked_child_runs_programs(instrumented, span_exporter):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 6
     assert span_exporter.get_finished_spans() == ()  # the child's span stayed in the child
+
+
+def test_preexec_fn_that_sets_a_variable_reaches_the_child(instrumented, tracer_provider, span_exporter,
+                                                           monkeypatch):
+    """CPython's test_preexec: with env=None, a variable a preexec_fn sets reaches the program (env stays
+    None), and the program also gets the run's TRACEPARENT (set in the child before the preexec_fn runs)."""
+    monkeypatch.setenv("TRACESTATE", "stale=1")
+    with tracer_provider.get_tracer("t").start_as_current_span("parent"):
+        out = subprocess.run([PY, "-c", PRINT_ENV], stdout=subprocess.PIPE, timeout=30, check=True,
+                             preexec_fn=lambda: os.putenv("FRUIT", "apple"))
+    env = json.loads(out.stdout)
+    assert env["FRUIT"] == "apple"
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert env["TRACEPARENT"] == _traceparent(span)
+    assert "TRACESTATE" not in env  # the stale one is not passed on
+    assert "FRUIT" not in os.environ and os.environ["TRACESTATE"] == "stale=1"  # the parent is untouched
+
+
+def test_preexec_fn_can_override_the_trace_context(instrumented):
+    """The caller's preexec_fn runs last: what it sets wins, as without otel-perf."""
+    out = subprocess.run([PY, "-c", PRINT_ENV], stdout=subprocess.PIPE, timeout=30, check=True,
+                         preexec_fn=lambda: os.putenv("TRACEPARENT", "mine"))
+    assert json.loads(out.stdout)["TRACEPARENT"] == "mine"
+
+
+def test_wait_reports_a_stopped_status_as_popen_does(instrumented):
+    """CPython's test_stopped: when os.waitpid is replaced (a test's mock, gevent's cooperative waitpid),
+    wait() goes through it and returns what Popen makes of its status: -3 for a child stopped by signal 3."""
+    from unittest import mock
+
+    proc = subprocess.Popen([PY, "-c", "pass"])
+    os.waitpid(proc.pid, 0)  # reap the real process first, as the CPython test does
+    stopped = (3 << 8) | 0x7F  # W_STOPCODE(3)
+    with mock.patch("subprocess.os.waitpid", return_value=(proc.pid, stopped)):
+        assert proc.wait() == -3
+
+
+def test_text_mode_launch_warns_about_the_encoding_at_the_callers_line(tmp_path):
+    """CPython's test_encoding_warning, with otel_perf.configure(): under -X warn_default_encoding the
+    EncodingWarnings of a text-mode run() name the caller's line, and otel-perf adds none of its own."""
+    code = (
+        "import otel_perf\n"
+        "otel_perf.configure('encoding-check')\n"
+        "from subprocess import *\n"
+        "run('echo hello', shell=True, text=True)\n"
+        "check_output('echo hello', shell=True, text=True)\n"
+        "otel_perf.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="otel_perf_file", OTEL_METRICS_EXPORTER="otel_perf_file",
+               OTEL_LOGS_EXPORTER="none", OTEL_PERF_OUTPUT_DIR=str(tmp_path))
+    done = subprocess.run([PY, "-X", "warn_default_encoding", "-c", code], capture_output=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(b"<string>:4: EncodingWarning: ")
+    assert lines[1].startswith(b"<string>:5: EncodingWarning: ")
