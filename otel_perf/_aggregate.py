@@ -436,9 +436,49 @@ def _sdk_storages(instrument: Any) -> tuple[Any, Any] | None:
     return real, consumer._reader_storages
 
 
+_attributes_key: Callable[[dict[str, Any]], Any] | None = None
+
+
+def _sdk_attributes_key() -> Callable[[dict[str, Any]], Any]:
+    """How this SDK's metric storage keys an attribute set (private, and changed across releases:
+    ``frozenset(attributes.items())`` up to about 1.40, ``_hash_attributes`` later). Found once, at the first
+    publication, by recording one value into a private MeterProvider and reading the key it made; a scheme
+    matching none of the known ones raises, and the caller then takes the public path."""
+    global _attributes_key
+    if _attributes_key is not None:
+        return _attributes_key
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    candidates: list[Callable[[dict[str, Any]], Any]] = [lambda attrs: frozenset(attrs.items())]
+    try:
+        from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
+    except ImportError:
+        pass
+    else:
+        candidates.insert(0, _hash_attributes)
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    try:
+        probe = provider.get_meter("otel_perf.startup-check").create_histogram("otel_perf.startup_check")
+        attributes: dict[str, Any] = {"otel_perf.check": "key", "n": 1}
+        probe.record(1.0, attributes)
+        found = _sdk_storages(probe)
+        if found is None:
+            raise LookupError("the SDK's histogram has no measurement consumer")
+        real, storages = found
+        keys = [key for storage in storages.values()
+                for vim in storage._get_or_init_view_instrument_match(real) for key in vim._attributes_aggregation]
+    finally:
+        provider.shutdown()
+    for candidate in candidates:
+        if keys == [candidate(attributes)]:
+            _attributes_key = candidate
+            return candidate
+    raise LookupError(f"the SDK keys attribute sets in a way otel-perf does not know ({keys!r})")
+
+
 def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any],
                     bounds: tuple[float, ...]) -> bool:
-    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
     from opentelemetry.sdk.metrics._internal.aggregation import (
         DefaultAggregation,
         _DropAggregation,
@@ -448,6 +488,7 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
     found = _sdk_storages(instrument)
     if found is None:
         return False
+    _hash_attributes = _sdk_attributes_key()
     real, storages = found
     if hasattr(real, "_is_enabled") and not real._is_enabled():
         return True  # the user's meter configurator disabled this meter: drop, as record() would
