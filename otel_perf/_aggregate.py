@@ -449,6 +449,7 @@ def _sdk_attributes_key() -> Callable[[dict[str, Any]], Any]:
         return _attributes_key
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
 
     candidates: list[Callable[[dict[str, Any]], Any]] = [lambda attrs: frozenset(attrs.items())]
     try:
@@ -457,7 +458,9 @@ def _sdk_attributes_key() -> Callable[[dict[str, Any]], Any]:
         pass
     else:
         candidates.insert(0, _hash_attributes)
-    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], shutdown_on_exit=False)
+    # An explicit resource: no resource detection (it may use threads, and this can run at exit).
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], resource=Resource({}),
+                             shutdown_on_exit=False)
     try:
         probe = provider.get_meter("otel_perf.startup-check").create_histogram("otel_perf.startup_check")
         attributes: dict[str, Any] = {"otel_perf.check": "key", "n": 1}

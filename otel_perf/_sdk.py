@@ -304,7 +304,19 @@ def process_startup(settings: Settings) -> None:
     set_settings(settings)
     mark_root()
     attach_environment_context()
+    _check_sdk_internals()
     _run_startup_hooks(settings)
+
+
+def _check_sdk_internals() -> None:
+    """The start-up checks of the SDK internals otel-perf uses, run now rather than at the first use,
+    which may come at interpreter exit (the final metric collection)."""
+    from otel_perf import _aggregate
+
+    try:
+        _aggregate._sdk_attributes_key()
+    except Exception:  # the first publication retries, and takes the public path if it fails again
+        pass
 
 
 def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
