@@ -501,13 +501,13 @@ class SubprocessInstrumentor(PerfInstrumentor):
         self._histogram = histogram
         patcher = self._patcher = Patcher("otel_perf_subprocess")
         path, positions = _launch_method()
-        patcher.replace(path, _patch_launch(positions))
-        patcher.replace("subprocess:Popen.wait", _patch_wait)
-        patcher.replace("subprocess:Popen._internal_poll", _patch_poll)
+        patcher.replace(path, _patch_launch(positions), in_place=True)
+        patcher.replace("subprocess:Popen.wait", _patch_wait, in_place=True)
+        patcher.replace("subprocess:Popen._internal_poll", _patch_poll, in_place=True)
         if _HAS_WAIT4 and hasattr(subprocess.Popen, "_try_wait"):
-            patcher.replace("subprocess:Popen._try_wait", _patch_try_wait)
+            patcher.replace("subprocess:Popen._try_wait", _patch_try_wait, in_place=True)
         patcher.replace("asyncio.base_subprocess:BaseSubprocessTransport._process_exited",
-                        _patch_process_exited)
+                        _patch_process_exited, in_place=True)
         _active = _Active(self.tracer, histogram, self.settings.subprocess_capture_args)
 
     def _stop(self) -> None:
