@@ -42,6 +42,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_perf._config import load_settings
+from otel_perf._inplace import layer_of
 from otel_perf._patching import resolve
 from otel_perf._semconv import DURATION_BOUNDARIES, PARSER_NAME, SIZE_BOUNDARIES
 from otel_perf.instrumentations.parsers import ParserInstrumentor
@@ -135,12 +136,14 @@ class _Setup:
                                                explicit_bucket_boundaries_advisory=SIZE_BOUNDARIES)
 
     def set(self, paths: tuple[str, ...], instrumented: bool) -> None:
+        """The parsers are patched in place: swap their code between the trampoline and their own."""
         for path in paths:
             target = resolve(path)
-            current = target.parent.__dict__[target.attribute]
-            patched = self.patched.get(path, current)
-            self.patched[path] = patched
-            setattr(target.parent, target.attribute, patched if instrumented else patched.__wrapped__)
+            function = target.parent.__dict__[target.attribute]
+            layer = self.patched.get(path) or layer_of(function)
+            assert layer is not None, f"{path} is not patched in place"
+            self.patched[path] = layer
+            function.__code__ = layer.trampoline if instrumented else layer.code
 
     def close(self) -> None:
         self.instrumentor.uninstrument()
