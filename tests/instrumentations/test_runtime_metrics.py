@@ -240,3 +240,66 @@ def test_heap_metrics_follow_a_large_allocation(runtime: RuntimeInstrumentor,
     assert after - before >= len(block)
     assert reserved >= after
     del block
+
+
+def _scopes(reader: InMemoryMetricReader) -> dict[str, set[str]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, set[str]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                found.setdefault(m.name, set()).add(sm.scope.name)
+    return found
+
+
+@pytest.mark.parametrize("system_metrics_first", [True, False], ids=["system-metrics-first", "otel-perf-first"])
+def test_each_metric_name_comes_from_one_scope_beside_system_metrics(
+    system_metrics_first: bool, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """contrib's SystemMetricsInstrumentor really instrumented on the same provider, in either order: the
+    names it reports come from its scope only, also after its uninstrument() (which leaves its instruments
+    reporting); otel-perf's other names stay otel-perf's."""
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
+
+    contrib_scope = "opentelemetry.instrumentation.system_metrics"
+    system_metrics = SystemMetricsInstrumentor(config=None)  # its defaults: every shared name
+    ours = RuntimeInstrumentor()
+    first, second = (system_metrics, ours) if system_metrics_first else (ours, system_metrics)
+    try:
+        for instrumentor in (first, second):
+            instrumentor.instrument(meter_provider=meter_provider,
+                                    settings=load_settings({}, eventloop_lag_interval=0.05))
+        scopes = _scopes(metric_reader)
+        assert {name: found for name, found in scopes.items() if len(found) > 1} == {}
+        assert {name: scopes.get(name) for name in SHARED_NAMES} == {name: {contrib_scope} for name in SHARED_NAMES}
+        assert scopes["process.uptime"] == {"otel_perf"}
+
+        system_metrics.uninstrument()
+        scopes = _scopes(metric_reader)
+        assert {name: found for name, found in scopes.items() if len(found) > 1} == {}
+        assert {name: scopes.get(name) for name in SHARED_NAMES} == {name: {contrib_scope} for name in SHARED_NAMES}
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)  # the singleton's default configuration for later tests
+
+
+def test_names_left_out_of_system_metrics_configuration_stay_otel_perfs(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    system_metrics = SystemMetricsInstrumentor(config={"process.cpu.time": ["user", "system"]})
+    ours = _instrument(meter_provider)
+    try:
+        system_metrics.instrument(meter_provider=meter_provider)
+        scopes = _scopes(metric_reader)
+        assert scopes["process.cpu.time"] == {"opentelemetry.instrumentation.system_metrics"}
+        assert scopes["process.memory.usage"] == scopes["cpython.gc.collections"] == {"otel_perf"}
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)

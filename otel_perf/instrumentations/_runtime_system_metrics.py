@@ -1,0 +1,77 @@
+"""Which of otel-perf's runtime metric names contrib's system-metrics instrumentation is reporting.
+
+Why this module exists: ``opentelemetry-instrumentation-system-metrics`` reports ``process.cpu.time``,
+``process.memory.usage``, ``cpython.gc.collections`` and others under the same names as otel-perf's
+runtime instrumentation. With both active, each name would be exported twice under two scopes, and
+every sum over it (a dashboard, the objectives report) would count twice. Each name comes from one
+scope: when system-metrics reports a name, otel-perf does not, so a set-up that already has
+system-metrics exports what it exported before otel-perf was installed. The check runs at each
+collection, since either instrumentation may be instrumented after the other. (System-metrics'
+``uninstrument()`` leaves its instruments reporting, so its names stay its own after that too.)
+
+What system-metrics reports is read from its instrumentor (``BaseInstrumentor`` keeps one instance per
+class, ``_instance``; the names it reports are the keys of its ``_config``, the defaults less
+``OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS``). Where those are not what this otel-perf expects, one
+log line says so: without an instance to ask, otel-perf reports its own names; without a configuration
+to read, it assumes system-metrics' documented defaults.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import sys
+from collections.abc import Mapping
+
+from otel_perf._safety import log_once
+
+__all__ = ["SHARED_NAMES", "reported_by_system_metrics"]
+
+#: otel-perf's runtime metric names that system-metrics also reports (by default, all of them).
+SHARED_NAMES = frozenset({
+    "process.cpu.time",
+    "process.cpu.utilization",
+    "process.context_switches",
+    "process.memory.usage",
+    "process.memory.virtual",
+    "process.thread.count",
+    "cpython.gc.collections",
+    "cpython.gc.collected_objects",
+    "cpython.gc.uncollectable_objects",
+})
+
+_MODULE = "opentelemetry.instrumentation.system_metrics"
+_NONE: frozenset[str] = frozenset()
+
+
+def _unexpected(what: str) -> None:
+    log_once(("system-metrics", what), "otel-perf: opentelemetry-instrumentation-system-metrics is not what "
+             "this otel-perf expects (%s)", what, level=logging.INFO)
+
+
+def _default_names() -> frozenset[str]:
+    excluded = [p.strip() for p in os.environ.get("OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS", "").split(",")
+                if p.strip()]
+    return frozenset(n for n in SHARED_NAMES if not any(fnmatch.fnmatch(n, p) for p in excluded))
+
+
+def reported_by_system_metrics() -> frozenset[str]:
+    """The names of :data:`SHARED_NAMES` that an instrumented system-metrics reports now."""
+    module = sys.modules.get(_MODULE)
+    if module is None:
+        return _NONE  # never imported: not instrumented
+    cls = getattr(module, "SystemMetricsInstrumentor", None)
+    if not isinstance(cls, type) or not hasattr(cls, "_instance"):
+        _unexpected("no instrumentor instance to ask; otel-perf reports its own process and GC metrics")
+        return _NONE
+    instance = cls.__dict__.get("_instance")
+    # Its uninstrument() does nothing: instruments it made (it keeps its meter) go on reporting.
+    if instance is None or not (getattr(instance, "is_instrumented_by_opentelemetry", False)
+                                or getattr(instance, "_meter", None) is not None):
+        return _NONE
+    config = getattr(instance, "_config", None)
+    if not isinstance(config, Mapping):
+        _unexpected("no configuration to read; assuming its default metrics")
+        return _default_names()
+    return SHARED_NAMES.intersection(config)
