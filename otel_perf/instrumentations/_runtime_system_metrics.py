@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 from otel_perf._safety import log_once
 
@@ -56,8 +57,23 @@ def _default_names() -> frozenset[str]:
     return frozenset(n for n in SHARED_NAMES if not any(fnmatch.fnmatch(n, p) for p in excluded))
 
 
-def reported_by_system_metrics() -> frozenset[str]:
-    """The names of :data:`SHARED_NAMES` that an instrumented system-metrics reports now."""
+def _consumer(meter: Any) -> Any:
+    """What identifies a meter's SDK MeterProvider (its measurement consumer), or None when unknown."""
+    meter = getattr(meter, "_real_meter", None) or meter  # a proxy meter made before the provider was set
+    return getattr(meter, "_measurement_consumer", None)
+
+
+def _same_provider(theirs: Any, ours: Any) -> bool:
+    """Whether two meters report to the same MeterProvider (assumed when it cannot be told)."""
+    if ours is None:
+        return True
+    mine, their = _consumer(ours), _consumer(theirs)
+    return mine is None or their is None or mine is their
+
+
+def reported_by_system_metrics(meter: Any = None) -> frozenset[str]:
+    """The names of :data:`SHARED_NAMES` that an instrumented system-metrics reports now (to the
+    MeterProvider of ``meter``, when given: two providers in one process each get every name once)."""
     module = sys.modules.get(_MODULE)
     if module is None:
         return _NONE  # never imported: not instrumented
@@ -69,6 +85,8 @@ def reported_by_system_metrics() -> frozenset[str]:
     # Its uninstrument() does nothing: instruments it made (it keeps its meter) go on reporting.
     if instance is None or not (getattr(instance, "is_instrumented_by_opentelemetry", False)
                                 or getattr(instance, "_meter", None) is not None):
+        return _NONE
+    if not _same_provider(getattr(instance, "_meter", None), meter):
         return _NONE
     config = getattr(instance, "_config", None)
     if not isinstance(config, Mapping):

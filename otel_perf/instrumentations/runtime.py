@@ -114,6 +114,7 @@ class _Collector:
         self.threads = threads
         self.sampler = ProcessSampler(root)
         self.heap = HeapReader()
+        self.yielded: frozenset[str] = frozenset()  # names system-metrics reports (to this meter's provider)
         self._limit = cpu_limit(root)
         self._limit_read = time.monotonic()
         self.start_time = psutil.Process().create_time()
@@ -244,8 +245,12 @@ def _make_callback(meter: Meter, name: str, observe: Observe,
         if collector is None or collector.meter is not meter:
             return ()
         with guarded("runtime metrics collection"):
-            reading = collector.refresh() if fresh else collector.current()
-            if shared and name in reported_by_system_metrics():
+            if fresh:  # the collection's first callback: the reading, and which names are system-metrics'
+                reading = collector.refresh()
+                collector.yielded = reported_by_system_metrics(meter)
+            else:
+                reading = collector.current()
+            if shared and name in collector.yielded:
                 return ()  # one scope per name: system-metrics reports this one
             return observe(reading)
         return ()

@@ -303,3 +303,28 @@ def test_names_left_out_of_system_metrics_configuration_stay_otel_perfs(
         ours.uninstrument()
         system_metrics.uninstrument()
         SystemMetricsInstrumentor(config=None)
+
+
+def test_system_metrics_on_another_provider_takes_no_name_from_otel_perf(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Two MeterProviders in one process: system-metrics reporting to the other one leaves every name of
+    otel-perf's on this one (each provider gets each name once)."""
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
+
+    other_reader = InMemoryMetricReader()
+    other = MeterProvider(metric_readers=[other_reader])
+    system_metrics = SystemMetricsInstrumentor(config=None)
+    ours = _instrument(meter_provider)
+    try:
+        system_metrics.instrument(meter_provider=other)
+        assert set(_scopes(metric_reader)) >= SHARED_NAMES
+        assert {name for name, found in _scopes(metric_reader).items() if found != {"otel_perf"}} == set()
+        assert set(_scopes(other_reader)) >= SHARED_NAMES
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)
+        other.shutdown()
