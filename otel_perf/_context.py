@@ -36,6 +36,11 @@ def _bind() -> tuple[Callable[[], _api.Context], Callable[[_api.Context], Token[
     var = getattr(runtime, "_current_context", None)
     if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
         return var.get, var.set, var.reset
+    if type(runtime) is ContextVarsRuntimeContext:  # another runtime context (OTEL_PYTHON_CONTEXT) is no surprise
+        from otel_perf._safety import log_once
+
+        log_once("context-binding", "otel-perf: the API's contextvars runtime context is not what this otel-perf "
+                 "expects (no _current_context); using the API's context functions instead", level=logging.INFO)
     return _api.get_current, _api.attach, _api.detach
 
 
