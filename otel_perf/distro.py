@@ -8,9 +8,10 @@ other in every process, child Pythons included), then runs the ``opentelemetry_p
 instrumentors and the ``opentelemetry_post_instrument`` hooks. So otel-perf registers:
 
 * the distro ``otel_perf``: exactly the stock distro's defaults (``otlp`` for traces, metrics and logs,
-  over gRPC), so whichever of the two distros the launcher picks, the program exports the same. The
-  OTLP JSON lines fallback belongs to ``otel-perf run`` and ``otel-perf demo``, which set the exporters
-  explicitly (``otel_perf.cli.launcher_environment``);
+  over gRPC; ``otlp_durable`` when ``OTEL_PERF_SPOOL_DIR`` asks for durable export), so whichever of the
+  two distros the launcher picks, the program exports the same. The OTLP JSON lines fallback belongs to
+  ``otel-perf run`` and ``otel-perf demo``, which set the exporters explicitly
+  (``otel_perf.cli.launcher_environment``);
 * no configurator: ``opentelemetry-distro``'s (the SDK's own) sets the SDK up when it is installed;
 * the pre-instrument hook ``otel_perf`` (:func:`pre_instrument`), which runs after whichever configurator
   and before the instrumentors: when no configurator was loaded it sets the SDK up from the environment
@@ -44,11 +45,19 @@ STOCK_DEFAULTS = {
 
 
 class OtelPerfDistro(BaseDistro):  # type: ignore[misc]
-    """The stock distro's exporter defaults: installing otel-perf never changes what a set-up exports."""
+    """The stock distro's exporter defaults: installing otel-perf never changes what a set-up exports.
+
+    The one addition is opt-in: with ``OTEL_PERF_SPOOL_DIR`` set (durable export asked for), the default
+    for each signal is ``otlp_durable``, OTLP through the on-disk spool.
+    """
 
     def _configure(self, **kwargs: Any) -> None:
         with guarded("OtelPerfDistro.configure"):
+            settings = get_settings()
+            durable = settings.enabled and bool(settings.spool_dir)
             for variable, value in STOCK_DEFAULTS.items():
+                if durable and variable.endswith("_EXPORTER"):
+                    value = "otlp_durable"
                 os.environ.setdefault(variable, value)
 
 

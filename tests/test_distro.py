@@ -145,3 +145,15 @@ def test_sdk_set_up_leaves_providers_a_distro_already_set(no_otel_env: pytest.Mo
     _sdk.configure_sdk_from_environment(load_settings())
     assert trace.get_tracer_provider() is provider
     assert not provider._active_span_processor._span_processors
+
+
+def test_distro_defaults_to_durable_otlp_when_a_spool_directory_is_set(no_otel_env: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """OTEL_PERF_SPOOL_DIR asks for durable export: the default exporters are otlp_durable; explicit ones
+    stay as set."""
+    no_otel_env.setenv("OTEL_PERF_SPOOL_DIR", str(tmp_path / "spool"))
+    no_otel_env.setenv("OTEL_LOGS_EXPORTER", "none")
+    OtelPerfDistro().configure()
+    assert os.environ["OTEL_TRACES_EXPORTER"] == os.environ["OTEL_METRICS_EXPORTER"] == "otlp_durable"
+    assert os.environ["OTEL_LOGS_EXPORTER"] == "none"
+    assert os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
