@@ -17,7 +17,9 @@ instrumentors and the ``opentelemetry_post_instrument`` hooks. So otel-perf regi
   and before the instrumentors: when no configurator was loaded it sets the SDK up from the environment
   as the SDK's configurator would (``otel_perf._sdk.configure_sdk_from_environment``), then it runs
   otel-perf's process start-up (settings, root marker, the parent's ``TRACEPARENT``, root-only services
-  such as the debug server).
+  such as the debug server);
+* the post-instrument hook ``otel_perf`` (:func:`post_instrument`): the launcher's instrumentors are all
+  loaded (the runtime metrics then know for sure whether contrib's system-metrics reports beside them).
 
 Nothing here may raise into the launcher: an exception would abort the auto-instrumentation of the
 user's whole program, so every step is guarded and logged once.
@@ -33,7 +35,7 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from otel_perf._config import get_settings
 from otel_perf._safety import guarded
 
-__all__ = ["STOCK_DEFAULTS", "OtelPerfDistro", "pre_instrument"]
+__all__ = ["STOCK_DEFAULTS", "OtelPerfDistro", "post_instrument", "pre_instrument"]
 
 #: The variables ``opentelemetry-distro`` defaults, with its values (its ``OpenTelemetryDistro``).
 STOCK_DEFAULTS = {
@@ -73,3 +75,15 @@ def pre_instrument() -> None:
         if not configurator_loaded():
             configure_sdk_from_environment(settings)
         process_startup(settings)
+    with guarded("otel-perf start-up under the launcher: system-metrics"):
+        from otel_perf.instrumentations._runtime_system_metrics import launcher_starting
+
+        launcher_starting()
+
+
+def post_instrument() -> None:
+    """The launcher's ``opentelemetry_post_instrument`` hook: every instrumentor is loaded."""
+    with guarded("otel-perf after the launcher's instrumentors"):
+        from otel_perf.instrumentations._runtime_system_metrics import launcher_done
+
+        launcher_done()

@@ -138,7 +138,8 @@ def test_each_metric_name_comes_from_one_scope_beside_system_metrics(
     from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
 
     (tmp_path / "app.py").write_text(SHARED_APP)
-    env = clean_env(**{**otlp_receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "200"},
+    # Collections every 20 ms: some happen while the launcher is still loading its instrumentors.
+    env = clean_env(**{**otlp_receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "20"},
                     OTEL_SERVICE_NAME="scopes-e2e", OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS=excluded)
     done = subprocess.run([str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "app.py"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

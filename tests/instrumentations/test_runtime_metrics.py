@@ -328,3 +328,21 @@ def test_system_metrics_on_another_provider_takes_no_name_from_otel_perf(
         system_metrics.uninstrument()
         SystemMetricsInstrumentor(config=None)
         other.shutdown()
+
+
+def test_names_wait_for_system_metrics_while_the_launcher_is_loading_instrumentors() -> None:
+    """Between the launcher's pre- and post-instrument hooks, a system-metrics about to be instrumented
+    already has its default names (so a collection in that window exports none of them twice); not when
+    it is disabled, and not once the launcher is done."""
+    from otel_perf.instrumentations import _runtime_system_metrics as shared
+
+    try:
+        shared.launcher_starting({})
+        assert shared.reported_by_system_metrics() == shared.SHARED_NAMES
+        shared.launcher_starting({"OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS": ""})
+        shared.launcher_done()
+        assert shared.reported_by_system_metrics() == frozenset()
+        shared.launcher_starting({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "threading, system_metrics"})
+        assert shared.reported_by_system_metrics() == frozenset()
+    finally:
+        shared.launcher_done()
