@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -359,3 +360,29 @@ def test_text_mode_launch_warns_about_the_encoding_at_the_callers_line(tmp_path)
     assert len(lines) == 2, done.stderr
     assert lines[0].startswith(b"<string>:4: EncodingWarning: ")
     assert lines[1].startswith(b"<string>:5: EncodingWarning: ")
+
+
+def test_unexpected_execute_child_falls_back_to_wrapping_init(tracer_provider, meter_provider, span_exporter,
+                                                              monkeypatch, caplog):
+    """A Popen._execute_child without the parameters otel-perf expects (another Python): one INFO line,
+    and Popen.__init__ is wrapped instead, with the same span and context hand-over."""
+    original = subprocess.Popen._execute_child
+
+    def _execute_child(self, *args, **kwargs):  # a signature that names nothing
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _execute_child)
+    init = subprocess.Popen.__dict__["__init__"]
+    init_code = init.__code__
+    with caplog.at_level(logging.INFO, logger="otel_perf"):
+        instrumentor = _instrument(tracer_provider, meter_provider)
+    try:
+        assert subprocess.Popen.__dict__["_execute_child"] is _execute_child
+        assert init.__code__ is not init_code  # __init__ is the launch method now
+        env = _child_env()
+        (span,) = span_exporter.get_finished_spans()
+        assert env["TRACEPARENT"] == _traceparent(span)
+    finally:
+        instrumentor.uninstrument()
+    assert init.__code__ is init_code
+    assert [r.levelno for r in caplog.records if "_execute_child" in r.getMessage()] == [logging.INFO]
