@@ -66,9 +66,9 @@ class OtelPerfDistro(BaseDistro):  # type: ignore[misc]
 def pre_instrument() -> None:
     """The launcher's ``opentelemetry_pre_instrument`` hook: the SDK when no configurator set it up, then
     otel-perf's process start-up. Runs under any distro and configurator."""
-    from otel_perf._sdk import configurator_loaded, configure_sdk_from_environment, process_startup
-
     with guarded("otel-perf start-up under the launcher"):
+        from otel_perf._sdk import configurator_loaded, configure_sdk_from_environment, process_startup
+
         settings = get_settings()
         if not settings.enabled:
             return
