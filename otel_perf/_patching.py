@@ -17,6 +17,7 @@ instrumentation (``from json import loads``) are measured and pickle as they do 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import threading
 import types
@@ -183,13 +184,18 @@ class Patcher:
                 self._pending.pop(path, None)
                 return True
             if _at_canonical_place(function):
-                layer = patch_in_place(function, in_place)
-                if layer is None:
-                    return False  # the factory declined: nothing to patch
-                self._in_place[id(function)] = layer
-                self._applied[path] = _Applied(target, layer)
-                self._pending.pop(path, None)
-                return True
+                try:
+                    layer = patch_in_place(function, in_place)
+                except (ValueError, TypeError, SyntaxError) as exc:  # a code object we cannot reproduce
+                    log_once((self.owner, "not-in-place", path), "%s: %s is replaced, not patched in place (%s)",
+                             self.owner, path, exc, level=logging.DEBUG)
+                else:
+                    if layer is None:
+                        return False  # the factory declined: nothing to patch
+                    self._in_place[id(function)] = layer
+                    self._applied[path] = _Applied(target, layer)
+                    self._pending.pop(path, None)
+                    return True
         installed = install(target)
         setattr(target.parent, target.attribute, installed)
         self._applied[path] = _Applied(target, installed)

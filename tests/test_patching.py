@@ -229,3 +229,22 @@ def test_in_place_code_changed_by_someone_else_is_left_and_logged(caplog: pytest
         assert "changed again by someone else" in caplog.text
     finally:
         patch_targets.double.__code__ = code
+
+
+def test_a_function_that_cannot_get_a_trampoline_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a trampoline not be buildable for a function, the attribute is replaced as without
+    in_place, and the function keeps its code."""
+    from otel_perf import _inplace
+
+    def refuse(*args: Any) -> Any:
+        raise ValueError("cannot reproduce the free variables")
+
+    monkeypatch.setattr(_inplace, "_trampoline", refuse)
+    original, code = patch_targets.double, patch_targets.double.__code__
+    calls: list[str] = []
+    patcher = Patcher("test")
+    assert patcher.replace(f"{_T}:double", _counting(calls), in_place=True)
+    assert patch_targets.double is not original and original.__code__ is code
+    assert patch_targets.double(2) == 4 and calls == ["double"]
+    patcher.unpatch_all()
+    assert patch_targets.double is original
