@@ -10,10 +10,16 @@ they are the API's functions.
 
 ``detach`` differs from the API's in one way: it raises where the API logs and carries on (a token
 from another context, or reset twice), so callers guard it.
+
+``SUPPRESSION_KEYS`` are the context keys ``suppress_instrumentation()`` sets (the SDK's exporters set the
+first): a hot path reads ``get_current()`` and looks both up, where the public
+``is_instrumentation_enabled()`` costs four Python calls more. When the private keys are not where this
+otel-perf expects them, ``get_current`` and the keys become the public check's (one log line).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any
@@ -21,7 +27,7 @@ from typing import Any
 from opentelemetry import context as _api
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
-__all__ = ["attach", "detach", "get_current"]
+__all__ = ["SUPPRESSION_KEYS", "attach", "detach", "get_current", "get_current_or_suppressed"]
 
 
 def _bind() -> tuple[Callable[[], _api.Context], Callable[[_api.Context], Token[Any]],
@@ -30,7 +36,42 @@ def _bind() -> tuple[Callable[[], _api.Context], Callable[[_api.Context], Token[
     var = getattr(runtime, "_current_context", None)
     if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
         return var.get, var.set, var.reset
+    if type(runtime) is ContextVarsRuntimeContext:  # another runtime context (OTEL_PYTHON_CONTEXT) is no surprise
+        from otel_perf._safety import log_once
+
+        log_once("context-binding", "otel-perf: the API's contextvars runtime context is not what this otel-perf "
+                 "expects (no _current_context); using the API's context functions instead", level=logging.INFO)
     return _api.get_current, _api.attach, _api.detach
 
 
 get_current, attach, detach = _bind()
+
+
+_SUPPRESSED = "otel_perf.suppressed"
+
+
+def _public_check() -> Any:
+    """A context stand-in for the public check: ``{_SUPPRESSED: True}`` while instrumentation is suppressed."""
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+
+    suppressed: dict[str, bool] = {_SUPPRESSED: True}
+    enabled: dict[str, bool] = {}
+    return lambda: enabled if is_instrumentation_enabled() else suppressed
+
+
+def _bind_suppression() -> tuple[Callable[[], Any], tuple[str, str]]:
+    try:
+        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+        from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
+    except ImportError as exc:
+        from otel_perf._safety import log_once
+
+        log_once("context-suppression-keys", "otel-perf: the context keys of suppress_instrumentation() are not "
+                 "where this otel-perf expects them (%s); using the public check instead", exc, level=logging.INFO)
+        return _public_check(), (_SUPPRESSED, _SUPPRESSED)
+    return get_current, (_SUPPRESS_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY_PLAIN)
+
+
+#: ``get_current_or_suppressed().get(key)`` is truthy for one of ``SUPPRESSION_KEYS`` while
+#: ``suppress_instrumentation()`` is in force (``get_current`` itself when the keys were found).
+get_current_or_suppressed, SUPPRESSION_KEYS = _bind_suppression()

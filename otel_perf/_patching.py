@@ -8,21 +8,27 @@ idempotence (patching twice is harmless) and an exact restore on ``uninstrument(
 comes back (identity), and an attribute that was inherited is deleted rather than shadowed.
 
 Two styles are supported: wrapt wrappers ``(wrapped, instance, args, kwargs)`` (STYLE.md) and, for hot
-paths where a benchmark showed wrapt's cost, a replacement built from the original by a factory.
+paths where a benchmark showed wrapt's cost, a replacement built from the original by a factory. A
+replacement can be installed in place (``in_place=True``, :mod:`otel_perf._inplace`): a plain function at
+its canonical path then stays the same object and runs the replacement, so references taken before
+instrumentation (``from json import loads``) are measured and pickle as they do uninstrumented.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeGuard
 
 import wrapt
 
+from otel_perf._inplace import InPlacePatch, can_patch_in_place, patch_in_place, unpatch_in_place
 from otel_perf._safety import guarded, log_once
 
 __all__ = ["PatchTarget", "Patcher", "resolve", "split_path"]
@@ -62,10 +68,26 @@ def resolve(path: str, module: ModuleType | None = None) -> PatchTarget:
     return PatchTarget(path, parent, attribute, raw, obj)
 
 
+def _at_canonical_place(function: Any) -> TypeGuard[types.FunctionType]:
+    """Whether ``function`` is a plain function found under its own ``__module__:__qualname__`` (where
+    pickle looks it up), whatever path named it (``tomllib:loads`` is ``tomllib._parser.loads``)."""
+    module, qualname = getattr(function, "__module__", None), getattr(function, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str) and can_patch_in_place(function, module, qualname)):
+        return False
+    owner = sys.modules.get(module)
+    if owner is None or "<" in qualname:  # <locals>, <lambda>: not reachable by name
+        return False
+    try:
+        raw = resolve(f"{module}:{qualname}", owner).original
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return (raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw) is function
+
+
 @dataclass
 class _Applied:
     target: PatchTarget
-    installed: Any
+    installed: Any  # the object set on the parent, or the InPlacePatch of a function patched in place
 
 
 @dataclass
@@ -85,6 +107,7 @@ class Patcher:
     _applied: dict[str, _Applied] = field(default_factory=dict)
     _pending: dict[str, Callable[[ModuleType | None], object]] = field(default_factory=dict)
     _hooked: set[str] = field(default_factory=set)
+    _in_place: dict[int, InPlacePatch] = field(default_factory=dict)  # id(function) -> its patch by us
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def wrap(self, path: str, wrapper: Callable[..., Any], *, lazy: bool = True) -> bool:
@@ -99,26 +122,34 @@ class Patcher:
 
         return self._patch(path, install, lazy)
 
-    def replace(self, path: str, factory: Callable[[Any], Any], *, lazy: bool = True) -> bool:
+    def replace(self, path: str, factory: Callable[[Any], Any], *, lazy: bool = True,
+                in_place: bool = False) -> bool:
         """Patch ``path`` with ``factory(original)``; the factory sees the raw attribute (a function,
-        or a classmethod/staticmethod object for those)."""
+        or a classmethod/staticmethod object for those).
+
+        With ``in_place``, a plain function at its canonical path (``module:qualname``; also inside a
+        classmethod or staticmethod) is patched in place: it runs ``factory(copy of itself)`` and stays
+        the attribute. Anything else is replaced as without it. A second path to a function this patcher
+        already patched in place (``ElementTree.fromstring is ElementTree.XML``) shares that patch.
+        """
 
         def install(target: PatchTarget) -> Any:
             return factory(target.original if target.original is not _MISSING else target.current)
 
-        return self._patch(path, install, lazy)
+        return self._patch(path, install, lazy, factory if in_place else None)
 
-    def _patch(self, path: str, install: Callable[[PatchTarget], Any], lazy: bool) -> bool:
+    def _patch(self, path: str, install: Callable[[PatchTarget], Any], lazy: bool,
+               in_place: Callable[[Any], Any] | None = None) -> bool:
         module_name, _ = split_path(path)
         with self._lock:
             if path in self._applied:
                 return True  # instrumenting twice is harmless
             module = sys.modules.get(module_name)
             if module is None and lazy:
-                self._pending[path] = lambda mod: self._apply(path, install, mod)
+                self._pending[path] = lambda mod: self._apply(path, install, mod, in_place)
                 self._hook(module_name)
                 return False
-            return self._apply(path, install, module)
+            return self._apply(path, install, module, in_place)
 
     def _hook(self, module_name: str) -> None:
         if module_name in self._hooked:
@@ -135,7 +166,8 @@ class Patcher:
 
         wrapt.register_post_import_hook(on_import, module_name)
 
-    def _apply(self, path: str, install: Callable[[PatchTarget], Any], module: ModuleType | None) -> bool:
+    def _apply(self, path: str, install: Callable[[PatchTarget], Any], module: ModuleType | None,
+               in_place: Callable[[Any], Any] | None = None) -> bool:
         try:
             target = resolve(path, module)
         except (ImportError, AttributeError) as exc:
@@ -143,6 +175,27 @@ class Patcher:
             return False
         if not self.active:
             return False
+        if in_place is not None and target.original is not _MISSING:
+            raw = target.original
+            function = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+            shared = self._in_place.get(id(function))
+            if shared is not None and shared.function is function:
+                self._applied[path] = _Applied(target, shared)
+                self._pending.pop(path, None)
+                return True
+            if _at_canonical_place(function):
+                try:
+                    layer = patch_in_place(function, in_place)
+                except (ValueError, TypeError, SyntaxError) as exc:  # a code object we cannot reproduce
+                    log_once((self.owner, "not-in-place", path), "%s: %s is replaced, not patched in place (%s)",
+                             self.owner, path, exc, level=logging.DEBUG)
+                else:
+                    if layer is None:
+                        return False  # the factory declined: nothing to patch
+                    self._in_place[id(function)] = layer
+                    self._applied[path] = _Applied(target, layer)
+                    self._pending.pop(path, None)
+                    return True
         installed = install(target)
         setattr(target.parent, target.attribute, installed)
         self._applied[path] = _Applied(target, installed)
@@ -166,6 +219,9 @@ class Patcher:
             if applied is None:
                 return
             target = applied.target
+            if isinstance(applied.installed, InPlacePatch):
+                self._unpatch_in_place(applied.installed, path)
+                return
             # Only restore if nobody patched over us since; otherwise leave their patch in place.
             if target.parent.__dict__.get(target.attribute, _MISSING) is not applied.installed:
                 log_once((self.owner, "overpatched", path),
@@ -175,6 +231,14 @@ class Patcher:
                 delattr(target.parent, target.attribute)
             else:
                 setattr(target.parent, target.attribute, target.original)
+
+    def _unpatch_in_place(self, layer: InPlacePatch, path: str) -> None:
+        if any(applied.installed is layer for applied in self._applied.values()):
+            return  # another path still shares it
+        self._in_place.pop(id(layer.function), None)
+        if not unpatch_in_place(layer):
+            log_once((self.owner, "overpatched", path),
+                     "%s: the code of %s was changed again by someone else; leaving it", self.owner, path)
 
     def unpatch_all(self) -> None:
         """Restore every original and switch off the post-import hooks."""

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,10 +30,9 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.util._importlib_metadata import entry_points
 
 from otel_perf._config import Settings, load_settings, set_settings
-from otel_perf._safety import guarded, log_once
+from otel_perf._safety import guarded, log_once, raise_internal_errors
 from otel_perf.exporters.otlp import endpoint_configured, spooled_exporter_names
 
 __all__ = [
@@ -40,7 +40,9 @@ __all__ = [
     "ConfigSnapshot",
     "Handle",
     "attach_environment_context",
+    "configurator_loaded",
     "configure",
+    "configure_sdk_from_environment",
     "current_handle",
     "default_exporter",
     "is_root_process",
@@ -130,12 +132,48 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
     return spooled_exporter_names(names, settings)
 
 
-def _exporter_classes(signal: str, names: list[str]) -> list[type]:
-    from opentelemetry.sdk._configuration import _get_exporter_entry_point
+_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
 
+
+def _resolve_exporter_name(name: str, signal: str) -> str:
+    """The entry point an exporter name means, as the SDK resolves it (public path): ``otlp`` is
+    ``otlp_proto_grpc`` or ``otlp_proto_http`` by ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL``; every other
+    name, ``otlp_proto_*`` included, is an entry point name as it is."""
+    if name != "otlp":
+        return name
+    protocol = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip()
+    if not protocol:
+        return "otlp_proto_grpc"
+    if protocol not in _OTLP_BY_PROTOCOL:
+        raise RuntimeError(f"Unsupported OTLP protocol '{protocol}' is configured")
+    return _OTLP_BY_PROTOCOL[protocol]
+
+
+def _exporter_name_resolver() -> Callable[[str, str], str]:
+    """The SDK's own resolution of exporter names when it is there (start-up check), else ours."""
+    try:
+        from opentelemetry.sdk._configuration import _get_exporter_entry_point
+    except ImportError as exc:
+        _fallback("exporter-names", "the SDK's exporter-name resolution", exc)
+        return _resolve_exporter_name
+    if not callable(_get_exporter_entry_point):
+        _fallback("exporter-names", "the SDK's exporter-name resolution", "not a function")
+        return _resolve_exporter_name
+    return _get_exporter_entry_point  # type: ignore[return-value]
+
+
+def _fallback(key: str, what: str, why: object) -> None:
+    """One log line (INFO: nothing is lost, the public path does the same job) per internal not found."""
+    log_once(("sdk-fallback", key), "otel-perf: %s is not what this otel-perf expects (%s); using the public "
+             "OpenTelemetry API instead", what, why, level=logging.INFO)
+
+
+def _exporter_classes(signal: str, names: list[str]) -> list[type]:
+    resolve = _exporter_name_resolver()
     classes = []
     for name in names:
-        resolved = _get_exporter_entry_point(name, signal)  # type: ignore[arg-type]
+        resolved = resolve(name, signal)
         found = list(entry_points(group=_ENTRY_POINT_GROUP[signal], name=resolved))
         if not found:
             log_once(("exporter-missing", signal, name),
@@ -280,7 +318,75 @@ def process_startup(settings: Settings) -> None:
     set_settings(settings)
     mark_root()
     attach_environment_context()
+    _check_sdk_internals()
     _run_startup_hooks(settings)
+
+
+def _check_sdk_internals() -> None:
+    """The start-up checks of the SDK internals otel-perf uses, run now rather than at the first use,
+    which may come at interpreter exit (the final metric collection)."""
+    from otel_perf import _aggregate
+
+    try:
+        _aggregate._sdk_attributes_key()
+    except Exception:  # the first publication retries, and takes the public path if it fails again
+        pass
+
+
+def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``opentelemetry-instrument`` loaded a configurator, by its own rule: the one
+    ``OTEL_PYTHON_CONFIGURATOR`` names if it is installed, else (unset) the first one installed."""
+    environ = os.environ if env is None else env
+    selected = environ.get("OTEL_PYTHON_CONFIGURATOR")
+    names = {ep.name for ep in entry_points(group="opentelemetry_configurator")}
+    return bool(names) if selected is None else selected in names
+
+
+def _sdk_configurator() -> Any:
+    """The SDK's own environment-driven set-up (private ``_OTelSDKConfigurator``), or None when this SDK
+    has none with the expected shape (start-up check; the caller then takes the public path)."""
+    try:
+        from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+    except ImportError as exc:
+        _fallback("configurator", "the SDK's configurator", exc)
+        return None
+    if not (isinstance(_OTelSDKConfigurator, type) and callable(getattr(_OTelSDKConfigurator, "configure", None))):
+        _fallback("configurator", "the SDK's configurator", "no configure() method")
+        return None
+    return _OTelSDKConfigurator
+
+
+def _sdk_providers_set() -> bool:
+    return (isinstance(trace.get_tracer_provider(), TracerProvider)
+            or isinstance(metrics.get_meter_provider(), MeterProvider)
+            or isinstance(get_logger_provider(), LoggerProvider))
+
+
+def configure_sdk_from_environment(settings: Settings) -> None:
+    """Set the SDK up from the ``OTEL_*`` environment as the SDK's configurator does: under the launcher
+    when no configurator is installed (or ``OTEL_PYTHON_CONFIGURATOR`` names none that is). Providers a
+    distro already set stay as they are. A failure is logged; the program runs on."""
+    if _sdk_providers_set():
+        return
+    configurator = _sdk_configurator()
+    if configurator is None:
+        resource = _make_resource(None)
+        _setup_tracing(resource, settings, None)
+        _setup_metrics(resource, settings, None)
+        _setup_logging(resource, settings, None)
+        return
+    from opentelemetry.instrumentation.version import __version__ as instrumentation_version
+
+    try:
+        configurator().configure(auto_instrumentation_version=instrumentation_version)
+    except Exception:
+        if raise_internal_errors():
+            raise
+        _logger.warning(
+            "otel-perf: the OpenTelemetry SDK could not be set up from the environment; the program "
+            "runs uninstrumented for the signals that failed. Check OTEL_*_EXPORTER and "
+            "OTEL_EXPORTER_OTLP_* (otel-perf doctor shows them).", exc_info=True,
+        )
 
 
 def current_handle() -> Handle | None:

@@ -54,7 +54,11 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
     if path.split(os.pathsep)[0] != bin_dir:
         out["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
     out["OTEL_PYTHON_DISTRO"] = "otel_perf"
-    out["OTEL_PYTHON_CONFIGURATOR"] = "otel_perf"
+    # No configurator is selected: the one installed (opentelemetry-distro's) or, with none, otel-perf's
+    # pre-instrument hook sets the SDK up. Selecting one makes the launcher warn about every other one in
+    # each child Python's stderr; the name otel-perf once registered is dropped for the same reason.
+    if out.get("OTEL_PYTHON_CONFIGURATOR") == "otel_perf":
+        del out["OTEL_PYTHON_CONFIGURATOR"]
     settings, _ = check_environment(out)  # the launched program reports bad values, once
     files_dir = None
     for signal in ("traces", "metrics", "logs"):
@@ -144,7 +148,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     for kind, variable in (("distro", "OTEL_PYTHON_DISTRO"), ("configurator", "OTEL_PYTHON_CONFIGURATOR")):
         names = _entry_point_names(f"opentelemetry_{kind}")
         chosen = env.get(variable) or (names[0] if names else "(SDK default)")
-        note = f"set by {variable}" if env.get(variable) else "first found; set " + variable + "=otel_perf to be sure"
+        note = f"set by {variable}" if env.get(variable) else "first found"  # otel-perf's distro = the stock one
         print(f"  {kind}s installed: {', '.join(names) or 'none'}; would load: {chosen} ({note})")
         if env.get(variable) and env[variable] not in names:
             print(f"    problem: {variable}={env[variable]} names no installed {kind}")

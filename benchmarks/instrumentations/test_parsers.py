@@ -42,6 +42,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_perf._config import load_settings
+from otel_perf._inplace import InPlacePatch, layer_of
 from otel_perf._patching import resolve
 from otel_perf._semconv import DURATION_BOUNDARIES, PARSER_NAME, SIZE_BOUNDARIES
 from otel_perf.instrumentations.parsers import ParserInstrumentor
@@ -135,12 +136,17 @@ class _Setup:
                                                explicit_bucket_boundaries_advisory=SIZE_BOUNDARIES)
 
     def set(self, paths: tuple[str, ...], instrumented: bool) -> None:
+        """Swap each parser between instrumented and bare: the code of one patched in place (the trampoline
+        or its own), the attribute of one replaced by a wrapper (the wrapper or ``__wrapped__``)."""
         for path in paths:
             target = resolve(path)
             current = target.parent.__dict__[target.attribute]
-            patched = self.patched.get(path, current)
+            patched = self.patched.get(path) or layer_of(current) or current
             self.patched[path] = patched
-            setattr(target.parent, target.attribute, patched if instrumented else patched.__wrapped__)
+            if isinstance(patched, InPlacePatch):
+                current.__code__ = patched.trampoline if instrumented else patched.code
+            else:
+                setattr(target.parent, target.attribute, patched if instrumented else patched.__wrapped__)
 
     def close(self) -> None:
         self.instrumentor.uninstrument()

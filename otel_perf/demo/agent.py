@@ -80,12 +80,12 @@ def build_workspace(directory: Path, rng: random.Random) -> list[str]:
             line = " ".join(rng.choice(_WORDS) for _ in range(12))
             lines.append(line)
             total += len(line) + 1
-        (directory / f"notes-{label}.txt").write_text("\n".join(lines))
+        (directory / f"notes-{label}.txt").write_text("\n".join(lines), encoding="utf-8")
         names.append(f"notes-{label}.txt")
         if size <= 100 * 1024:
             # JSON records up to 100 KB: a 1 MB document of small records is a GC-pause generator of its own.
             records = [{"id": i, "text": line} for i, line in enumerate(lines[: max(1, len(lines) // 2)])]
-            (directory / f"records-{label}.json").write_text(json.dumps(records))
+            (directory / f"records-{label}.json").write_text(json.dumps(records), encoding="utf-8")
             names.append(f"records-{label}.json")
     return names
 
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = faults - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault(s) {', '.join(sorted(unknown))}; choose from {', '.join(FAULTS)}")
-    script = args.script.read_text().splitlines() if args.script else None
+    script = args.script.read_text(encoding="utf-8").splitlines() if args.script else None
     stats = run(args.duration, args.load, faults, script, args.seed)
     print(f"demo: {stats['commands']} commands, {stats['ok']} ok, {stats['failed']} failed tool calls, "
           f"{stats['rejected']} rejected", file=sys.stderr)

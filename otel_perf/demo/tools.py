@@ -37,8 +37,8 @@ def summarize(text: str, top: int = 3) -> dict[str, int]:
 def word_count(path: str) -> int:
     """Count words with an external program (a Python child, so the demo needs no `wc`)."""
     code = "import sys; print(len(open(sys.argv[1], 'rb').read().split()))"
-    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, encoding="utf-8",
+                         check=True, timeout=60)
     return int(out.stdout)
 
 

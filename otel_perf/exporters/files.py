@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import threading
 import time
 import weakref
@@ -78,6 +79,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_replace_locks_after_fork)
 
 
+def _open_above_std_fds(target: Path) -> IO[str]:
+    """``open(target, "a")`` on a descriptor above 2. This runs in an export thread at any moment: while the
+    program has closed one of its standard descriptors for a moment (to swap them, as CPython's
+    test_subprocess does), a plain open would take that number, and once the program puts its stdout back
+    there, the telemetry lines would go to stdout."""
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    if fd <= 2 and sys.platform != "win32":
+        import fcntl
+
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.close(fd)
+        fd = high
+    return open(fd, "a", encoding="utf-8")
+
+
 class _JsonLinesWriter:
     """Appends lines to ``<dir>/<signal>-<start>-<pid>.jsonl``; reopens after fork."""
 
@@ -106,7 +122,7 @@ class _JsonLinesWriter:
                 stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
                 target = directory / f"{self._signal}-{stamp}-{pid}.jsonl"
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(target, "a", encoding="utf-8")  # noqa: SIM115 - kept open across exports
+            self._file = _open_above_std_fds(target)
             self._pid = pid
             self.path = target
         return self._file

@@ -42,7 +42,7 @@ class ThreadPeak:
     def start(self) -> None:
         self.peak = threading.active_count()
         self._patcher.restart()
-        self._patcher.replace("threading:Thread.start", self._make_start)
+        self._patcher.replace("threading:Thread.start", self._make_start, in_place=True)
 
     def stop(self) -> None:
         self._patcher.unpatch_all()

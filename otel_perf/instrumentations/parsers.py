@@ -13,9 +13,15 @@ Nested parses count once, by the outermost: ``json.load`` calls ``json.loads``, 
 ``parse_args`` calls ``parse_known_args``, a user's parser may call ``json.loads``; the inner calls see
 the thread's flag and run untouched.
 
-Limitation: code that bound a parser to its own name before instrumentation (``from json import loads``
-at import time) keeps the original function, and those calls are not measured. Instrument early (the
-launcher and ``otel_perf.configure()`` at start-up do), or call through the module (``json.loads``).
+The built-in parser functions (and the user's, when they are plain functions at their own
+``module:qualname``) are patched in place (:mod:`otel_perf._inplace`): ``json.loads`` stays the same
+object, so a reference bound before instrumentation (``from json import loads`` at import time) is
+measured too, and pickles (into a process pool, say) exactly as it does uninstrumented. argparse's
+``parse_args``/``parse_known_args`` are replaced on the class instead: every call looks them up there
+(so every call is measured), and a trampoline costs more than their +3% budget has left.
+
+Parses made under ``suppress_instrumentation()`` (the SDK's exporters serialise and parse) are neither
+measured nor spanned: one read of the current context per parse.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 
 from otel_perf._aggregate import AggregatedHistogram, Series, take
 from otel_perf._config import Settings
+from otel_perf._context import SUPPRESSION_KEYS, get_current_or_suppressed
 from otel_perf._error_type import error_type_of
 from otel_perf._patching import Patcher
 from otel_perf._safety import guarded, log_once
@@ -58,17 +65,12 @@ _UNKNOWN: Final = -1  # size not cheaply knowable: no size measurement, never "l
 _FOLD_AT: Final = 256  # a probe's logs are folded into its series at this many parses (about 16 KB)
 
 
-class _Flag(threading.local):
-    """Per thread: ``state[0]`` is True while a measured parse runs, so nested parses are not counted.
-
-    A one-item list rather than an attribute: the hot path then pays one thread-local lookup, not three.
-    """
-
-    def __init__(self) -> None:
-        self.state = [False]
-
-
-_flag = _Flag()
+#: Per thread, ``_flag.state[0]`` is True while a measured parse runs, so nested parses are not counted.
+#: A one-item list rather than an attribute: the hot path pays one thread-local lookup, not three. A plain
+#: ``threading.local`` whose ``state`` a thread sets at its first parse reads faster than a subclass with
+#: ``__init__`` (26 against 37 ns here), paid twice by an argparse parse (parse_args, then the nested
+#: parse_known_args) within its +3% budget.
+_flag = threading.local()
 
 
 class _Session:
@@ -343,12 +345,19 @@ def _wrap_text(original: _F, probe: _Probe, arg: str) -> _F:
     """A wrapper for parsers of text or bytes (its first argument, or keyword ``arg``): size = len()."""
     flag = _flag
     clock = perf_counter
+    current, (suppress, suppress_plain) = get_current_or_suppressed, SUPPRESSION_KEYS
 
     @functools.wraps(original)
     def parse_wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = flag.state
+        try:
+            state = flag.state
+        except AttributeError:  # this thread's first parse
+            state = flag.state = [False]
         if state[0] or not probe.on:
             return original(*args, **kwargs)
+        context = current()
+        if context and (context.get(suppress) or context.get(suppress_plain)):
+            return original(*args, **kwargs)  # suppress_instrumentation(): e.g. the SDK's exporters
         state[0] = True
         start = clock()
         try:
@@ -385,12 +394,19 @@ def _wrap(original: _F, probe: _Probe, size_of: Callable[[tuple[Any, ...], dict[
     """A wrapper measuring ``original``; ``size_of(args, kwargs)`` runs after the parse."""
     flag = _flag
     clock = perf_counter
+    current, (suppress, suppress_plain) = get_current_or_suppressed, SUPPRESSION_KEYS
 
     @functools.wraps(original)
     def parse_wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = flag.state
+        try:
+            state = flag.state
+        except AttributeError:  # this thread's first parse
+            state = flag.state = [False]
         if state[0] or not probe.on:
             return original(*args, **kwargs)
+        context = current()
+        if context and (context.get(suppress) or context.get(suppress_plain)):
+            return original(*args, **kwargs)  # suppress_instrumentation(): e.g. the SDK's exporters
         state[0] = True
         start = clock()
         try:
@@ -430,12 +446,19 @@ def _wrap_argparse(original: _F, probe: _Probe) -> _F:
         return _wrap(original, probe, _argv_size)  # a future signature: the general wrapper
     flag = _flag
     clock = perf_counter
+    current, (suppress, suppress_plain) = get_current_or_suppressed, SUPPRESSION_KEYS
 
     @functools.wraps(original)
     def parse_wrapper(self: Any, args: Any = None, namespace: Any = None) -> Any:
-        state = flag.state
+        try:
+            state = flag.state
+        except AttributeError:  # this thread's first parse
+            state = flag.state = [False]
         if state[0] or not probe.on:
             return original(self, args, namespace)
+        context = current()
+        if context and (context.get(suppress) or context.get(suppress_plain)):
+            return original(self, args, namespace)  # suppress_instrumentation(): e.g. the SDK's exporters
         state[0] = True
         start = clock()
         try:
@@ -475,12 +498,19 @@ def _wrap_source(original: _F, probe: _Probe, arg: str, paths: bool) -> _F:
     """A wrapper for parsers of a file object (or text; or a file name when ``paths``)."""
     flag = _flag
     clock = perf_counter
+    current, (suppress, suppress_plain) = get_current_or_suppressed, SUPPRESSION_KEYS
 
     @functools.wraps(original)
     def parse_wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = flag.state
+        try:
+            state = flag.state
+        except AttributeError:  # this thread's first parse
+            state = flag.state = [False]
         if state[0] or not probe.on:
             return original(*args, **kwargs)
+        context = current()
+        if context and (context.get(suppress) or context.get(suppress_plain)):
+            return original(*args, **kwargs)  # suppress_instrumentation(): e.g. the SDK's exporters
         source = args[0] if args else kwargs.get(arg)
         before = _source_start(source, paths)
         state[0] = True
@@ -623,9 +653,13 @@ class ParserInstrumentor(PerfInstrumentor):
         selected = set(self.settings.parsers_builtin)
         for name, path, rule, arg in _BUILTINS:
             if name in selected:
-                patcher.replace(path, _builtin_replacement(name, rule, arg, made))
+                # In place, so that references bound before instrumentation are measured and pickle; not
+                # argparse's methods: every call looks them up on the class (always measured), and a
+                # trampoline on each of the two nested calls costs about 0.3% of a 10-option parse, which
+                # the +3% budget does not have (benchmarks/instrumentations/test_parsers.py).
+                patcher.replace(path, _builtin_replacement(name, rule, arg, made), in_place=rule != "argv")
         for path in self.settings.parsers:
-            patcher.replace(path, _user_replacement(path))
+            patcher.replace(path, _user_replacement(path), in_place=True)
 
     def _stop(self) -> None:
         global _session

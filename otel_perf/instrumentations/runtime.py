@@ -24,6 +24,12 @@ Emits (DESIGN.md, "Runtime"): ``process.cpu.time``, ``process.cpu.utilization`` 
 Reads ``OTEL_PERF_EVENTLOOP_LAG_INTERVAL`` (seconds between event-loop probes) and the master switch
 ``OTEL_PERF_ENABLED``. ``instrument(root=...)`` points the ``/proc`` and cgroup reads at another tree.
 
+Next to contrib's ``opentelemetry-instrumentation-system-metrics``, each metric name comes from one scope:
+the names system-metrics reports (``process.cpu.time``, ``process.cpu.utilization``,
+``process.context_switches``, ``process.memory.usage``, ``process.memory.virtual``,
+``process.thread.count`` and the three ``cpython.gc.*``, unless its configuration leaves them out) are
+not reported by otel-perf while system-metrics is instrumented (``_runtime_system_metrics``).
+
 All values are read in one pass per collection: the first of these instruments the SDK calls (it calls
 them in the order they were created) takes a fresh reading; the others reuse it. After ``os.fork()`` the
 child reports its own process: CPU, uptime, GC counts, peaks and probes start again from the fork.
@@ -62,6 +68,7 @@ from otel_perf.instrumentations._runtime_process import (
     ProcessSampler,
     cpu_limit,
 )
+from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES, reported_by_system_metrics
 from otel_perf.instrumentations._runtime_threads import ThreadPeak
 
 __all__ = ["RuntimeInstrumentor"]
@@ -107,6 +114,7 @@ class _Collector:
         self.threads = threads
         self.sampler = ProcessSampler(root)
         self.heap = HeapReader()
+        self.yielded: frozenset[str] = frozenset()  # names system-metrics reports (to this meter's provider)
         self._limit = cpu_limit(root)
         self._limit_read = time.monotonic()
         self.start_time = psutil.Process().create_time()
@@ -225,17 +233,26 @@ _collector: _Collector | None = None  # the instrumented session, if any
 _registered: weakref.WeakKeyDictionary[Meter, bool] = weakref.WeakKeyDictionary()
 
 
-def _make_callback(meter: Meter, observe: Observe,
+def _make_callback(meter: Meter, name: str, observe: Observe,
                    fresh: bool) -> Callable[[CallbackOptions], Iterable[Observation]]:
     # The SDK keeps the first instrument made under a name on a meter: callbacks look up the current
     # session rather than capture one, so instrument -> uninstrument -> instrument on one provider works,
     # and report only to the meter the session was instrumented with.
+    shared = name in SHARED_NAMES
+
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         collector = _collector
         if collector is None or collector.meter is not meter:
             return ()
         with guarded("runtime metrics collection"):
-            return observe(collector.refresh() if fresh else collector.current())
+            if fresh:  # the collection's first callback: the reading, and which names are system-metrics'
+                reading = collector.refresh()
+                collector.yielded = reported_by_system_metrics(meter)
+            else:
+                reading = collector.current()
+            if shared and name in collector.yielded:
+                return ()  # one scope per name: system-metrics reports this one
+            return observe(reading)
         return ()
 
     return callback
@@ -250,7 +267,7 @@ def _register_instruments(meter: Meter, heap_available: bool) -> None:
         if name in _HEAP_METRICS and not heap_available:
             continue  # "absent elsewhere": no instrument at all without mallinfo2
         spec: MetricSpec = _SPECS[name]
-        callbacks = [_make_callback(meter, observe, first)]
+        callbacks = [_make_callback(meter, name, observe, first)]
         first = False
         create: Any = {
             "counter": meter.create_observable_counter,

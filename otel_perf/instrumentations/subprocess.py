@@ -12,13 +12,24 @@ Usage::
     subprocess.run(["git", "status"])       # span "git", CLIENT
     SubprocessInstrumentor().uninstrument()
 
-What is patched, and why there: ``subprocess.Popen.__init__`` (every ``run``/``call``/``check_output``
-and ``asyncio.create_subprocess_exec/shell`` launch goes through it), ``Popen.wait`` and
+What is patched, and why there: ``subprocess.Popen._execute_child`` (every ``run``/``call``/
+``check_output`` and ``asyncio.create_subprocess_exec/shell`` launch goes through it, after ``Popen``
+has checked its arguments and resolved the text encoding, so an ``EncodingWarning`` still names the
+caller's line; where its signature is not the expected one, ``Popen.__init__``), ``Popen.wait`` and
 ``Popen._internal_poll`` (every way a process is reaped: ``wait``, ``communicate``, ``poll``, the context
 manager, ``send_signal``, garbage collection and ``subprocess._cleanup``), ``Popen._try_wait`` (so that
-blocking waits use ``os.wait4``, which reports the child's resource usage) and asyncio's
-``BaseSubprocessTransport._process_exited`` (asyncio reaps through its child watcher, not ``Popen``).
-The class stays the same object, so ``isinstance``, subclasses and ``Popen`` attributes are unchanged.
+blocking waits use ``os.wait4``, which reports the child's resource usage; only while ``os.waitpid`` is
+the real one, so a cooperative ``waitpid`` such as gevent's, or a test's mock, is still what ``Popen``
+calls) and asyncio's ``BaseSubprocessTransport._process_exited`` (asyncio reaps through its child
+watcher, not ``Popen``). The class stays the same object, so ``isinstance``, subclasses and ``Popen``
+attributes are unchanged.
+
+The trace context reaches the child without changing what else it inherits: a given ``env`` is copied
+with ``TRACEPARENT``/``TRACESTATE`` set (the caller's mapping is untouched); with ``env=None`` and a
+``preexec_fn``, ``env`` stays ``None`` and the variables are set in the child just before the caller's
+``preexec_fn`` runs (so what it sets still reaches the program); with neither, the child gets a copy of
+``os.environ`` with them (a variable set below ``os.environ``, by ``os.putenv`` or C code, is not in
+that copy).
 
 Emits: span ``{process.executable.name}`` (CLIENT) with ``process.executable.name``, ``process.pid``,
 ``process.exit.code``, ``error.type`` (the exit code, or the signal's name, when non-zero; the exception
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import re
 import signal
@@ -49,7 +61,7 @@ from otel_perf import _semconv as sc
 from otel_perf._aggregate import AggregatedHistogram, Series
 from otel_perf._error_type import error_type_of
 from otel_perf._patching import Patcher
-from otel_perf._safety import guard
+from otel_perf._safety import guard, log_once
 from otel_perf.instrumentations import PerfInstrumentor
 
 __all__ = ["SubprocessInstrumentor", "redact_args"]
@@ -67,12 +79,38 @@ _HAS_WAIT4 = hasattr(os, "wait4")
 _HAS_ENVIRONB = hasattr(os, "environb")
 _STALE_KEYS = ("TRACEPARENT", "TRACESTATE")
 
-# Positions of Popen.__init__ parameters (after self), read once from the signature.
-_POPEN_PARAMS = list(inspect.signature(subprocess.Popen.__init__).parameters)[1:]
-_ARGS_AT = _POPEN_PARAMS.index("args")
-_EXECUTABLE_AT = _POPEN_PARAMS.index("executable")
-_SHELL_AT = _POPEN_PARAMS.index("shell")
-_ENV_AT = _POPEN_PARAMS.index("env")
+# The parameters of the launch method a run reads or changes (by name, wherever they are).
+_LAUNCH_PARAMETERS = ("args", "executable", "preexec_fn", "env", "shell")
+try:  # the C functions: os.waitpid may have been replaced already (gevent) when this module is imported
+    from posix import wait4 as _real_wait4
+    from posix import waitpid as _real_waitpid
+except ImportError:  # not POSIX: blocking waits keep Popen's own way
+    _real_waitpid = _real_wait4 = None  # type: ignore[assignment]
+
+
+class _Positions:
+    """Where the parameters of :data:`_LAUNCH_PARAMETERS` are in a launch method's ``(*args, **kwargs)``."""
+
+    __slots__ = ("args", "env", "executable", "preexec_fn", "shell")
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        names = list(inspect.signature(method).parameters)[1:]  # after self
+        # ValueError when a name is missing: not a launch method this module knows.
+        self.args, self.executable, self.preexec_fn, self.env, self.shell = map(names.index, _LAUNCH_PARAMETERS)
+
+
+def _launch_method() -> tuple[str, _Positions]:
+    """``Popen._execute_child`` when its parameters are the known ones (start-up check), else the public
+    ``Popen.__init__``: then an ``EncodingWarning`` of a text-mode launch names otel-perf's wrapper."""
+    method = getattr(subprocess.Popen, "_execute_child", None)
+    if method is not None:
+        try:
+            return "subprocess:Popen._execute_child", _Positions(method)
+        except (TypeError, ValueError) as exc:
+            log_once(("otel_perf_subprocess", "execute-child"),
+                     "otel-perf: subprocess.Popen._execute_child is not what this otel-perf expects (%s); "
+                     "wrapping Popen.__init__ instead", exc, level=logging.INFO)
+    return "subprocess:Popen.__init__", _Positions(subprocess.Popen.__init__)
 
 
 class _Active:
@@ -196,9 +234,8 @@ def _command_args(argv: Any) -> list[str]:
     return redact_args(items)
 
 
-def _child_env(env: Any, carrier: Mapping[str, str]) -> Any:
+def _child_env(env: Any, updates: Mapping[str, str]) -> Any:
     """A copy of the child's environment with the trace context set; the caller's mapping is untouched."""
-    updates = {key.upper().replace("-", "_"): value for key, value in carrier.items()}
     if env is None:
         if _HAS_ENVIRONB:
             # Bytes keys and values, as Popen passes them to exec: no decoding and re-encoding of every
@@ -223,17 +260,49 @@ def _child_env(env: Any, carrier: Mapping[str, str]) -> Any:
     return child
 
 
+def _preexec_with_context(preexec_fn: Callable[[], Any], updates: Mapping[str, str]) -> Callable[[], Any]:
+    """``preexec_fn`` that first sets the trace context in the child's own environment (``env=None``
+    stays None: the program inherits the child's environment as the caller's ``preexec_fn`` leaves it)."""
+    stale = [key for key in _STALE_KEYS if key not in updates]
+    items = list(updates.items())
+
+    def preexec_with_context() -> Any:
+        for key in stale:
+            os.unsetenv(key)
+        for key, value in items:
+            os.putenv(key, value)
+        return preexec_fn()
+
+    return preexec_with_context
+
+
+def _with_context(args: tuple[Any, ...], kwargs: dict[str, Any], at: _Positions,
+                  carrier: Mapping[str, str]) -> tuple[Any, ...]:
+    """The launch arguments with the trace context for the child (``kwargs`` is changed in place)."""
+    updates = {key.upper().replace("-", "_"): value for key, value in carrier.items()}
+    env = _argument(args, kwargs, at.env, "env")
+    preexec_fn = _argument(args, kwargs, at.preexec_fn, "preexec_fn")
+    if env is None and preexec_fn is not None:
+        name, at_, value = "preexec_fn", at.preexec_fn, _preexec_with_context(preexec_fn, updates)
+    else:
+        name, at_, value = "env", at.env, _child_env(env, updates)
+    if len(args) > at_:
+        return (*args[:at_], value, *args[at_ + 1:])
+    kwargs[name] = value
+    return args
+
+
 # --- launch and reaping ------------------------------------------------------------------------------
 
 
 @guard
 def _begin(
-    active: _Active, args: tuple[Any, ...], kwargs: dict[str, Any]
+    active: _Active, args: tuple[Any, ...], kwargs: dict[str, Any], at: _Positions
 ) -> tuple[_Run, tuple[Any, ...]] | None:
     """Start the run's span and put the trace context into the child's environment (in args/kwargs)."""
-    argv = _argument(args, kwargs, _ARGS_AT, "args")
-    shell = bool(_argument(args, kwargs, _SHELL_AT, "shell"))
-    name = _executable_name(argv, _argument(args, kwargs, _EXECUTABLE_AT, "executable"), shell)
+    argv = _argument(args, kwargs, at.args, "args")
+    shell = bool(_argument(args, kwargs, at.shell, "shell"))
+    name = _executable_name(argv, _argument(args, kwargs, at.executable, "executable"), shell)
     attributes: dict[str, Any] = {sc.PROCESS_EXECUTABLE_NAME: name}
     if active.capture_args:
         attributes[sc.PROCESS_COMMAND_ARGS] = _command_args(argv)
@@ -241,10 +310,7 @@ def _begin(
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     if carrier:
-        if len(args) > _ENV_AT:
-            args = (*args[:_ENV_AT], _child_env(args[_ENV_AT], carrier), *args[_ENV_AT + 1:])
-        else:
-            kwargs["env"] = _child_env(kwargs.get("env"), carrier)
+        args = _with_context(args, kwargs, at, carrier)
     return _Run(active, name, span), args
 
 
@@ -316,25 +382,30 @@ def _childs_own_max_rss(reported: int) -> int | None:
     return reported if reported > own_peak else None
 
 
-def _patch_init(original: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(original)
-    def __init__(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
-        active = _active
-        if active is None or not is_instrumentation_enabled():  # suppress_instrumentation() is honoured
-            return original(self, *args, **kwargs)
-        begun = _begin(active, args, kwargs)
-        if begun is None:  # our fault, logged once: launch untraced
-            return original(self, *args, **kwargs)
-        run, args = begun
-        try:
-            original(self, *args, **kwargs)
-        except BaseException as exc:
-            _launch_failed(run, exc)
-            raise
-        self.__dict__[_RUN_KEY] = run  # process.pid is set with the exit code, in one call
-        return None
+def _patch_launch(at: _Positions) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The Patcher factory for the launch method (``Popen._execute_child``, else ``Popen.__init__``)."""
 
-    return __init__
+    def factory(original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def launch(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+            active = _active
+            if active is None or not is_instrumentation_enabled():  # suppress_instrumentation() is honoured
+                return original(self, *args, **kwargs)
+            begun = _begin(active, args, kwargs, at)
+            if begun is None:  # our fault, logged once: launch untraced
+                return original(self, *args, **kwargs)
+            run, args = begun
+            try:
+                original(self, *args, **kwargs)
+            except BaseException as exc:
+                _launch_failed(run, exc)
+                raise
+            self.__dict__[_RUN_KEY] = run  # process.pid is set with the exit code, in one call
+            return None
+
+        return launch
+
+    return factory
 
 
 def _patch_wait(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -361,14 +432,19 @@ def _waitpid_with_rusage(pid: int, options: int) -> tuple[int, int]:
 
 def _poll_override() -> dict[str, Any]:
     """How to make ``Popen._internal_poll`` wait through :func:`_waitpid_with_rusage` on this Python."""
-    if not _HAS_WAIT4:
+    if not _HAS_WAIT4 or _real_waitpid is None:
         return {}
     parameters = inspect.signature(subprocess.Popen._internal_poll).parameters  # type: ignore[attr-defined]
-    if "_waitpid" in parameters:  # 3.10-3.12
+    # Only where Popen would call the real waitpid (not one replaced before subprocess was imported).
+    if "_waitpid" in parameters and parameters["_waitpid"].default is _real_waitpid:  # 3.10-3.12
         return {"_waitpid": _waitpid_with_rusage}
     del_safe = getattr(subprocess, "_del_safe", None)
-    if "_del_safe" in parameters and isinstance(del_safe, type):  # 3.13+
+    if ("_del_safe" in parameters and isinstance(del_safe, type)
+            and getattr(del_safe, "waitpid", None) is _real_waitpid):  # 3.13+
         return {"_del_safe": type("_del_safe", (del_safe,), {"waitpid": staticmethod(_waitpid_with_rusage)})}
+    log_once(("otel_perf_subprocess", "internal-poll"),
+             "otel-perf: subprocess.Popen._internal_poll is not what this otel-perf expects; programs reaped "
+             "by poll() report no resource usage", level=logging.INFO)
     return {}
 
 
@@ -393,7 +469,10 @@ def _patch_poll(original: Callable[..., Any]) -> Callable[..., Any]:
 def _patch_try_wait(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def _try_wait(self: subprocess.Popen[Any], wait_flags: int) -> tuple[int, int]:
-        if _RUN_KEY not in self.__dict__:
+        # Only while Popen's own _try_wait would call the real os.waitpid (subprocess.os is os): a replaced
+        # one (gevent's cooperative waitpid, a test's mock) is what Popen must call; os.wait4 would bypass it.
+        if (_RUN_KEY not in self.__dict__ or os.waitpid is not _real_waitpid
+                or os.wait4 is not _real_wait4):
             return original(self, wait_flags)  # type: ignore[no-any-return]
         # Popen's own _try_wait, with os.wait4 instead of os.waitpid.
         try:
@@ -443,13 +522,14 @@ class SubprocessInstrumentor(PerfInstrumentor):
         histogram.bind(self.meter)
         self._histogram = histogram
         patcher = self._patcher = Patcher("otel_perf_subprocess")
-        patcher.replace("subprocess:Popen.__init__", _patch_init)
-        patcher.replace("subprocess:Popen.wait", _patch_wait)
-        patcher.replace("subprocess:Popen._internal_poll", _patch_poll)
+        path, positions = _launch_method()
+        patcher.replace(path, _patch_launch(positions), in_place=True)
+        patcher.replace("subprocess:Popen.wait", _patch_wait, in_place=True)
+        patcher.replace("subprocess:Popen._internal_poll", _patch_poll, in_place=True)
         if _HAS_WAIT4 and hasattr(subprocess.Popen, "_try_wait"):
-            patcher.replace("subprocess:Popen._try_wait", _patch_try_wait)
+            patcher.replace("subprocess:Popen._try_wait", _patch_try_wait, in_place=True)
         patcher.replace("asyncio.base_subprocess:BaseSubprocessTransport._process_exited",
-                        _patch_process_exited)
+                        _patch_process_exited, in_place=True)
         _active = _Active(self.tracer, histogram, self.settings.subprocess_capture_args)
 
     def _stop(self) -> None:

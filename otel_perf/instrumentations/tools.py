@@ -57,7 +57,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from otel_perf import _semconv as sc
 from otel_perf._aggregate import AggregatedHistogram, Series
+from otel_perf._context import SUPPRESSION_KEYS, get_current_or_suppressed
 from otel_perf._error_type import error_type_of
+from otel_perf._inplace import replacement_of
 from otel_perf._patching import _MISSING, Patcher, resolve, split_path
 from otel_perf._safety import guard, log_once
 from otel_perf.instrumentations import PerfInstrumentor
@@ -89,6 +91,18 @@ class _Active:
 
 # The instrumentation in force, or None: tools are plain calls then.
 _active: _Active | None = None
+
+
+def _in_force() -> _Active | None:
+    """The instrumentation in force, unless instrumentation is suppressed here (``suppress_instrumentation()``:
+    a tool the SDK's exporters call gets no span and no measurement)."""
+    active = _active
+    if active is None:
+        return None
+    context = get_current_or_suppressed()
+    if context and (context.get(SUPPRESSION_KEYS[0]) or context.get(SUPPRESSION_KEYS[1])):
+        return None
+    return active
 
 
 def _error_type(exc: BaseException) -> str:
@@ -258,7 +272,7 @@ def _wrap_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..., Any]:
     # decorated tool at one span plus half a Histogram.record, and wrapt costs ~0.9 us per call here.
     @functools.wraps(fn)
     def tool_wrapper(*args: Any, **kwargs: Any) -> Any:
-        active = _active
+        active = _in_force()
         if active is None:
             return fn(*args, **kwargs)
         call = _begin(active, tool, args, kwargs)
@@ -278,7 +292,7 @@ def _wrap_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..., Any]:
 def _wrap_coroutine_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def tool_wrapper(*args: Any, **kwargs: Any) -> Any:
-        active = _active
+        active = _in_force()
         if active is None:
             return await fn(*args, **kwargs)
         call = _begin(active, tool, args, kwargs)
@@ -302,7 +316,7 @@ def _wrap_generator_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..
     # not. send(), throw(), close() and the return value are forwarded as ``yield from`` would.
     @functools.wraps(fn)
     def tool_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        active = _active
+        active = _in_force()
         gen = fn(*args, **kwargs)
         if active is None:
             return (yield from gen)
@@ -350,7 +364,7 @@ def _wrap_generator_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..
 def _wrap_async_generator_function(fn: Callable[..., Any], tool: _Tool) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def tool_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        active = _active
+        active = _in_force()
         agen = fn(*args, **kwargs)
         call = _begin(active, tool, args, kwargs) if active is not None else None
         step_context = None
@@ -418,8 +432,10 @@ def _make_tool(fn: Any, name: str | None, type_: str, description: str | None) -
 
 
 def _is_tool(obj: Any) -> bool:
-    """Whether ``obj`` (or the function inside a method/classmethod) is already one of our tools."""
-    return getattr(getattr(obj, "__func__", obj), "_otel_perf_tool", None) is not None
+    """Whether ``obj`` (or the function inside a method/classmethod) is already one of our tools, as a
+    wrapper or as a function patched in place."""
+    function = getattr(obj, "__func__", obj)
+    return getattr(replacement_of(function) or function, "_otel_perf_tool", None) is not None
 
 
 @overload
@@ -494,7 +510,7 @@ class ToolCall:
             call.span.set_attribute(sc.GEN_AI_TOOL_CALL_RESULT, to_json(result))
 
     def __enter__(self) -> ToolCall:
-        active = _active
+        active = _in_force()
         if active is not None and self._call is None:
             self._call = _begin(active, self._tool, call_id=self.call_id)
         return self
@@ -636,7 +652,7 @@ class ToolInstrumentor(PerfInstrumentor):
                      "otel-perf: %s names %s, which %s; it is not treated as a tool", _VARIABLE, path, reason)
             return
         assert self._patcher is not None
-        self._patcher.replace(path, functools.partial(_tool_from_path, path=path), lazy=False)
+        self._patcher.replace(path, functools.partial(_tool_from_path, path=path), lazy=False, in_place=True)
 
     def _report_unresolved(self) -> None:
         lock = getattr(self, "_lock", None)

@@ -298,7 +298,7 @@ def test_the_launcher_picks_durable_export_from_the_spool_directory(
             time.sleep(0.02)
     """))
     env = clean_env(**backend.env("grpc"), OTEL_PERF_SPOOL_DIR=str(tmp_path / "spool"),
-                    OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+                    OTEL_PYTHON_DISTRO="otel_perf",
                     OTEL_SERVICE_NAME="launched", OTEL_METRIC_EXPORT_INTERVAL="60000")
     env["OTEL_EXPORTER_OTLP_TIMEOUT"] = "5"
     process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), sys.executable, str(app)], env=env)
@@ -365,7 +365,7 @@ def _short_app_command(tmp_path: Path, way_in: str, *extra: str) -> list[str]:
 
 
 def _short_app_env(backend: _Backend, **extra: str) -> dict[str, str]:
-    return clean_env(**backend.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+    return clean_env(**backend.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf",
                      OTEL_PERF_PARSE_SPAN_MIN_DURATION="0", OTEL_METRIC_EXPORT_INTERVAL="60000", **extra)
 
 

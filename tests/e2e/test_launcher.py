@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,9 @@ APP = textwrap.dedent("""
     print("root-marker=" + os.environ.get("OTEL_PERF_ROOT_PID", ""))
 """)
 
-SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf", "OTEL_PYTHON_CONFIGURATOR": "otel_perf"}
+# otel-perf registers a distro but no configurator (the one installed, or otel-perf's pre-instrument hook,
+# sets the SDK up): selecting the distro is all `otel-perf run` does, and it changes no default.
+SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf"}
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -67,6 +71,17 @@ def test_otel_perf_run_without_endpoint_writes_json_lines(tmp_path: Path) -> Non
     assert {f.name.split("-")[0] for f in data.iterdir()} == {"traces", "metrics"}
 
 
+def _launcher_instruments_children() -> bool:
+    """opentelemetry-instrumentation 0.63b0 and later keep their sitecustomize on PYTHONPATH for child
+    Pythons; earlier releases remove it, so a launched program's children run uninstrumented."""
+    from importlib.metadata import version
+
+    minor = int(version("opentelemetry-instrumentation").split(".")[1].split("b")[0])
+    return minor >= 63
+
+
+@pytest.mark.skipif(not _launcher_instruments_children(),
+                    reason="this opentelemetry-instrumentation does not instrument child Pythons (before 0.63b0)")
 def test_child_program_continues_parent_trace(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     """A child Python program started by an instrumented parent (TRACEPARENT in its environment)
     continues the parent's trace, and knows it is not the root of the process tree."""
@@ -100,23 +115,106 @@ def test_child_program_continues_parent_trace(otlp_receiver: OTLPReceiver, tmp_p
     assert f"child-root={parent_pid}" in out.stdout  # the child inherited the root marker
 
 
-def test_otel_perf_configurator_runs_beside_opentelemetry_distro(tmp_path: Path) -> None:
-    """With opentelemetry-distro also installed, the selectors make otel-perf's distro and configurator run:
-    its exporter defaults apply (files, not a failing localhost:4317) and its start-up sets the root marker."""
+STOCK_APP = textwrap.dedent("""
+    import json, logging, os, sys, urllib.request
+    from opentelemetry import metrics, trace
+    with trace.get_tracer("app").start_as_current_span("parent"):
+        metrics.get_meter("app").create_counter("app.requests", unit="{request}").add(3)
+        json.loads('{"a": 1}')
+        logging.getLogger("app").warning("hello from the app")
+    print("root-marker=" + os.environ.get("OTEL_PERF_ROOT_PID", ""))
+    with urllib.request.urlopen("http://%s/debug/pprof/cmdline" % os.environ["OTEL_PERF_DEBUG_ADDR"]) as reply:
+        print("debug-server=%d" % reply.status)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def default_endpoint_receiver() -> Iterator[OTLPReceiver]:
+    """The real receiver on the OTLP default endpoint (gRPC, localhost:4317): where a stock set-up sends."""
+    receiver = OTLPReceiver(grpc_port=4317)
+    try:
+        receiver.start()
+    except Exception as exc:  # the port is taken on this machine
+        receiver.stop()
+        message = f"cannot listen on the OTLP default port 127.0.0.1:4317: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.parametrize("distro", [None, "distro", "otel_perf"],
+                         ids=["no-selectors", "stock-distro", "otel-perf-distro"])
+def test_launcher_beside_opentelemetry_distro_exports_what_the_stock_setup_exports(
+    distro: str | None, default_endpoint_receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    """With opentelemetry-distro installed too and no exporter settings, whichever distro the launcher
+    loads, the program sends OTLP (gRPC) to the default endpoint for all three signals and writes no file;
+    otel-perf's instrumentations and services run (parse metric, root marker, parent's trace, debug server),
+    and a child Python's stderr stays empty (the launcher has one configurator to load, so no warning)."""
     from importlib.metadata import entry_points
 
     assert "distro" in {ep.name for ep in entry_points(group="opentelemetry_distro")}, \
         "opentelemetry-distro must be installed for this test (test extra)"
-    (tmp_path / "app.py").write_text(APP)
-    env = clean_env(**SELECTORS, OTEL_PERF_OUTPUT_DIR=str(tmp_path / "out"))
+    (tmp_path / "app.py").write_text(STOCK_APP + textwrap.dedent("""
+        import subprocess
+        child = subprocess.run([sys.executable, "-c", "pass"], capture_output=True)
+        print("child-stderr=%r" % child.stderr)
+    """))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    env = clean_env(OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true", OTEL_BSP_SCHEDULE_DELAY="100",
+                    OTEL_BLRP_SCHEDULE_DELAY="100", OTEL_METRIC_EXPORT_INTERVAL="200",
+                    OTEL_PERF_DEBUG_ADDR=f"127.0.0.1:{_free_port()}",
+                    TRACEPARENT=f"00-{trace_id}-{parent_id}-01")
+    if distro is not None:
+        env["OTEL_PYTHON_DISTRO"] = distro
     out = _run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], env, tmp_path)
-    assert "root-marker=" in out.stdout and out.stdout.split("root-marker=")[1].strip()
-    assert [s.name for _, r in iter_requests(tmp_path / "out") for s in _otlpjson.spans(r)] == ["parent"]
+    assert "child-stderr=b''" in out.stdout
+    assert out.stdout.split("root-marker=")[1].split()[0].isdigit()
+    assert "debug-server=200" in out.stdout
+    receiver = default_endpoint_receiver
+    (span,) = receiver.wait_for(lambda r: [s for s in r.spans("grpc") if s.name == "parent"])
+    assert (span.trace_id, span.parent_span_id) == (trace_id, parent_id)  # the parent's TRACEPARENT
+    receiver.wait_for(lambda r: r.latest_points("app.requests"))
+    receiver.wait_for(lambda r: r.latest_points("otel_perf.parse.duration"))
+    assert any(log.body == "hello from the app" for log in receiver.wait_for(lambda r: r.logs("grpc")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py"]  # no otel-perf-data, no file at all
 
-    other = clean_env(OTEL_PYTHON_DISTRO="distro", OTEL_PYTHON_CONFIGURATOR="configurator",
-                      OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
-    out = _run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], other, tmp_path)
-    assert out.stdout.strip() == "root-marker="  # otel-perf's configurator did not run
+
+def test_otel_perf_run_child_pythons_print_nothing(tmp_path: Path) -> None:
+    """Under otel-perf run, a child Python's captured stderr is empty: the launcher loads the one
+    configurator installed (or none) and has nothing to warn about."""
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import subprocess, sys
+        child = subprocess.run([sys.executable, "-c", "pass"], capture_output=True)
+        print("child-stderr=%r" % child.stderr)
+    """))
+    for legacy in ({}, {"OTEL_PYTHON_CONFIGURATOR": "otel_perf"}):  # the name older docs told users to set
+        out = _run([str(BIN / "otel-perf"), "run", "-q", "--", "python", "app.py"],
+                   clean_env(OTEL_PERF_OUTPUT_DIR=str(tmp_path / "out"), **legacy), tmp_path)
+        assert "child-stderr=b''" in out.stdout, legacy
+
+
+def test_sdk_is_set_up_when_no_configurator_is_loaded(tmp_path: Path) -> None:
+    """When the launcher loads no configurator (here: OTEL_PYTHON_CONFIGURATOR names one that is not
+    installed, as the otel_perf name of older releases), otel-perf's pre-instrument hook sets the SDK up
+    from the environment, and its start-up still runs."""
+    (tmp_path / "app.py").write_text(APP)
+    env = clean_env(OTEL_PYTHON_CONFIGURATOR="otel_perf", OTEL_TRACES_EXPORTER="otel_perf_file",
+                    OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+                    OTEL_PERF_OUTPUT_DIR=str(tmp_path / "out"))
+    out = _run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], env, tmp_path)
+    assert out.stdout.split("root-marker=")[1].strip()
+    assert [s.name for _, r in iter_requests(tmp_path / "out") for s in _otlpjson.spans(r)] == ["parent"]
 
 
 def test_broken_sdk_setup_does_not_abort_auto_instrumentation(tmp_path: Path) -> None:
@@ -126,7 +224,10 @@ def test_broken_sdk_setup_does_not_abort_auto_instrumentation(tmp_path: Path) ->
         from opentelemetry.instrumentation.threading import ThreadingInstrumentor
         print("threading-instrumented=%s" % ThreadingInstrumentor().is_instrumented_by_opentelemetry)
     """))
-    env = clean_env(**SELECTORS, OTEL_TRACES_EXPORTER="no_such_exporter", OTEL_PERF_MEMORY_THRESHOLD="abc")
+    # No configurator loaded (a name that is not installed): otel-perf's hook sets the SDK up, guarded.
+    # (The stock configurator raises for a bad exporter name, and the launcher then instruments nothing.)
+    env = clean_env(**SELECTORS, OTEL_PYTHON_CONFIGURATOR="otel_perf", OTEL_TRACES_EXPORTER="no_such_exporter",
+                    OTEL_PERF_MEMORY_THRESHOLD="abc")
     out = _run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], env, tmp_path)
     assert "threading-instrumented=True" in out.stdout
     assert "could not be set up" in out.stderr

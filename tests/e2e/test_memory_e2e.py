@@ -67,7 +67,6 @@ def run_app(tmp_path: Path, receiver: Any, app: str, **env: str) -> subprocess.C
     environment = clean_env(
         **receiver.env("grpc"),
         OTEL_PYTHON_DISTRO="otel_perf",
-        OTEL_PYTHON_CONFIGURATOR="otel_perf",
         OTEL_SERVICE_NAME="memory-e2e",
         OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
         **env,

@@ -33,8 +33,7 @@ def test_launcher_exports_exact_parse_metrics_and_a_span_for_a_large_input(
 ) -> None:
     """opentelemetry-instrument python app.py: counts and size sums arrive exactly; one large parse span."""
     (tmp_path / "app.py").write_text(APP)
-    env = clean_env(**otlp_receiver.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf",
-                    OTEL_PYTHON_CONFIGURATOR="otel_perf", OTEL_SERVICE_NAME="parsers-e2e",
+    env = clean_env(**otlp_receiver.env("grpc"), OTEL_SERVICE_NAME="parsers-e2e",
                     OTEL_PERF_PARSE_SPAN_MIN_BYTES="200")
     done = subprocess.run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], env=env,
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -64,15 +64,16 @@ def _kind(point: Any) -> str:
 
 @pytest.mark.e2e
 def test_every_runtime_metric_reaches_the_otlp_receiver(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
-    """Each runtime metric arrives with its unit, type and attributes; GC pause counts match collections."""
+    """Each runtime metric arrives with its unit, type and attributes; GC pause counts match collections.
+    (contrib's system_metrics, installed with the test extra, is switched off here: with it on, it reports
+    the process.* and cpython.gc.* names it shares with otel-perf; the next test covers that.)"""
     app = tmp_path / "app.py"
     app.write_text(APP)
     env = clean_env(
         **{**otlp_receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "300"},
-        OTEL_PYTHON_DISTRO="otel_perf",
-        OTEL_PYTHON_CONFIGURATOR="otel_perf",
         OTEL_SERVICE_NAME="runtime-e2e",
         OTEL_PERF_EVENTLOOP_LAG_INTERVAL="0.05",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="system_metrics",
     )
     done = subprocess.run([str(BIN / "opentelemetry-instrument"), str(BIN / "python"), str(app)],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -87,7 +88,6 @@ def test_every_runtime_metric_reaches_the_otlp_receiver(otlp_receiver: OTLPRecei
     if not HeapReader().available:
         expected = [s for s in expected if not s.name.startswith("otel_perf.heap.")]
     for spec in expected:
-        # contrib's system_metrics (installed with the test extra) also reports process.*: only ours count.
         points = ours(spec.name)
         assert points, f"{spec.name} never arrived"
         assert {p.unit for p in points} == {spec.unit}, spec.name
@@ -116,3 +116,40 @@ def test_every_runtime_metric_reaches_the_otlp_receiver(otlp_receiver: OTLPRecei
     assert measured == observed
     # Automatic collections before that were measured too.
     assert pauses[first].get(0, 0) > 0
+
+
+SHARED_APP = textwrap.dedent("""
+    import gc, time
+    from opentelemetry import metrics
+    gc.collect()
+    time.sleep(0.5)
+    metrics.get_meter_provider().force_flush()
+""")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("excluded", ["", "process.memory.*,cpython.gc.*"], ids=["defaults", "excluded"])
+def test_each_metric_name_comes_from_one_scope_beside_system_metrics(
+    excluded: str, otlp_receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    """With contrib's system_metrics instrumentation really active under the launcher, every metric name
+    arrives under one scope: the names system-metrics reports come from it alone, the rest (and the names
+    its configuration leaves out, OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS) from otel-perf."""
+    from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
+
+    (tmp_path / "app.py").write_text(SHARED_APP)
+    # Collections every 20 ms: some happen while the launcher is still loading its instrumentors.
+    env = clean_env(**{**otlp_receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "20"},
+                    OTEL_SERVICE_NAME="scopes-e2e", OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS=excluded)
+    done = subprocess.run([str(BIN / "opentelemetry-instrument"), str(BIN / "python"), "app.py"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    scopes: dict[str, set[str]] = defaultdict(set)
+    for point in otlp_receiver.metric_points():
+        scopes[point.name].add(point.scope)
+    contrib = "opentelemetry.instrumentation.system_metrics"
+    assert {name: names for name, names in scopes.items() if len(names) > 1} == {}
+    left_out = {n for n in SHARED_NAMES if n.startswith(("process.memory.", "cpython.gc."))} if excluded else set()
+    for name in SHARED_NAMES:
+        assert scopes[name] == ({"otel_perf"} if name in left_out else {contrib}), name
+    assert scopes["process.uptime"] == scopes["otel_perf.gc.pause.duration"] == {"otel_perf"}

@@ -13,7 +13,7 @@ from tests.conftest import BIN, clean_env
 
 pytestmark = pytest.mark.e2e
 
-SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf", "OTEL_PYTHON_CONFIGURATOR": "otel_perf"}
+SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf"}
 
 
 def test_tracemalloc_beyond_its_limit_is_clamped_and_the_debug_server_starts(tmp_path: Path) -> None:

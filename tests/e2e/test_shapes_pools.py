@@ -61,8 +61,7 @@ def run_program(tmp_path: Path, receiver: OTLPReceiver, mode: str, program: str,
     path.write_text(PRELUDE + textwrap.dedent(program))
     settings = {**receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_BSP_SCHEDULE_DELAY": "60000",
                 "OTEL_BSP_MAX_QUEUE_SIZE": "100000", **env}
-    environment = clean_env(**settings, OTEL_SERVICE_NAME="shapes", OTEL_PYTHON_DISTRO="otel_perf",
-                            OTEL_PYTHON_CONFIGURATOR="otel_perf")
+    environment = clean_env(**settings, OTEL_SERVICE_NAME="shapes", OTEL_PYTHON_DISTRO="otel_perf")
     command = [PYTHON, str(path), mode, *args]
     if mode == "launcher":
         command = [str(BIN / "opentelemetry-instrument"), "python", str(path), mode, *args]

@@ -25,7 +25,7 @@ from tests.conftest import BIN, clean_env
 
 pytestmark = pytest.mark.e2e
 
-SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf", "OTEL_PYTHON_CONFIGURATOR": "otel_perf"}
+SELECTORS = {"OTEL_PYTHON_DISTRO": "otel_perf"}
 MIB = 1024 * 1024
 
 

@@ -44,8 +44,7 @@ def _instrumented_env(receiver: OTLPReceiver, **extra: str) -> dict[str, str]:
     # Long intervals: what arrives is what the program and its workers export when they end.
     settings = {**receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "60000", "OTEL_BSP_SCHEDULE_DELAY": "60000",
                 "OTEL_BSP_MAX_QUEUE_SIZE": "200000", **extra}
-    return clean_env(**settings, OTEL_SERVICE_NAME="third-party", OTEL_PYTHON_DISTRO="otel_perf",
-                     OTEL_PYTHON_CONFIGURATOR="otel_perf")
+    return clean_env(**settings, OTEL_SERVICE_NAME="third-party", OTEL_PYTHON_DISTRO="otel_perf")
 
 
 def _jobs_by_pool(receiver: OTLPReceiver) -> Counter[str]:

@@ -71,8 +71,7 @@ def test_tool_runs_child_program_in_one_trace(tmp_path: Path, otlp_receiver: OTL
     (tmp_path / "mytools.py").write_text(TOOLS)
     (tmp_path / "child.py").write_text(CHILD)
     (tmp_path / "app.py").write_text(APP)
-    env = clean_env(**otlp_receiver.env("grpc"), OTEL_PYTHON_DISTRO="otel_perf",
-                    OTEL_PYTHON_CONFIGURATOR="otel_perf", OTEL_SERVICE_NAME="tools-e2e",
+    env = clean_env(**otlp_receiver.env("grpc"), OTEL_SERVICE_NAME="tools-e2e",
                     OTEL_PERF_TOOLS="mytools:run_child,mytools:failing_tool,never_imported_mod:func,not a path")
     result = subprocess.run([str(BIN / "opentelemetry-instrument"), "python", "app.py"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)

@@ -136,8 +136,7 @@ def _run(tmp_path: Path, receiver, mode: str) -> dict:
     # multiprocessing.Pool workers at exit or on the SIGTERM of `with Pool()`) and the parent's at exit.
     otel = {**receiver.env("grpc"), "OTEL_METRIC_EXPORT_INTERVAL": "60000",
             "OTEL_BSP_SCHEDULE_DELAY": "60000"}
-    env = clean_env(**otel, OTEL_SERVICE_NAME="workers-e2e", OTEL_PYTHON_DISTRO="otel_perf",
-                    OTEL_PYTHON_CONFIGURATOR="otel_perf")
+    env = clean_env(**otel, OTEL_SERVICE_NAME="workers-e2e", OTEL_PYTHON_DISTRO="otel_perf")
     if mode == "launcher":
         cmd = [str(BIN / "opentelemetry-instrument"), "python", str(app), mode]
     else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib
 import inspect
 import io
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import shlex
@@ -350,9 +352,14 @@ def test_large_input_gets_a_span_and_a_slow_failure_is_an_error_span(
 def test_uninstrument_restores_every_original_and_wrappers_pass_metadata_through(
     instrument: Instrument,
 ) -> None:
-    """While instrumented: signatures, docstrings, __wrapped__ and ET.fromstring is ET.XML; then identity."""
+    """While instrumented every built-in parser function is still the same object (patched in place): same
+    signature, docstring and name, and it pickles as itself; argparse's methods are wrappers on the class
+    (passing signature, docstring and __wrapped__ through); ET.fromstring is ET.XML; uninstrument puts the
+    original code and objects back."""
     pytest.importorskip("yaml")
     originals = _originals()
+    codes = {path: original.__code__ for path, original in originals.items()}
+    signatures = {path: inspect.signature(original) for path, original in originals.items()}
     waiting = _not_imported()
     assert {"json:loads", "argparse:ArgumentParser.parse_args", "yaml:safe_load",
             "xml.etree.ElementTree:parse"} <= set(originals)
@@ -360,18 +367,43 @@ def test_uninstrument_restores_every_original_and_wrappers_pass_metadata_through
     for path, original in originals.items():
         target = resolve(path)
         patched = target.parent.__dict__[target.attribute]
-        assert patched is not original, path
-        assert patched.__wrapped__ is original
-        assert inspect.signature(patched) == inspect.signature(original)
+        if path.startswith("argparse:"):
+            assert patched is not original and patched.__wrapped__ is original, path
+        else:
+            assert patched is original, path
+            assert patched.__code__ is not codes[path], path  # it runs the measuring wrapper now
+        assert inspect.signature(patched) == signatures[path]
         assert patched.__doc__ == original.__doc__ and patched.__name__ == original.__name__
+        assert pickle.loads(pickle.dumps(patched)) is patched
     assert ET.fromstring is ET.XML
     assert instrumentor.pending() == waiting
     instrumentor.uninstrument()
     assert _originals() == originals
     for path, original in originals.items():
-        target = resolve(path)
-        assert target.parent.__dict__[target.attribute] is original, path
+        assert original.__code__ is codes[path], path
+        assert "__signature__" not in vars(original)
     assert ET.fromstring is ET.XML
+
+
+def test_references_taken_before_instrumentation_are_measured_and_pickle(
+    instrument: Instrument, metric_reader: InMemoryMetricReader
+) -> None:
+    """``from json import loads`` before instrumenting: the reference is measured, and it pickles (also
+    into a process pool) exactly as it does uninstrumented."""
+    early_loads, early_split = json.loads, shlex.split
+    bare = [pickle.dumps(early_loads, protocol) for protocol in range(pickle.HIGHEST_PROTOCOL + 1)]
+    bare_split = pickle.dumps(early_split)
+    instrumentor = instrument(parse_span_min_duration=60.0)
+    assert early_loads('{"a": 1}') == {"a": 1}
+    assert early_split("a b") == ["a", "b"]
+    assert _one(metric_reader, "otel_perf.parse.duration", "json").count == 1
+    assert _one(metric_reader, "otel_perf.parse.duration", "shlex").count == 1
+    assert [pickle.dumps(early_loads, protocol) for protocol in range(pickle.HIGHEST_PROTOCOL + 1)] == bare
+    assert pickle.dumps(early_split) == bare_split
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert list(pool.map(early_loads, ["[1]", "2"])) == [[1], 2]
+    instrumentor.uninstrument()
+    assert pickle.dumps(early_loads) == bare[pickle.DEFAULT_PROTOCOL]
 
 
 def test_instrument_twice_is_harmless_and_reinstrument_keeps_publishing(
@@ -393,22 +425,22 @@ def test_instrument_twice_is_harmless_and_reinstrument_keeps_publishing(
 
 def test_builtin_selection_patches_only_the_named_parsers(instrument: Instrument) -> None:
     """OTEL_PERF_PARSERS_BUILTIN=shlex leaves json alone."""
-    loads, split = json.loads, shlex.split
+    loads, split = json.loads.__code__, shlex.split.__code__
     instrument(parsers_builtin=["shlex"])
-    assert json.loads is loads
-    assert shlex.split is not split and shlex.split.__wrapped__ is split
+    assert json.loads.__code__ is loads
+    assert shlex.split.__code__ is not split
 
 
 def test_builtin_selection_from_the_environment(
     instrument: Instrument, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The variable is read when no argument is given."""
-    split = shlex.split
+    split, loads = shlex.split.__code__, json.loads.__code__
     monkeypatch.setenv("OTEL_PERF_PARSERS_BUILTIN", "json,xml")
     ParserInstrumentor().instrument(settings=load_settings())
     try:
-        assert shlex.split is split
-        assert json.loads is not json.loads.__wrapped__
+        assert shlex.split.__code__ is split
+        assert json.loads.__code__ is not loads
     finally:
         ParserInstrumentor().uninstrument()
 
@@ -577,3 +609,50 @@ def test_yaml_imported_after_instrumentation_is_measured(tmp_path: Path) -> None
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["yaml", "2", str(len("a: 1") + len("[1, 2]"))]
+
+
+def test_parses_under_suppressed_instrumentation_are_not_measured(
+    instrument: Instrument, metric_reader: InMemoryMetricReader, span_exporter: InMemorySpanExporter
+) -> None:
+    """suppress_instrumentation() (set by the SDK's exporters around an export): no metric, no span, even
+    for a parse over the span thresholds; the same parses outside it are measured."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    instrument(parse_span_min_duration=0.0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name")
+    with suppress_instrumentation():
+        assert json.loads('{"a": 1}') == {"a": 1}
+        assert parser.parse_args(["--name", "x"]).name == "x"
+        assert shlex.split("a 'b c'") == ["a", "b c"]
+    assert _points(metric_reader, "otel_perf.parse.duration") == {}
+    assert span_exporter.get_finished_spans() == ()
+    json.loads("1")
+    assert _one(metric_reader, "otel_perf.parse.duration", "json").count == 1
+    assert [s.name for s in span_exporter.get_finished_spans()] == ["parse json"]
+
+
+def test_parses_in_an_sdk_exporter_are_not_measured(
+    instrument: Instrument, metric_reader: InMemoryMetricReader
+) -> None:
+    """A span exporter that parses JSON, run by the SDK's own BatchSpanProcessor (which suppresses
+    instrumentation around its exports): its parses are not counted as the program's."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    parsed: list[Any] = []
+
+    class ParsingExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            parsed.extend(json.loads(span.to_json()) for span in spans)
+            return SpanExportResult.SUCCESS
+
+    instrument(parse_span_min_duration=60.0)
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(ParsingExporter()))
+    with provider.get_tracer("app").start_as_current_span("work"):
+        pass
+    provider.force_flush()
+    provider.shutdown()
+    assert [p["name"] for p in parsed] == ["work"]
+    assert _points(metric_reader, "otel_perf.parse.duration") == {}

@@ -24,8 +24,10 @@ def _ours_in_gc_callbacks() -> list[Any]:
 
 
 def test_uninstrument_restores_every_original(meter_provider: MeterProvider) -> None:
-    """Thread.start, asyncio's _set_running_loop and gc.callbacks are exactly as before (identity)."""
+    """Thread.start, asyncio's _set_running_loop and gc.callbacks are exactly as before (identity; Thread.start
+    is patched in place, so it is the same object throughout and gets its own code back)."""
     start = threading.Thread.__dict__["start"]
+    start_code = start.__code__
     set_running_loop = asyncio.events._set_running_loop
 
     def user_callback(phase: str, info: dict[str, Any]) -> None:
@@ -36,10 +38,10 @@ def test_uninstrument_restores_every_original(meter_provider: MeterProvider) -> 
     try:
         instrumentor = RuntimeInstrumentor()
         instrumentor.instrument(meter_provider=meter_provider)
-        assert threading.Thread.__dict__["start"] is not start
+        assert threading.Thread.__dict__["start"] is start and start.__code__ is not start_code
         assert len(_ours_in_gc_callbacks()) == 1
         instrumentor.uninstrument()
-        assert threading.Thread.__dict__["start"] is start
+        assert threading.Thread.__dict__["start"] is start and start.__code__ is start_code
         assert asyncio.events._set_running_loop is set_running_loop
         assert gc.callbacks == callbacks and all(a is b for a, b in zip(gc.callbacks, callbacks, strict=True))
     finally:

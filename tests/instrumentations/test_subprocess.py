@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from otel_perf.testing import histogram_points
 PY = sys.executable
 DURATION = "otel_perf.subprocess.duration"
 PRINT_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
-POPEN_METHODS = ("__init__", "wait", "_internal_poll", "_try_wait")
+POPEN_METHODS = ("_execute_child", "wait", "_internal_poll", "_try_wait")
 
 
 def _instrument(tracer_provider: Any, meter_provider: Any, **settings: Any) -> SubprocessInstrumentor:
@@ -297,17 +298,22 @@ def test_uninstrument_restores_originals_and_twice_is_harmless(tracer_provider, 
     import asyncio.base_subprocess as base
 
     originals = {name: subprocess.Popen.__dict__[name] for name in POPEN_METHODS}
+    codes = {name: method.__code__ for name, method in originals.items()}
     exited = base.BaseSubprocessTransport.__dict__["_process_exited"]
+    exited_code = exited.__code__
     instrumentor = _instrument(tracer_provider, meter_provider)
     instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
     try:
-        assert subprocess.Popen.__dict__["__init__"] is not originals["__init__"]
+        # Patched in place: the same function objects, running otel-perf's code.
+        assert {name: subprocess.Popen.__dict__[name] for name in POPEN_METHODS} == originals
+        assert all(originals[name].__code__ is not codes[name] for name in POPEN_METHODS)
         subprocess.run([PY, "-c", "pass"], timeout=30)
         assert len(span_exporter.get_finished_spans()) == 1
     finally:
         instrumentor.uninstrument()
     assert {name: subprocess.Popen.__dict__[name] for name in POPEN_METHODS} == originals
-    assert base.BaseSubprocessTransport.__dict__["_process_exited"] is exited
+    assert {name: method.__code__ for name, method in originals.items()} == codes
+    assert base.BaseSubprocessTransport.__dict__["_process_exited"] is exited and exited.__code__ is exited_code
     env = _child_env()
     assert "TRACEPARENT" not in env or env["TRACEPARENT"] == os.environ.get("TRACEPARENT")
     assert len(span_exporter.get_finished_spans()) == 1
@@ -324,3 +330,90 @@ def test_forked_child_runs_programs(instrumented, span_exporter):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 6
     assert span_exporter.get_finished_spans() == ()  # the child's span stayed in the child
+
+
+def test_preexec_fn_that_sets_a_variable_reaches_the_child(instrumented, tracer_provider, span_exporter,
+                                                           monkeypatch):
+    """CPython's test_preexec: with env=None, a variable a preexec_fn sets reaches the program (env stays
+    None), and the program also gets the run's TRACEPARENT (set in the child before the preexec_fn runs)."""
+    monkeypatch.setenv("TRACESTATE", "stale=1")
+    with tracer_provider.get_tracer("t").start_as_current_span("parent"):
+        out = subprocess.run([PY, "-c", PRINT_ENV], stdout=subprocess.PIPE, timeout=30, check=True,
+                             preexec_fn=lambda: os.putenv("FRUIT", "apple"))
+    env = json.loads(out.stdout)
+    assert env["FRUIT"] == "apple"
+    (span,) = [s for s in span_exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert env["TRACEPARENT"] == _traceparent(span)
+    assert "TRACESTATE" not in env  # the stale one is not passed on
+    assert "FRUIT" not in os.environ and os.environ["TRACESTATE"] == "stale=1"  # the parent is untouched
+
+
+def test_preexec_fn_can_override_the_trace_context(instrumented):
+    """The caller's preexec_fn runs last: what it sets wins, as without otel-perf."""
+    out = subprocess.run([PY, "-c", PRINT_ENV], stdout=subprocess.PIPE, timeout=30, check=True,
+                         preexec_fn=lambda: os.putenv("TRACEPARENT", "mine"))
+    assert json.loads(out.stdout)["TRACEPARENT"] == "mine"
+
+
+def test_wait_reports_a_stopped_status_as_popen_does(instrumented):
+    """CPython's test_stopped: when os.waitpid is replaced (a test's mock, gevent's cooperative waitpid),
+    wait() goes through it and returns what Popen makes of its status: -3 for a child stopped by signal 3."""
+    from unittest import mock
+
+    proc = subprocess.Popen([PY, "-c", "pass"])
+    os.waitpid(proc.pid, 0)  # reap the real process first, as the CPython test does
+    stopped = (3 << 8) | 0x7F  # W_STOPCODE(3)
+    with mock.patch("subprocess.os.waitpid", return_value=(proc.pid, stopped)):
+        assert proc.wait() == -3
+
+
+def test_text_mode_launch_warns_about_the_encoding_at_the_callers_line(tmp_path):
+    """CPython's test_encoding_warning, with otel_perf.configure(): under -X warn_default_encoding the
+    EncodingWarnings of a text-mode run() name the caller's line, and otel-perf adds none of its own."""
+    code = (
+        "import otel_perf\n"
+        "otel_perf.configure('encoding-check')\n"
+        "from subprocess import *\n"
+        "run('echo hello', shell=True, text=True)\n"
+        "check_output('echo hello', shell=True, text=True)\n"
+        "otel_perf.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="otel_perf_file", OTEL_METRICS_EXPORTER="otel_perf_file",
+               OTEL_LOGS_EXPORTER="none", OTEL_PERF_OUTPUT_DIR=str(tmp_path))
+    done = subprocess.run([PY, "-X", "warn_default_encoding", "-c", code], capture_output=True, env=env,
+                          cwd=tmp_path, timeout=60)
+    # Python 3.13 also prints each warning's source line (indented) for -c code; subprocess warns from 3.11.
+    lines = [line for line in done.stderr.splitlines() if not line.startswith(b"  ")]
+    if sys.version_info < (3, 11):
+        assert lines == [], done.stderr
+        return
+    assert len(lines) == 2, done.stderr
+    assert lines[0].startswith(b"<string>:4: EncodingWarning: ")
+    assert lines[1].startswith(b"<string>:5: EncodingWarning: ")
+
+
+def test_unexpected_execute_child_falls_back_to_wrapping_init(tracer_provider, meter_provider, span_exporter,
+                                                              monkeypatch, caplog):
+    """A Popen._execute_child without the parameters otel-perf expects (another Python): one INFO line,
+    and Popen.__init__ is wrapped instead, with the same span and context hand-over."""
+    original = subprocess.Popen._execute_child
+
+    def _execute_child(self, *args, **kwargs):  # a signature that names nothing
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _execute_child)
+    init = subprocess.Popen.__dict__["__init__"]
+    init_code = init.__code__
+    with caplog.at_level(logging.INFO, logger="otel_perf"):
+        instrumentor = _instrument(tracer_provider, meter_provider)
+    try:
+        assert subprocess.Popen.__dict__["_execute_child"] is _execute_child
+        assert init.__code__ is not init_code  # __init__ is the launch method now
+        env = _child_env()
+        (span,) = span_exporter.get_finished_spans()
+        assert env["TRACEPARENT"] == _traceparent(span)
+    finally:
+        instrumentor.uninstrument()
+    assert init.__code__ is init_code
+    assert [r.levelno for r in caplog.records if "_execute_child" in r.getMessage()] == [logging.INFO]

@@ -481,19 +481,26 @@ def test_tools_by_path_patch_module_imported_later(tracer_provider, meter_provid
 
 def test_tools_by_path_patch_imported_module_and_uninstrument_restores_identity(
         tracer_provider, meter_provider, span_exporter, user_module):
-    """Paths in an already imported module are patched at once; uninstrument restores the originals."""
+    """Paths in an already imported module are patched at once (in place: the functions stay the same
+    objects, so a reference taken earlier is a tool too and pickles as itself); uninstrument restores
+    the originals' code."""
     module = __import__(user_module)
     originals = (module.lookup, module.Store.__dict__["get"], module.Store.__dict__["make"])
+    codes = (module.lookup.__code__, module.Store.get.__code__, module.Store.make.__func__.__code__)
+    early_lookup = module.lookup
     instrumentor = _instrument(tracer_provider, meter_provider,
                                tools=(f"{user_module}:lookup", f"{user_module}:Store.get",
                                       f"{user_module}:Store.make", f"{user_module}:Sub.make"))
     try:
-        assert module.lookup is not originals[0]
+        assert module.lookup is originals[0] and module.lookup.__code__ is not codes[0]
+        assert "make" not in module.Sub.__dict__  # Store.make is a tool, and Sub inherits it
         assert module.Sub.make().get(1) == 2
-        assert module.lookup("z") == {"k": "z"}
+        assert early_lookup("z") == {"k": "z"}
+        assert pickle.loads(pickle.dumps(early_lookup)) is module.lookup
     finally:
         instrumentor.uninstrument()
     assert (module.lookup, module.Store.__dict__["get"], module.Store.__dict__["make"]) == originals
+    assert (module.lookup.__code__, module.Store.get.__code__, module.Store.make.__func__.__code__) == codes
     assert "make" not in module.Sub.__dict__  # the inherited classmethod is inherited again
     names = [s.name for s in span_exporter.get_finished_spans()]
     assert names == ["execute_tool make", "execute_tool get", "execute_tool lookup"]
@@ -553,3 +560,33 @@ def test_configure_instruments_tools_and_shutdown_reports(tracer_provider, meter
     assert add(1) == 2
     assert len(span_exporter.get_finished_spans()) == 1
     assert "never_imported_mod_abc:func" in caplog.text and "OTEL_PERF_TOOLS" in caplog.text
+
+
+def test_tools_under_suppressed_instrumentation_get_no_span_and_no_measurement(
+        instrumented, span_exporter, metric_reader):
+    """suppress_instrumentation() (the SDK's exporters run under it): decorated tools of every kind and
+    tool_call blocks are plain calls; outside it they are measured again."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    @otel_perf.tool
+    def add(a, b):
+        return a + b
+
+    @otel_perf.tool
+    async def fetch():
+        return "page"
+
+    @otel_perf.tool
+    def pages():
+        yield from (1, 2)
+
+    with suppress_instrumentation():
+        assert add(1, 2) == 3
+        assert asyncio.run(fetch()) == "page"
+        assert list(pages()) == [1, 2]
+        with otel_perf.tool_call("block") as call:
+            assert call.span is trace.INVALID_SPAN
+    assert span_exporter.get_finished_spans() == ()
+    assert histogram_points(metric_reader, DURATION) == []
+    assert add(2, 3) == 5
+    assert [s.name for s in span_exporter.get_finished_spans()] == ["execute_tool add"]

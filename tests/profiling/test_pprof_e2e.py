@@ -69,7 +69,7 @@ def workload_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = tmp_path_factory.mktemp("app") / "workload.py"
     app.write_text(WORKLOAD)
     port = _free_port()
-    env = clean_env(OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+    env = clean_env(OTEL_PYTHON_DISTRO="otel_perf",
                     OTEL_SERVICE_NAME="w",
                     OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
                     OTEL_PERF_DEBUG_ADDR=f"127.0.0.1:{port}")
@@ -225,7 +225,7 @@ def test_go_pprof_heap_profile_of_a_busy_allocator_finishes_within_its_window(
     app = tmp_path / "allocator.py"
     app.write_text(BUSY_ALLOCATOR)
     port = _free_port()
-    env = clean_env(OTEL_PYTHON_DISTRO="otel_perf", OTEL_PYTHON_CONFIGURATOR="otel_perf",
+    env = clean_env(OTEL_PYTHON_DISTRO="otel_perf",
                     OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
                     OTEL_PERF_DEBUG_ADDR=f"127.0.0.1:{port}", OTEL_PERF_TRACEMALLOC=tracemalloc_frames)
     process = subprocess.Popen([str(BIN / "opentelemetry-instrument"), "python", str(app)], env=env,
