@@ -153,14 +153,17 @@ class Series(_Intervals):
         self._bounds = tuple(bounds)
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the list of cells, never taken by record()
-        self._cells: list[tuple[threading.Thread, list[Any]]] = []
+        # (weak reference to the recording thread, its cell): a series must not keep ended threads alive
+        # until the next publication (a program that counts its threads, as CPython's tests do, would
+        # see them dangling).
+        self._cells: list[tuple[weakref.ref[threading.Thread], list[Any]]] = []
         self._retired = _new_cell(len(self._bounds))
         self._reset_intervals()
 
     def _cell(self) -> list[Any]:
         cell = _new_cell(len(self._bounds))
         with self._lock:
-            self._cells.append((threading.current_thread(), cell))
+            self._cells.append((weakref.ref(threading.current_thread()), cell))
         self._local.cell = cell
         return cell
 
@@ -225,10 +228,11 @@ class Series(_Intervals):
         total = _new_cell(len(self._bounds))
         inf, neg_inf = _INF, _NEG_INF
         with self._lock:
-            alive: list[tuple[threading.Thread, list[Any]]] = []
-            for thread, cell in self._cells:
-                if thread.is_alive():
-                    alive.append((thread, cell))
+            alive: list[tuple[weakref.ref[threading.Thread], list[Any]]] = []
+            for ref, cell in self._cells:
+                thread = ref()
+                if thread is not None and thread.is_alive():
+                    alive.append((ref, cell))
                     copy = cell[:]  # then reset the interval's min and max, with no call in between
                     cell[_MIN] = inf
                     cell[_MAX] = neg_inf
@@ -243,10 +247,11 @@ class Series(_Intervals):
     def _read_cells(self) -> list[Any]:
         total = _new_cell(len(self._bounds))
         with self._lock:
-            alive: list[tuple[threading.Thread, list[Any]]] = []
-            for thread, cell in self._cells:
-                if thread.is_alive():
-                    alive.append((thread, cell))
+            alive: list[tuple[weakref.ref[threading.Thread], list[Any]]] = []
+            for ref, cell in self._cells:
+                thread = ref()
+                if thread is not None and thread.is_alive():
+                    alive.append((ref, cell))
                     _merge_into(total, cell[:])
                 else:
                     _merge_into(self._retired, cell)  # the thread cannot write any more
@@ -622,9 +627,52 @@ def _sdk_storages(instrument: Any) -> tuple[Any, Any] | None:
     return real, consumer._reader_storages
 
 
+_attributes_key: Callable[[dict[str, Any]], Any] | None = None
+
+
+def _sdk_attributes_key() -> Callable[[dict[str, Any]], Any]:
+    """How this SDK's metric storage keys an attribute set (private, and changed across releases:
+    ``frozenset(attributes.items())`` up to about 1.40, ``_hash_attributes`` later). Found once, at the first
+    publication, by recording one value into a private MeterProvider and reading the key it made; a scheme
+    matching none of the known ones raises, and the caller then takes the public path."""
+    global _attributes_key
+    if _attributes_key is not None:
+        return _attributes_key
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    candidates: list[Callable[[dict[str, Any]], Any]] = [lambda attrs: frozenset(attrs.items())]
+    try:
+        from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
+    except ImportError:
+        pass
+    else:
+        candidates.insert(0, _hash_attributes)
+    # An explicit resource: no resource detection (it may use threads, and this can run at exit).
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], resource=Resource({}),
+                             shutdown_on_exit=False)
+    try:
+        probe = provider.get_meter("otel_perf.startup-check").create_histogram("otel_perf.startup_check")
+        attributes: dict[str, Any] = {"otel_perf.check": "key", "n": 1}
+        probe.record(1.0, attributes)
+        found = _sdk_storages(probe)
+        if found is None:
+            raise LookupError("the SDK's histogram has no measurement consumer")
+        real, storages = found
+        keys = [key for storage in storages.values()
+                for vim in storage._get_or_init_view_instrument_match(real) for key in vim._attributes_aggregation]
+    finally:
+        provider.shutdown()
+    for candidate in candidates:
+        if keys == [candidate(attributes)]:
+            _attributes_key = candidate
+            return candidate
+    raise LookupError(f"the SDK keys attribute sets in a way otel-perf does not know ({keys!r})")
+
+
 def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any],
                     bounds: tuple[float, ...]) -> bool:
-    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
     from opentelemetry.sdk.metrics._internal.aggregation import (
         DefaultAggregation,
         _DropAggregation,
@@ -634,6 +682,7 @@ def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any
     found = _sdk_storages(instrument)
     if found is None:
         return False
+    _hash_attributes = _sdk_attributes_key()
     real, storages = found
     if hasattr(real, "_is_enabled") and not real._is_enabled():
         return True  # the user's meter configurator disabled this meter: drop, as record() would

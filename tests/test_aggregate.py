@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from typing import Any
 
@@ -469,3 +471,18 @@ def test_binding_a_meter_again_publishes_each_measurement_once(delta: bool) -> N
     (point,) = metric_points(reader, "test.rebind")  # ...until bound again: then exactly once
     assert _point_values(point) == _expected([0.75, 0.375] if delta else [0.25, 0.75, 0.375])
     provider.shutdown()
+
+
+def test_a_series_does_not_keep_an_ended_thread_alive() -> None:
+    """A thread that recorded and ended can be collected before the next publication: a program that counts
+    its threads (CPython's own tests do) must not find it dangling because otel-perf recorded from it."""
+    hist = AggregatedHistogram("test.threads.weak", "s", "test", BOUNDS)
+    series = hist.series({"k": "v"})
+    worker = threading.Thread(target=series.record, args=(0.2,))
+    worker.start()
+    worker.join()
+    gone = weakref.ref(worker)
+    del worker
+    gc.collect()
+    assert gone() is None
+    assert series.snapshot()[0] == 1  # its measurement stays
