@@ -76,6 +76,7 @@ from otel_perf._semconv import (
 from otel_perf.errors import ConfigError
 from otel_perf.instrumentations import PerfInstrumentor
 from otel_perf.instrumentations._memory_limits import Cgroup, find_cgroups, read_psi, system_memory
+from otel_perf.instrumentations._runtime_process import own_peak_rss
 
 __all__ = ["MemoryInstrumentor", "MemoryMonitor", "MemoryReading"]
 
@@ -212,7 +213,7 @@ def process_tree_memory() -> tuple[int, int]:
     largest peak any member of the tree ever had, in bytes.
 
     The member peak is what a tree's peak can never be below: this process's own peak as
-    ``otel_perf.memory.peak`` reports it (``ru_maxrss``), each live descendant's ``VmHWM``, and the largest
+    ``otel_perf.memory.peak`` reports it (``own_peak_rss``), each live descendant's ``VmHWM``, and the largest
     ``ru_maxrss`` of the descendants that ended and were waited for (``RUSAGE_CHILDREN``).
 
     On Linux this follows ``/proc/<pid>/task/<tid>/children`` from this process down, so its cost grows
@@ -243,16 +244,16 @@ def process_tree_memory() -> tuple[int, int]:
 
 
 def _own_and_reaped_peak() -> int:
-    """This process's ``ru_maxrss`` and that of its waited-for descendants, in bytes (0 where unknown).
+    """This process's own peak (``own_peak_rss``) and the ``ru_maxrss`` of its waited-for descendants, in
+    bytes (0 where unknown).
 
     A child's ``ru_maxrss`` also counts the image it had before ``exec`` (a copy of its parent's), which
     is at most this process's own peak: so it never raises the maximum above a real member's peak.
     """
     if resource is None:
         return 0
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, reaped) * _MAXRSS_SCALE
+    return max(own_peak_rss(), reaped * _MAXRSS_SCALE)
 
 
 def _psutil_tree_rss() -> int:

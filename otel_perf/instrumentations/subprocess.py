@@ -378,8 +378,9 @@ def _childs_own_max_rss(reported: int) -> int | None:
     """
     if resource is None:
         return reported
-    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
-    return reported if reported > own_peak else None
+    from otel_perf.instrumentations._runtime_process import own_peak_rss
+
+    return reported if reported > own_peak_rss() else None
 
 
 def _patch_launch(at: _Positions) -> Callable[[Callable[..., None]], Callable[..., None]]:

@@ -240,3 +240,140 @@ def test_heap_metrics_follow_a_large_allocation(runtime: RuntimeInstrumentor,
     assert after - before >= len(block)
     assert reserved >= after
     del block
+
+
+def _scopes(reader: InMemoryMetricReader) -> dict[str, set[str]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, set[str]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                found.setdefault(m.name, set()).add(sm.scope.name)
+    return found
+
+
+@pytest.mark.parametrize("system_metrics_first", [True, False], ids=["system-metrics-first", "otel-perf-first"])
+def test_each_metric_name_comes_from_one_scope_beside_system_metrics(
+    system_metrics_first: bool, meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """contrib's SystemMetricsInstrumentor really instrumented on the same provider, in either order: the
+    names it reports come from its scope only, also after its uninstrument() (which leaves its instruments
+    reporting); otel-perf's other names stay otel-perf's."""
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
+
+    contrib_scope = "opentelemetry.instrumentation.system_metrics"
+    system_metrics = SystemMetricsInstrumentor(config=None)  # its defaults: every shared name
+    ours = RuntimeInstrumentor()
+    first, second = (system_metrics, ours) if system_metrics_first else (ours, system_metrics)
+    try:
+        for instrumentor in (first, second):
+            instrumentor.instrument(meter_provider=meter_provider,
+                                    settings=load_settings({}, eventloop_lag_interval=0.05))
+        scopes = _scopes(metric_reader)
+        assert {name: found for name, found in scopes.items() if len(found) > 1} == {}
+        assert {name: scopes.get(name) for name in SHARED_NAMES} == {name: {contrib_scope} for name in SHARED_NAMES}
+        assert scopes["process.uptime"] == {"otel_perf"}
+
+        system_metrics.uninstrument()
+        scopes = _scopes(metric_reader)
+        assert {name: found for name, found in scopes.items() if len(found) > 1} == {}
+        assert {name: scopes.get(name) for name in SHARED_NAMES} == {name: {contrib_scope} for name in SHARED_NAMES}
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)  # the singleton's default configuration for later tests
+
+
+def test_names_left_out_of_system_metrics_configuration_stay_otel_perfs(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    system_metrics = SystemMetricsInstrumentor(config={"process.cpu.time": ["user", "system"]})
+    ours = _instrument(meter_provider)
+    try:
+        system_metrics.instrument(meter_provider=meter_provider)
+        scopes = _scopes(metric_reader)
+        assert scopes["process.cpu.time"] == {"opentelemetry.instrumentation.system_metrics"}
+        assert scopes["process.memory.usage"] == scopes["cpython.gc.collections"] == {"otel_perf"}
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)
+
+
+def test_system_metrics_on_another_provider_takes_no_name_from_otel_perf(
+    meter_provider: MeterProvider, metric_reader: InMemoryMetricReader
+) -> None:
+    """Two MeterProviders in one process: system-metrics reporting to the other one leaves every name of
+    otel-perf's on this one (each provider gets each name once)."""
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+
+    from otel_perf.instrumentations._runtime_system_metrics import SHARED_NAMES
+
+    other_reader = InMemoryMetricReader()
+    other = MeterProvider(metric_readers=[other_reader])
+    system_metrics = SystemMetricsInstrumentor(config=None)
+    ours = _instrument(meter_provider)
+    try:
+        system_metrics.instrument(meter_provider=other)
+        assert set(_scopes(metric_reader)) >= SHARED_NAMES
+        assert {name for name, found in _scopes(metric_reader).items() if found != {"otel_perf"}} == set()
+        assert set(_scopes(other_reader)) >= SHARED_NAMES
+    finally:
+        ours.uninstrument()
+        system_metrics.uninstrument()
+        SystemMetricsInstrumentor(config=None)
+        other.shutdown()
+
+
+def test_names_wait_for_system_metrics_while_the_launcher_is_loading_instrumentors() -> None:
+    """Between the launcher's pre- and post-instrument hooks, a system-metrics about to be instrumented
+    already has its default names (so a collection in that window exports none of them twice); not when
+    it is disabled, and not once the launcher is done."""
+    from otel_perf.instrumentations import _runtime_system_metrics as shared
+
+    try:
+        shared.launcher_starting({})
+        assert shared.reported_by_system_metrics() == shared.SHARED_NAMES
+        shared.launcher_starting({"OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS": ""})
+        shared.launcher_done()
+        assert shared.reported_by_system_metrics() == frozenset()
+        shared.launcher_starting({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "threading, system_metrics"})
+        assert shared.reported_by_system_metrics() == frozenset()
+    finally:
+        shared.launcher_done()
+
+
+_CHILD_PEAK = """
+import json, resource
+from otel_perf.instrumentations._runtime_process import ProcessSampler, own_peak_rss
+from otel_perf.instrumentations.memory import process_tree_memory
+print(json.dumps({"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "own": own_peak_rss(), "sampled": ProcessSampler().sample().memory_peak,
+                  "tree": process_tree_memory()[1]}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc")
+def test_peak_memory_of_a_program_started_by_a_large_parent_is_its_own() -> None:
+    """Linux keeps ru_maxrss across exec: a small program started by a 300 MiB parent (a test runner, a
+    service) begins with the parent's peak. otel_perf.memory.peak and the process-tree peak report the
+    program's own peak instead."""
+    import json
+    import subprocess
+    import sys
+
+    ballast = bytearray(300 * 2**20)  # resident: bytearray() zero-fills
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD_PEAK], capture_output=True, text=True, timeout=60,
+                              check=True)
+    finally:
+        del ballast
+    child = json.loads(done.stdout)
+    assert child["maxrss"] > 250 * 2**20, "the kernel no longer passes the parent's peak on: test is moot"
+    for key in ("own", "sampled", "tree"):
+        assert child[key] < 150 * 2**20, (key, child)
