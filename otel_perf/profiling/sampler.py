@@ -78,6 +78,20 @@ clock_gettime_ns = time.clock_gettime_ns
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+# ident -> native id of the thread that forked this process: in a forked child Thread.native_id still
+# holds the parent's id (CPython 3.10-3.13), whose CPU clock cannot be read from here.
+_native_ids_after_fork: dict[int, int] = {}
+
+
+def _after_fork_in_child() -> None:
+    _native_ids_after_fork.clear()
+    _native_ids_after_fork[threading.get_ident()] = threading.get_native_id()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _thread_clock_id(native_id: int) -> int:
     """The CPU clock id of the Linux thread ``native_id`` (include/linux/posix-timers.h)."""
     return ((~native_id) << 3) | _CPUCLOCK_PERTHREAD | _CPUCLOCK_SCHED
@@ -385,7 +399,8 @@ class Sampler:
         thread = active.get(ident)
         state = self._threads.get(ident)
         if state is None or state.thread is not thread:
-            native_id = getattr(thread, "native_id", None) if thread is not None else None
+            native_id = _native_ids_after_fork.get(ident) or (
+                getattr(thread, "native_id", None) if thread is not None else None)
             state = self._threads[ident] = _ThreadState(thread, native_id)
         return state
 

@@ -229,3 +229,41 @@ def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None
         time.sleep(0.01)
     assert _cpu_ns_clock(thread.native_id) is None
     assert _cpu_ns_proc(thread.native_id) is None
+
+
+def burn_in_forked_child(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    total = 0
+    while time.monotonic() < deadline:
+        for i in range(10_000):
+            total += i * i
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread clocks by native id are Linux's")
+def test_cpu_mode_samples_the_thread_that_forked_in_the_child() -> None:
+    """In a forked child, Thread.native_id still holds the parent's thread id: the child's sampler must
+    read its own main thread's CPU clock (it found none, and left the thread out of every CPU profile)."""
+    import os
+    import warnings
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = b"0"
+        try:
+            sampler = Sampler("cpu", hz=100)
+            sampler.start()
+            burn_in_forked_child(0.5)
+            leaves = {names[-1] for names, _ in pprof.decode(sampler.stop()).stacks()}
+            ok = b"1" if "burn_in_forked_child" in leaves else b"0"
+        finally:
+            os.write(write, ok)
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
