@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from otel_perf.profiling import otlp
-from otel_perf.profiling.sampler import Snapshot, encode_pprof
+from otel_perf.profiling.snapshot import Snapshot, encode_pprof
 
 SAMPLES = 6_000
 

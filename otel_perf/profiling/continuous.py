@@ -37,7 +37,8 @@ from otel_perf._config import Settings
 from otel_perf._safety import log_once, raise_internal_errors
 from otel_perf.profiling import otlp
 from otel_perf.profiling import spans as span_tracking
-from otel_perf.profiling.sampler import Sampler, Snapshot
+from otel_perf.profiling.sampler import Sampler
+from otel_perf.profiling.snapshot import Snapshot
 
 __all__ = ["ContinuousProfiler", "current", "start", "stop"]
 

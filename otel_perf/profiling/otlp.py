@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from otel_perf.profiling.sampler import Snapshot
+from otel_perf.profiling.snapshot import Snapshot
 
 __all__ = ["GRPC_METHOD", "HTTP_PATH", "encode", "shape_problem"]
 
@@ -42,8 +42,9 @@ _THREAD_NAME = "thread.name"
 # message -> {field: (kind, repeated)}: every field encode() sets. Kinds: "message", "string", "bytes", "int".
 _SHAPE: dict[str, dict[str, tuple[str, bool]]] = {
     "ExportProfilesServiceRequest": {"resource_profiles": ("message", True), "dictionary": ("message", False)},
-    "ProfilesDictionary": {"mapping_table": ("message", True), "location_table": ("message", True), "function_table": ("message", True),
-                           "link_table": ("message", True), "string_table": ("string", True),
+    "ProfilesDictionary": {"mapping_table": ("message", True), "location_table": ("message", True),
+                           "function_table": ("message", True), "link_table": ("message", True),
+                           "string_table": ("string", True),
                            "attribute_table": ("message", True), "stack_table": ("message", True)},
     "ResourceProfiles": {"resource": ("message", False), "scope_profiles": ("message", True),
                          "schema_url": ("string", False)},

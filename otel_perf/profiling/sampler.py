@@ -42,93 +42,39 @@ while :meth:`Sampler.take` hands over what it collected so far as a :class:`Snap
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import CodeType, FrameType
-from typing import Any, Literal
+from typing import Any
 
 from otel_perf.profiling import spans as span_tracking
-from otel_perf.profiling.pprof import ProfileBuilder, python_function_name
+from otel_perf.profiling._threadclock import (
+    _choose_cpu_clock,
+    _cpu_ns_clock,
+    _native_ids_after_fork,
+    _thread_clock_id,
+)
+from otel_perf.profiling.pprof import python_function_name
+from otel_perf.profiling.snapshot import Labels, Mode, Snapshot, encode_pprof
 
-__all__ = ["Mode", "Sampler", "SamplerStats", "Snapshot", "profile"]
-
-Mode = Literal["cpu", "wall"]
+__all__ = ["Mode", "Sampler", "SamplerStats", "Snapshot", "encode_pprof", "profile"]
 
 #: Frames kept per stack (innermost first); deeper stacks are cut at the root side.
 MAX_DEPTH = 256
 #: Distinct (labels, stack) pairs kept; further new stacks are counted under one "(other stacks)" stack.
 MAX_STACKS = 50_000
 
-_CPUCLOCK_SCHED = 2
-_CPUCLOCK_PERTHREAD = 4
 # CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR (Include/cpython/code.h)
 _RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
 #: (name, file name, first line): what identifies a function in the profile
 _FunctionKey = tuple[str, str, int]
-#: A sample's labels: thread name, task name, and the span's (trace id, span id, local root name)
-Labels = tuple[str, str, span_tracking.SpanLabels]
 _NO_TASKS: dict[int, Any] = {}
 _NO_SPAN = span_tracking.NO_SPAN
 _current_frames = sys._current_frames
 clock_gettime_ns = time.clock_gettime_ns
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-# ident -> native id of the thread that forked this process: in a forked child Thread.native_id still
-# holds the parent's id (CPython 3.10-3.13), whose CPU clock cannot be read from here.
-_native_ids_after_fork: dict[int, int] = {}
-
-
-def _after_fork_in_child() -> None:
-    _native_ids_after_fork.clear()
-    _native_ids_after_fork[threading.get_ident()] = threading.get_native_id()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _thread_clock_id(native_id: int) -> int:
-    """The CPU clock id of the Linux thread ``native_id`` (include/linux/posix-timers.h)."""
-    return ((~native_id) << 3) | _CPUCLOCK_PERTHREAD | _CPUCLOCK_SCHED
-
-
-def _cpu_ns_clock(native_id: int) -> int | None:
-    try:
-        return time.clock_gettime_ns(_thread_clock_id(native_id))
-    except (OSError, OverflowError):
-        return None
-
-
-def _cpu_ns_proc(native_id: int) -> int | None:
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; the fields after its closing parenthesis are fixed.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    except (IndexError, ValueError):
-        return None
-    return ticks * 1_000_000_000 // _CLK_TCK
-
-
-def _choose_cpu_clock() -> Callable[[int], int | None] | None:
-    """The way to read another thread's CPU time here, or None when there is none (then CPU mode
-    samples every thread, as wall mode does)."""
-    native_id = threading.get_native_id()
-    if sys.platform.startswith("linux"):
-        if _cpu_ns_clock(native_id) is not None:
-            return _cpu_ns_clock
-        if _cpu_ns_proc(native_id) is not None:
-            return _cpu_ns_proc
-    return None
 
 
 @dataclass(slots=True)
@@ -157,28 +103,6 @@ class SamplerStats:
     @property
     def achieved_hz(self) -> float:
         return self.ticks * 1e9 / self.duration_ns if self.duration_ns else 0.0
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What a sampler collected over one window: the aggregated stacks and the locations they use.
-
-    ``counts`` maps (labels, stack) to [samples, value]: labels are (thread name, task name, span labels),
-    a stack is location ids outermost first, and ``locations[id - 1]`` is ((function name, file, first
-    line), line) of location ``id``. The value is CPU nanoseconds (CPU mode) or wall nanoseconds.
-    """
-
-    mode: Mode
-    period_ns: int
-    start_unix_ns: int
-    duration_ns: int
-    locations: list[tuple[_FunctionKey, int]]
-    counts: dict[tuple[Labels, tuple[int, ...]], list[int]]
-    comments: list[str]
-
-    @property
-    def samples(self) -> int:
-        return sum(count for count, _ in self.counts.values())
 
 
 class _ThreadState:
@@ -695,28 +619,6 @@ class Sampler:
         """The profile collected so far, as gzipped pprof (the sampler is done afterwards)."""
         self._done = True
         return encode_pprof(self.take())
-
-
-def encode_pprof(snapshot: Snapshot) -> bytes:
-    """A :class:`Snapshot` as gzipped pprof: sample types ``samples``/``count`` and the mode's
-    nanoseconds, labels ``thread``, ``task``, ``trace_id``, ``span_id`` and ``span_name``."""
-    mode = snapshot.mode
-    value_type = (mode, "nanoseconds")
-    builder = ProfileBuilder([("samples", "count"), value_type], period_type=value_type,
-                             period=snapshot.period_ns, default_sample_type=mode)
-    for text in snapshot.comments:
-        builder.comment(text)
-    builder.time_nanos = snapshot.start_unix_ns
-    builder.duration_nanos = snapshot.duration_ns
-    # The builder numbers locations in the order they are first given: these ids are the snapshot's.
-    ids = [0] + [builder.location(builder.function(*function), line) for function, line in snapshot.locations]
-    for ((thread_name, task_name, (trace_id, span_id, span_name)), stack), (count, value) in \
-            snapshot.counts.items():
-        # Stacks are kept outermost first; pprof lists location ids innermost first.
-        builder.sample([ids[location] for location in reversed(stack)], (count, value),
-                       (("thread", thread_name), ("task", task_name), ("trace_id", trace_id),
-                        ("span_id", span_id), ("span_name", span_name)))
-    return builder.encode()
 
 
 def profile(seconds: float, mode: Mode = "cpu", hz: float = 100.0, *,

@@ -9,25 +9,26 @@ label each sample with the span that was active (``trace_id``, ``span_id``, and 
 local root span).
 
 Why a context hook rather than a span processor: the budget is 2% of an SDK span's start and end
-(``benchmarks/profiling/test_spans.py``), about 200 ns here. A span processor, even one whose methods do
+(``benchmarks/profiling/test_spans.py``), 200-250 ns here. A span processor, even one whose methods do
 nothing, costs the SDK three more Python calls per span (``on_start``, ``_on_ending``, ``on_end``): 2-3%
-of a span by itself, 5-6% with the work. The hook adds a few operations inside the two calls a span makes
-anyway (about 110 ns per span). It also tells what a span processor cannot: which span is *current*
-(a span started with ``start_span`` and never made current is not active), in whichever thread it was
-made current.
+of a span by itself, 5-6% with the work. The hooks add a few operations inside the two calls a span makes
+anyway: about 105 ns per span, 185 ns where they must also find the running asyncio task (below). They
+also tell what a span processor cannot: which span is *current* (a span started with ``start_span`` and
+never made current is not active), in whichever thread it was made current.
 
 How it stays cheap and right:
 
-* ``attach`` pushes the context on the stack of the running asyncio task, else of the thread; ``detach``
-  pops it. The sampler reads the top of a stack and labels samples with its span while that span is
-  recording (not ended). A context a thread enters by ``contextvars.Context.run`` (a thread pool running
-  a job in the submitter's context) is not pushed: a pool thread idle between jobs has no stale span.
-  An attach that is never detached (a job's context copy that is simply dropped) leaves an entry whose
-  span has ended; a stack is cut to its newest half when it reaches :data:`MAX_DEPTH`.
-* asyncio tasks that share a thread each have their own stack, keyed by the task: a task's span is never
-  attributed to another task that runs while it waits. Until asyncio is imported the hooks key by thread
-  only (they switch when it is imported). On Python 3.12+, a task that attached nothing (a child task
-  inheriting its creator's span) is read from its own context.
+* ``attach`` pushes the context on a stack, ``detach`` pops it. The sampler reads the top of the sampled
+  thread's stack and labels the sample with its span while that span is recording (not ended). A context
+  a thread enters by ``contextvars.Context.run`` (a thread pool running a job in the submitter's context)
+  is not pushed: a pool thread idle between jobs has no stale span. An attach that is never detached (a
+  job's context copy that is simply dropped) leaves an entry whose span has ended; a stack is cut to its
+  newest half when it reaches :data:`MAX_DEPTH`.
+* asyncio tasks that share a thread are told apart, so that a task's span is never attributed to another
+  task running while it waits. On Python 3.12+ the sampler reads the running task's own context
+  (``Task.get_context()``), which also gives a child task its creator's span. Before 3.12 a task's
+  context cannot be read from outside, so once asyncio is imported the hooks key the stacks by the running
+  task (a call more each, hence 185 ns).
 * The stacks of threads that ended and tasks that are done are dropped when the number of stacks has
   doubled since the last look, and by :meth:`SpanTracker.prune` (once per exported profile).
 """

@@ -16,7 +16,7 @@ from otel_perf.exporters.files import FileProfileExporter
 from otel_perf.exporters.otlp import resolve_target
 from otel_perf.exporters.profiles import OTLPProfileExporter, exporter_kind
 from otel_perf.profiling import otlp
-from otel_perf.profiling.sampler import Snapshot
+from otel_perf.profiling.snapshot import Snapshot
 from otel_perf.testing import OTLPReceiver
 
 TRACE_ID, SPAN_ID = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"

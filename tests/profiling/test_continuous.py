@@ -3,6 +3,7 @@ window at shutdown, samples linked to spans; off by default at no cost (nothing 
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def test_one_profile_per_interval_then_the_last_partial_one_at_shutdown(tracer_p
         (pid,) = [kv.value.int_value for kv in request.resource_profiles[0].resource.attributes
                   if kv.key == "process.pid"]
         assert pid > 0
-    for before, after in zip(profiles, profiles[1:]):
+    for before, after in itertools.pairwise(profiles):
         gap = after.time_unix_nano - (before.time_unix_nano + before.duration_nano)
         assert abs(gap) < 50_000_000, gap  # contiguous windows (the wall and monotonic clocks agree)
     span_id = format(found[0].get_span_context().span_id, "016x")

@@ -11,7 +11,7 @@ from typing import Any
 from otel_perf.exporters.files import request_to_json
 from otel_perf.profiling import otlp
 from otel_perf.profiling.hotspots import ProfileCollector
-from otel_perf.profiling.sampler import Snapshot
+from otel_perf.profiling.snapshot import Snapshot
 from otel_perf.report import build_report, render_html, render_json, render_markdown, render_text
 from tests.conftest import BIN, clean_env
 

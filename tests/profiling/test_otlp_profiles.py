@@ -17,7 +17,7 @@ from opentelemetry.proto.profiles.v1development import profiles_pb2
 
 from otel_perf._config import load_settings
 from otel_perf.profiling import continuous, otlp
-from otel_perf.profiling.sampler import Snapshot
+from otel_perf.profiling.snapshot import Snapshot
 from tests.helpers.profiles import data_model_problems, leaf_shares_by_span
 
 TRACE_ID, SPAN_ID = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"

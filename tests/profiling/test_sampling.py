@@ -198,7 +198,7 @@ def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None
     """The clock derived from another thread's native id reads that thread's CPU time (what the thread
     itself sees with time.thread_time_ns); /proc agrees to its tick resolution; an ended thread reads
     None instead of anything else."""
-    from otel_perf.profiling.sampler import _cpu_ns_clock, _cpu_ns_proc
+    from otel_perf.profiling._threadclock import _cpu_ns_clock, _cpu_ns_proc
 
     own: list[int] = []
     parked = threading.Event()

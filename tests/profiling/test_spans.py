@@ -22,7 +22,8 @@ from opentelemetry import trace
 
 from otel_perf import _context
 from otel_perf.profiling import pprof, spans
-from otel_perf.profiling.sampler import Sampler, encode_pprof
+from otel_perf.profiling.sampler import Sampler
+from otel_perf.profiling.snapshot import encode_pprof
 
 
 @pytest.fixture
