@@ -202,7 +202,7 @@ def start(settings: Settings) -> ContinuousProfiler | None:
 
 def _start(settings: Settings, exporter: Any) -> ContinuousProfiler:
     global _current, _settings
-    span_tracking.install()
+    span_tracking.install("continuous")
     profiler = ContinuousProfiler(settings.profiling, settings.profiling_hz, settings.profiling_interval,
                                   exporter)
     profiler.start()
@@ -212,12 +212,14 @@ def _start(settings: Settings, exporter: Any) -> ContinuousProfiler:
 
 
 def stop() -> None:
-    """Stop this process's profiler, exporting its last partial interval."""
+    """Stop this process's profiler, exporting its last partial interval; span tracking comes off unless
+    the debug server still uses it."""
     global _current
     profiler = _current
     if profiler is not None:
         profiler.shutdown()
         _current = None
+        span_tracking.release("continuous")
 
 
 def _register_hooks() -> None:

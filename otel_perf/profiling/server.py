@@ -248,6 +248,8 @@ class DebugServer(ThreadingHTTPServer):
             super().shutdown()
         self.socket.close()
         _servers.discard(self)
+        if not _servers:
+            spans.release("debug-server")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -521,7 +523,7 @@ def start_debug_server(
         )
     server = DebugServer((host, port), token or None)
     # Samples taken in a span carry its ids (trace_id, span_id, span_name labels).
-    spans.install()
+    spans.install("debug-server")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="otel-perf-debug-server", daemon=True)
     server.serve_thread = thread

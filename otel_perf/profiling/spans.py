@@ -47,7 +47,7 @@ from opentelemetry.trace import get_current_span
 
 from otel_perf._safety import log_once, raise_internal_errors
 
-__all__ = ["MAX_DEPTH", "NO_SPAN", "SpanLabels", "SpanTracker", "install", "tracker", "uninstall"]
+__all__ = ["MAX_DEPTH", "NO_SPAN", "SpanLabels", "SpanTracker", "install", "release", "tracker", "uninstall"]
 
 #: (trace id hex, span id hex, name of the local root span): the labels of a sample taken in a span.
 SpanLabels = tuple[str, str, str]
@@ -286,6 +286,7 @@ _runtime: Any = None
 _own_fast_path: tuple[Attach, Detach] | None = None  # otel_perf._context's attach/detach before install
 _lock = threading.Lock()
 _watching_asyncio = False  # a post-import hook cannot be removed: registered once per process
+_users: set[str] = set()
 
 
 def tracker() -> SpanTracker | None:
@@ -325,10 +326,16 @@ def _set_hooks(attach: Attach, detach: Detach) -> None:
     _tracker.attach, _tracker.detach = attach, detach
 
 
-def install() -> SpanTracker:
-    """Watch the contexts made current in this process (idempotent); returns the tracker."""
+def install(user: str = "default") -> SpanTracker:
+    """Watch the contexts made current in this process (idempotent); returns the tracker.
+
+    Args:
+        user: who needs the tracking (``debug-server``, ``continuous``): :func:`release` by the last of
+            them takes the hooks off.
+    """
     global _tracker, _runtime, _watching_asyncio
     with _lock:
+        _users.add(user)
         if _tracker is not None:
             return _tracker
         runtime = context_api._RUNTIME_CONTEXT
@@ -356,10 +363,20 @@ def _asyncio_imported(module: Any) -> None:
             _set_hooks(*_tracker.hooks(keyed=True))
 
 
+def release(user: str) -> None:
+    """``user`` no longer needs span tracking: the hooks come off when nobody else does."""
+    with _lock:
+        _users.discard(user)
+        last = not _users
+    if last:
+        uninstall()
+
+
 def uninstall() -> None:
     """Restore the runtime context's own ``attach``/``detach`` and otel-perf's fast path (idempotent)."""
     global _tracker, _runtime, _own_fast_path
     with _lock:
+        _users.clear()
         if _tracker is None:
             return
         for name in ("attach", "detach"):

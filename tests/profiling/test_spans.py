@@ -331,3 +331,17 @@ def test_a_child_task_without_spans_of_its_own_carries_its_creators_span(tracker
     asyncio.run(main())
     ((parent, active),) = seen
     assert active is parent
+
+
+def test_tracking_stays_on_until_its_last_user_releases_it(tracer_provider: Any) -> None:
+    """The debug server and continuous profiling both need tracking: stopping one keeps it for the other."""
+    runtime = context_api._RUNTIME_CONTEXT
+    try:
+        spans.install("debug-server")
+        spans.install("continuous")
+        spans.release("continuous")
+        assert spans.tracker() is not None and "attach" in vars(runtime)
+        spans.release("debug-server")
+        assert spans.tracker() is None and "attach" not in vars(runtime)
+    finally:
+        spans.uninstall()
