@@ -17,7 +17,8 @@ their samples link to spans: the exporter is chosen from the trace exporter's na
 
 Plain OTLP retries a profile that the backend could not take (unreachable, 429, 5xx, the retryable gRPC
 codes) with a doubling backoff within the exporter's timeout, then drops it, logging the first failure of
-each kind once; a rejected profile is dropped at once.
+each kind once; a rejected profile is dropped at once. The last profile, at shutdown, gets one attempt: a
+program does not wait out the timeout at exit for a backend that is down (durable mode keeps it instead).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ _OTLP_NAMES = frozenset({"otlp", "otlp_proto_grpc", "otlp_proto_http"})
 
 
 class ProfileExporter(Protocol):
-    """What continuous profiling hands its profiles to."""
+    """What continuous profiling hands its profiles to (``retry``, where present, is set False before
+    the last export, at shutdown)."""
 
     def export(self, request: Any, samples: int) -> bool:
         """Send (or keep) one ``ExportProfilesServiceRequest``; False when it was not accepted."""
@@ -65,6 +67,7 @@ class OTLPProfileExporter:
 
         self.target = target or resolve_target("profiles")
         self._min_backoff = min_backoff
+        self.retry = True  # off for the last profile, at shutdown
         self._transport: Any = (_GrpcTransport(self.target, max_backoff=5.0) if self.target.protocol == "grpc"
                                 else _HttpTransport(self.target))
 
@@ -84,7 +87,7 @@ class OTLPProfileExporter:
                          self.target.endpoint, result.detail)
                 return False
             wait = max(delay, result.retry_after or 0.0) * random.uniform(0.5, 1.0)
-            if time.monotonic() + wait >= deadline:
+            if not self.retry or time.monotonic() + wait >= deadline:
                 log_once(("profiles-unreachable", self.target.endpoint),
                          "otel-perf: profiles cannot be sent to %s (%s); profiles are dropped until it answers. "
                          "Not logged again.", self.target.endpoint, result.detail)

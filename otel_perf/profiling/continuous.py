@@ -153,6 +153,8 @@ class ContinuousProfiler:
             thread = sampler._thread
             if thread is not None and thread is not threading.current_thread():
                 thread.join(_HAND_OVER_TIMEOUT)
+        if hasattr(self.exporter, "retry"):
+            self.exporter.retry = False  # the program is ending: one attempt, no backoff
         self.export_window()
         self._sampler = None
         try:

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Any
 
+from otel_perf._safety import log_once, raise_internal_errors
 from otel_perf.profiling import spans as span_tracking
 from otel_perf.profiling._threadclock import (
     _choose_cpu_clock,
@@ -245,7 +246,14 @@ class Sampler:
         return self.encode()
 
     def _run_until_stopped(self) -> None:
-        self._loop(None, self._stop)
+        try:
+            self._loop(None, self._stop)
+        except Exception as exc:  # a background thread must not print a traceback into the program's stderr
+            if raise_internal_errors():
+                raise
+            log_once(("sampler", type(exc).__name__),
+                     "otel-perf: the sampling profiler stopped (%s: %s); what it sampled so far is kept. Not "
+                     "logged again.", type(exc).__name__, exc, exc_info=True)
 
     def _loop(self, deadline_ns: int | None, stop: threading.Event) -> None:
         own = threading.get_ident()

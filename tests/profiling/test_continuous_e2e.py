@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,18 @@ def test_otel_perf_run_writes_profiles_beside_traces_and_the_report_names_the_ho
     charts = dom.stdout.count('class="fg-chart" data-rendered="1"')
     assert charts >= 2, dom.stdout[-3000:]
     assert '<div class="fg-frame"' in dom.stdout and ">burn_in_search</div>" in dom.stdout
+
+
+def test_a_backend_that_is_down_does_not_hold_the_exit(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+    """With the backend refusing (UNAVAILABLE) and a 10 s exporter timeout, the last profile gets one
+    attempt at exit: the program ends about when its work does, and says once that profiles are dropped."""
+    otlp_receiver.status = "unavailable"
+    env = clean_env(OTEL_SERVICE_NAME="down", OTEL_PERF_PROFILING="cpu", OTEL_TRACES_EXPORTER="none",
+                    OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none", OTEL_EXPORTER_OTLP_TIMEOUT="10",
+                    OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT=otlp_receiver.grpc_endpoint,
+                    OTEL_EXPORTER_OTLP_PROFILES_INSECURE="true")
+    began = time.monotonic()
+    done = _run(tmp_path, TOOLS, env, "launcher", launcher=True)
+    assert time.monotonic() - began < 2.4 + 5  # the work, the launcher's start-up; not the 10 s timeout
+    assert done.stderr.count("profiles cannot be sent") == 1
+    assert not otlp_receiver.profiles()

@@ -267,3 +267,29 @@ def test_cpu_mode_samples_the_thread_that_forked_in_the_child() -> None:
     finally:
         os.close(read)
         os.waitpid(pid, 0)
+
+
+def test_a_fault_in_the_sampling_thread_is_logged_once_and_never_printed(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A background sampler that fails stops quietly: one message on the otel_perf logger, no traceback
+    from the thread into the program's stderr, and what it sampled is still a profile."""
+    import logging
+
+    from otel_perf import _safety
+
+    monkeypatch.setattr(_safety, "_raise_internal_errors", False)
+    printed: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)
+    sampler = Sampler("wall", hz=100)
+
+    def fail(elapsed: int) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(sampler, "_tick", fail)
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        sampler.start()
+        time.sleep(0.1)
+        data = sampler.stop()
+    assert printed == []
+    assert [r.getMessage() for r in caplog.records if "sampling profiler stopped" in r.getMessage()]
+    assert pprof.decode(data).sample_types
