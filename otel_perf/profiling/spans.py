@@ -9,7 +9,7 @@ label each sample with the span that was active (``trace_id``, ``span_id``, and 
 local root span).
 
 Why a context hook rather than a span processor: the budget is 2% of an SDK span's start and end
-(``benchmarks/profiling/test_spans.py``), 200-250 ns here. A span processor, even one whose methods do
+(``benchmarks/profiling/test_span_tracking_cost.py``), 200-250 ns here. A span processor, even one whose methods do
 nothing, costs the SDK three more Python calls per span (``on_start``, ``_on_ending``, ``on_end``): 2-3%
 of a span by itself, 5-6% with the work. The hooks add a few operations inside the two calls a span makes
 anyway: about 105 ns per span, 185 ns where they must also find the running asyncio task (below). They

@@ -10,7 +10,7 @@ bound of the steady state; with an export every second the ratio measured here r
 The process's CPU time of each block (all threads: the sampler's, the exporter's) is compared with the
 bare block next to it; blocks alternate in order, the median of the paired ratios goes to
 ``extra_info`` (``cpu_process_time_median_ratio``). Run:
-``.venv/bin/python -m pytest benchmarks/profiling/test_continuous.py --benchmark-enable --benchmark-only``.
+``.venv/bin/python -m pytest benchmarks/profiling/test_continuous_cost.py --benchmark-enable --benchmark-only``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Group ``profiling.spans`` has it bare and with tracking installed (sequential ca
 hooks, the thread's CPU time, the heap frozen) and stores the median of the paired ratios, and, measured
 the same way, what the hooks add to one ``attach`` plus ``detach`` (the two calls a span makes), in ns and
 as a share of the bare span. Run:
-``.venv/bin/python -m pytest benchmarks/profiling/test_spans.py --benchmark-enable --benchmark-only``.
+``.venv/bin/python -m pytest benchmarks/profiling/test_span_tracking_cost.py --benchmark-enable --benchmark-only``.
 """
 
 from __future__ import annotations
