@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from otel_perf._semconv import PROFILE_FRAME_TYPE, PROFILE_FRAME_TYPE_CPYTHON, THREAD_NAME
 from otel_perf.profiling.snapshot import Snapshot
 
 __all__ = ["GRPC_METHOD", "HTTP_PATH", "encode", "shape_problem"]
@@ -36,8 +37,6 @@ __all__ = ["GRPC_METHOD", "HTTP_PATH", "encode", "shape_problem"]
 GRPC_METHOD = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
 HTTP_PATH = "/v1development/profiles"
 
-_FRAME_TYPE = ("profile.frame.type", "cpython")
-_THREAD_NAME = "thread.name"
 
 # message -> {field: (kind, repeated)}: every field encode() sets. Kinds: "message", "string", "bytes", "int".
 _SHAPE: dict[str, dict[str, tuple[str, bool]]] = {
@@ -175,7 +174,8 @@ def encode(snapshot: Snapshot, resource: Mapping[str, Any], *, resource_schema_u
 
     functions: dict[tuple[str, str, int], int] = {}
     function_table = [pb.Function()]
-    frame_type = pb.KeyValueAndUnit(key_strindex=string(_FRAME_TYPE[0]), value=AnyValue(string_value=_FRAME_TYPE[1]))
+    frame_type = pb.KeyValueAndUnit(key_strindex=string(PROFILE_FRAME_TYPE),
+                                    value=AnyValue(string_value=PROFILE_FRAME_TYPE_CPYTHON))
     attribute_table = [pb.KeyValueAndUnit(), frame_type]
     frame_attributes = [1]
     # The snapshot's location ids are 1-based and dense: location_table[i] is location i.
@@ -206,7 +206,7 @@ def encode(snapshot: Snapshot, resource: Mapping[str, Any], *, resource_schema_u
         thread_index = threads.get(thread)
         if thread_index is None:
             thread_index = threads[thread] = len(attribute_table)
-            attribute_table.append(pb.KeyValueAndUnit(key_strindex=string(_THREAD_NAME),
+            attribute_table.append(pb.KeyValueAndUnit(key_strindex=string(THREAD_NAME),
                                                       value=AnyValue(string_value=thread)))
         link_index = 0
         if span_id:
