@@ -130,6 +130,10 @@ PROCESSES = """
             total += i * i
 
     if __name__ == "__main__":
+        if sys.argv[1] == "configure":
+            import otel_perf
+
+            handle = otel_perf.configure("procs", profiling="cpu", profiling_interval=60)
         print(os.getpid(), flush=True)
         workers = set()
         for method in ("fork", "spawn"):
@@ -146,13 +150,18 @@ PROCESSES = """
 """
 
 
-def test_pool_workers_and_forked_children_profile_themselves(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("way", ["launcher", "configure"])
+def test_pool_workers_and_forked_children_profile_themselves(way: str, otlp_receiver: OTLPReceiver,
+                                                             tmp_path: Path) -> None:
     """Fork and spawn pool workers and a forked child each export their own profiles under their own
     process.pid (also when the worker leaves by os._exit), with their samples linked to their spans; the
-    parent's profiles have none of their work."""
-    env = clean_env(**otlp_receiver.env("grpc"), OTEL_SERVICE_NAME="procs", OTEL_PERF_PROFILING="cpu",
-                    OTEL_PERF_PROFILING_INTERVAL="60")
-    done = _run(tmp_path, PROCESSES, env, launcher=True)
+    parent's profiles have none of their work. Under configure() a spawn worker starts profiling when it
+    configures itself from its parent's snapshot (the setting given as an argument, not in the
+    environment)."""
+    env = clean_env(**otlp_receiver.env("grpc"), OTEL_SERVICE_NAME="procs")
+    if way == "launcher":
+        env.update(OTEL_PERF_PROFILING="cpu", OTEL_PERF_PROFILING_INTERVAL="60")
+    done = _run(tmp_path, PROCESSES, env, way, launcher=way == "launcher")
     parent, workers, child = done.stdout.split("\n")[:3]
     worker_pids = {int(p) for p in workers.split()}
     otlp_receiver.wait_for(lambda r: {_attributes(q)["process.pid"] for q in r.profiles()}
