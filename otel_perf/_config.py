@@ -140,6 +140,26 @@ def _parse_token(raw: str) -> str:
     return value
 
 
+_PROFILING_MODES: Final = ("cpu", "wall", "off")
+
+
+def _parse_profiling(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in _PROFILING_MODES:
+        raise ValueError("cpu, wall or off")
+    return value
+
+
+def _parse_hz(raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError("a number of samples per second") from None
+    if math.isnan(value):
+        raise ValueError("a number of samples per second")
+    return value
+
+
 def _parse_path(raw: str) -> str:
     # Whether the directory can be used is checked where it is used (durable export), which says why.
     return raw.strip()
@@ -270,6 +290,16 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("tracemalloc", "OTEL_PERF_TRACEMALLOC", 0, _parse_int,
             "Frames tracemalloc keeps from start-up; 0 starts it only when a heap profile asks.",
             range_doc=f"0 to {_TRACEMALLOC_MAX_FRAMES} frames", low=0, high=_TRACEMALLOC_MAX_FRAMES),
+    Setting("profiling", "OTEL_PERF_PROFILING", "off", _parse_profiling,
+            "Continuous profiling of every process, exported as OTLP profiles (where the traces go): `cpu` "
+            "samples the threads that run, `wall` every thread; samples taken in a span link to it.",
+            range_doc="`cpu`, `wall` or `off`"),
+    Setting("profiling_hz", "OTEL_PERF_PROFILING_HZ", 100.0, _parse_hz,
+            "Samples per second of continuous profiling.", range_doc="1 to 1000 per second", low=1.0,
+            high=1000.0),
+    Setting("profiling_interval", "OTEL_PERF_PROFILING_INTERVAL", 60.0, _parse_seconds,
+            "Seconds per exported profile; a shutdown exports the last partial one.",
+            range_doc="1 to 3600 seconds", low=1.0, high=3600.0),
     Setting("spool_dir", "OTEL_PERF_SPOOL_DIR", None, _parse_path,
             "Enables durable export: each batch is kept in this directory until the backend accepts it; "
             "an `otlp` exporter then spools too. A directory that cannot be used is reported once and "
@@ -310,6 +340,9 @@ class Settings:
     debug_addr: str | None = None
     debug_token: str | None = None
     tracemalloc: int = 0
+    profiling: str = "off"
+    profiling_hz: float = 100.0
+    profiling_interval: float = 60.0
     spool_dir: str | None = None
     spool_max_bytes: int = 268435456
     output_dir: str = "./otel-perf-data"

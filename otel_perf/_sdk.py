@@ -292,6 +292,7 @@ def add_shutdown_hook(hook: Callable[[], None]) -> None:
 _STARTUP_MODULES = (
     "otel_perf.profiling.server",
     "otel_perf.exporters.durable",
+    "otel_perf.profiling",  # continuous profiling (imports nothing more while off)
 )
 
 

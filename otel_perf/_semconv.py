@@ -27,6 +27,8 @@ PROCESS_EXIT_CODE: Final = "process.exit.code"
 PROCESS_COMMAND_ARGS: Final = "process.command_args"
 PROCESS_CONTEXT_SWITCH_TYPE: Final = "process.context_switch.type"
 CPYTHON_GC_GENERATION: Final = "cpython.gc.generation"
+THREAD_NAME: Final = "thread.name"
+PROFILE_FRAME_TYPE: Final = "profile.frame.type"
 
 POOL_NAME: Final = "otel_perf.pool.name"
 POOL_KIND: Final = "otel_perf.pool.kind"
@@ -63,6 +65,7 @@ LIMIT_SOURCE_SYSTEM: Final = "system"
 PRESSURE_HIGH: Final = "high"
 PRESSURE_RECOVERED: Final = "recovered"
 ERROR_TYPE_OTHER: Final = "_OTHER"
+PROFILE_FRAME_TYPE_CPYTHON: Final = "cpython"
 
 # --- histogram boundaries --------------------------------------------------------------------------
 # Every histogram in seconds has each objective's threshold on a boundary (0.01, 0.5, 1.0 among them).

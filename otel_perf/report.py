@@ -20,6 +20,11 @@ How values are measured:
 Every missed objective gets a short explanation: what in the run missed it (the slowest pool or tool, the
 generation of the longest GC pause, the busiest process...) and what the user can do next.
 
+When the files also hold traces and OTLP profiles (continuous profiling, ``OTEL_PERF_PROFILING``), a
+section "slow spans and their hot functions" follows the objectives: for the slowest tool calls, pool
+jobs and programs, the functions their profile samples were taken in (``otel_perf.profiling.hotspots``),
+and in the HTML report a flame graph of each.
+
 Output: ``--format text|markdown|json``, and ``--html FILE`` for a self-contained page with small inline SVG
 charts of each objective's metric over the run (the plan's weekly report). Exit status: 0 when no objective
 is missed (objectives without data do not fail), 1 when one is missed, 2 when the input cannot be read or
@@ -105,6 +110,8 @@ class Report:
     end: int | None
     results: list[Result]
     context: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    hot_spans: list[Any] = field(default_factory=list)  # otel_perf.profiling.hotspots.HotSpan
+    profiles: int = 0  # OTLP profiles in the files
 
     @property
     def missed(self) -> list[Result]:
@@ -477,6 +484,9 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
         ValueError: when a file is not UTF-8 text.
         ReportInputError: when a line is JSON but not an OTLP metrics export request.
     """
+    from otel_perf.profiling.hotspots import ProfileCollector
+
+    collector = ProfileCollector()
     wanted = ({name for objective in objectives for name in objective.metrics} | set(_CONTEXT_METRICS)
               | set(_EXPLAINING_METRICS))
     points_by_name: dict[str, list[MetricPoint]] = defaultdict(list)
@@ -499,6 +509,11 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
                 except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as exc:
                     raise ReportInputError(f"{file} line {number}: not an OTLP metrics export request "
                                            f"({type(exc).__name__}: {exc})") from None
+                try:
+                    collector.add(request)
+                except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as exc:
+                    raise ReportInputError(f"{file} line {number}: not an OTLP traces or profiles export "
+                                           f"request ({type(exc).__name__}: {exc})") from None
                 for point in points:
                     service = point.resource.get("service.name")
                     if service:
@@ -535,7 +550,8 @@ def build_report(paths: Sequence[str | Path], objectives: Sequence[Objective]) -
         if by_time:
             context[name] = sorted(by_time.items())
     source = ", ".join(str(p) for p in paths)
-    return Report(source, len(files), sorted(services), start, end, results, context)
+    return Report(source, len(files), sorted(services), start, end, results, context,
+                  collector.hot_spans(), collector.profiles)
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -595,6 +611,9 @@ def render_text(report: Report) -> str:
     lines += ["", _summary(report)]
     for title, explanation in _explanations(report):
         lines += ["", *textwrap.wrap(f"{title}: {explanation}", 100, subsequent_indent="  ")]
+    section = _hotspots().text_lines(report.hot_spans, report.profiles)
+    if section:
+        lines += ["", *section]
     return "\n".join(lines) + "\n"
 
 
@@ -610,6 +629,9 @@ def render_markdown(report: Report) -> str:
     if explanations:
         lines.append("")
         lines += [f"- **{title}**: {explanation}" for title, explanation in explanations]
+    section = _hotspots().markdown_lines(report.hot_spans, report.profiles)
+    if section:
+        lines += ["", *section]
     return "\n".join(lines) + "\n"
 
 
@@ -629,6 +651,7 @@ def render_json(report: Report) -> str:
             for r in report.results
         ],
         "missed": [r.objective.key for r in report.missed],
+        "hot_spans": _hotspots().json_section(report.hot_spans, report.profiles),
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -763,14 +786,24 @@ def render_html(report: Report) -> str:
     explained = _explanations(report)
     explanations = ("<ul>" + "".join(f"<li><strong>{esc(title)}</strong>: {esc(text)}</li>"
                                       for title, text in explained) + "</ul>") if explained else ""
+    flamegraph = _hotspots().flamegraph
+    hot, graphs = _hotspots().html_section(report.hot_spans, report.profiles)
+    style = _CSS + (flamegraph.STYLE if graphs else "")
+    script = f"<script>{flamegraph.SCRIPT}{flamegraph.EMBED_SCRIPT}</script>" if graphs else ""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>otel-perf report</title><style>{_CSS}</style></head><body>"
+        f"<title>otel-perf report</title><style>{style}</style></head><body>"
         f"<h1>otel-perf objectives report</h1><p>{esc(_header(report))}</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
         f"<p><strong>{esc(_summary(report))}</strong></p>{explanations}<h2>Over the run</h2>{charts}"
-        "</body></html>\n"
+        f"{hot}{script}</body></html>\n"
     )
+
+
+def _hotspots() -> Any:
+    from otel_perf.profiling import hotspots
+
+    return hotspots
 
 
 _RENDERERS = {"text": render_text, "markdown": render_markdown, "json": render_json}

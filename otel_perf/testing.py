@@ -5,6 +5,10 @@ things: SDK providers that keep what they receive, OpenTelemetry globals reset b
 OTLP endpoint (gRPC with the ``opentelemetry-proto`` service definitions and ``grpcio``, and
 http/protobuf) on loopback to point ``opentelemetry-instrument`` at.
 
+The receiver also takes OTLP profiles (the alpha ``v1development`` service, gRPC and HTTP), which
+continuous profiling sends: :meth:`OTLPReceiver.profiles` gives them back as ``opentelemetry-proto``'s
+own messages.
+
 It is registered as the ``pytest11`` plugin ``otel_perf``, so its fixtures are available in any test
 suite with otel-perf installed: ``span_exporter``, ``tracer_provider``, ``metric_reader``,
 ``meter_provider``, ``otel_globals`` and ``otlp_receiver``. Nothing happens until a test asks for one.
@@ -149,14 +153,16 @@ def histogram_points(data: MetricsData | InMemoryMetricReader | None, name: str)
 
 # --- the OTLP receiver --------------------------------------------------------------------------------
 
-_SIGNAL_BY_PATH = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
+_SIGNAL_BY_PATH = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs",
+                   "/v1development/profiles": "profiles"}
 
 
 class OTLPReceiver:
-    """A real OTLP receiver on loopback: gRPC and http/protobuf (and http/json), all three signals.
+    """A real OTLP receiver on loopback: gRPC and http/protobuf (and http/json), all four signals.
 
     Everything received is kept as OTLP JSON requests (the shape the file exporter writes) and can be
-    read flattened with :meth:`spans`, :meth:`metric_points` and :meth:`logs`. For fault injection,
+    read flattened with :meth:`spans`, :meth:`metric_points` and :meth:`logs`; profiles are also kept as
+    received and read back with :meth:`profiles`. For fault injection,
     :attr:`status` makes it refuse (``"unavailable"``: gRPC UNAVAILABLE / HTTP 503; ``"reject"``: gRPC
     INVALID_ARGUMENT / HTTP 400) and :attr:`stall_seconds` makes every request wait first.
     """
@@ -170,6 +176,7 @@ class OTLPReceiver:
         self.status = "ok"
         self.stall_seconds = 0.0
         self.requests: list[tuple[str, str, dict[str, Any]]] = []  # (signal, transport, request)
+        self.profile_payloads: list[tuple[str, bytes]] = []  # (transport, serialized request)
         self._lock = threading.Condition()
         self._grpc_server: Any = None
         self._http_server: ThreadingHTTPServer | None = None
@@ -208,7 +215,8 @@ class OTLPReceiver:
         return f"http://{self.host}:{self.http_port}"
 
     def env(self, protocol: str = "grpc") -> dict[str, str]:
-        """``OTEL_*`` variables that send all three signals here over ``protocol``, exporting quickly."""
+        """``OTEL_*`` variables that send every signal here over ``protocol`` (profiles too: they follow the
+        traces), exporting quickly."""
         endpoint = self.grpc_endpoint if protocol == "grpc" else self.http_endpoint
         return {
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -223,14 +231,17 @@ class OTLPReceiver:
         }
 
     # storage
-    def _store(self, signal: str, transport: str, request: dict[str, Any]) -> None:
+    def _store(self, signal: str, transport: str, request: dict[str, Any], payload: bytes | None = None) -> None:
         with self._lock:
             self.requests.append((signal, transport, request))
+            if payload is not None:
+                self.profile_payloads.append((transport, payload))
             self._lock.notify_all()
 
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.profile_payloads.clear()
 
     def _of(self, signal: str, transport: str | None) -> list[dict[str, Any]]:
         with self._lock:
@@ -256,6 +267,16 @@ class OTLPReceiver:
     def logs(self, transport: str | None = None) -> list[_otlpjson.LogRecord]:
         return [rec for r in self._of("logs", transport) for rec in _otlpjson.logs(r)]
 
+    def profiles(self, transport: str | None = None) -> list[Any]:
+        """The profiles export requests received, as ``ExportProfilesServiceRequest`` messages."""
+        from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+            ExportProfilesServiceRequest,
+        )
+
+        with self._lock:
+            payloads = [data for t, data in self.profile_payloads if transport is None or t == transport]
+        return [ExportProfilesServiceRequest.FromString(data) for data in payloads]
+
     def wait_for(self, predicate: Callable[[OTLPReceiver], Any], timeout: float = 30.0) -> Any:
         """Wait until ``predicate(self)`` is truthy and return its value; AssertionError on timeout."""
         deadline = time.monotonic() + timeout
@@ -275,6 +296,10 @@ class OTLPReceiver:
         import grpc
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
         from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+        from opentelemetry.proto.collector.profiles.v1development import (
+            profiles_service_pb2,
+            profiles_service_pb2_grpc,
+        )
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
         from otel_perf.exporters.files import request_to_json
@@ -288,7 +313,8 @@ class OTLPReceiver:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "receiver unavailable (test)")
             if receiver.status == "reject":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "receiver rejects (test)")
-            receiver._store(signal, "grpc", json.loads(request_to_json(request)))
+            payload = request.SerializeToString() if signal == "profiles" else None
+            receiver._store(signal, "grpc", json.loads(request_to_json(request)), payload)
             return response
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
@@ -303,10 +329,15 @@ class OTLPReceiver:
             def Export(self, request: Any, context: Any) -> Any:
                 return handle("logs", request, context, logs_service_pb2.ExportLogsServiceResponse())
 
+        class Profiles(profiles_service_pb2_grpc.ProfilesServiceServicer):  # type: ignore[misc]
+            def Export(self, request: Any, context: Any) -> Any:
+                return handle("profiles", request, context, profiles_service_pb2.ExportProfilesServiceResponse())
+
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(Logs(), server)  # type: ignore[no-untyped-call]
+        profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server(Profiles(), server)  # type: ignore[no-untyped-call]
         self.grpc_port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         server.start()
         self._grpc_server = server
@@ -316,12 +347,15 @@ class OTLPReceiver:
         from google.protobuf import json_format
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+        from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+            ExportProfilesServiceRequest,
+        )
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
         from otel_perf.exporters.files import request_to_json
 
         messages: dict[str, Any] = {"traces": ExportTraceServiceRequest, "metrics": ExportMetricsServiceRequest,
-                    "logs": ExportLogsServiceRequest}
+                                    "logs": ExportLogsServiceRequest, "profiles": ExportProfilesServiceRequest}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -370,7 +404,8 @@ class OTLPReceiver:
                 except Exception as exc:
                     self._reply(400, f"cannot decode: {exc}".encode(), "text/plain")
                     return
-                receiver._store(signal, "http", json.loads(request_to_json(message)))
+                payload = message.SerializeToString() if signal == "profiles" else None
+                receiver._store(signal, "http", json.loads(request_to_json(message)), payload)
                 self._reply(200, b"")
 
         server = ThreadingHTTPServer((self.host, self.http_port), Handler)

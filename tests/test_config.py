@@ -40,6 +40,9 @@ MALFORMED = {
     "OTEL_PERF_DEBUG_ADDR": "localhost",
     "OTEL_PERF_DEBUG_TOKEN": "two words",
     "OTEL_PERF_TRACEMALLOC": "many",
+    "OTEL_PERF_PROFILING": "always",
+    "OTEL_PERF_PROFILING_HZ": "fast",
+    "OTEL_PERF_PROFILING_INTERVAL": "hourly",
     "OTEL_PERF_SPOOL_MAX_BYTES": "lots",
     "OTEL_PERF_OUTPUT_DIR": __file__,
 }
@@ -196,6 +199,10 @@ OUT_OF_RANGE = [
     ("OTEL_PERF_MEMORY_LIMIT", "1KiB", 1024**2),
     ("OTEL_PERF_SPOOL_MAX_BYTES", "10", 1024**2),
     ("OTEL_PERF_SPOOL_MAX_BYTES", "9999999TiB", 1024**6),
+    ("OTEL_PERF_PROFILING_HZ", "5000", 1000.0),
+    ("OTEL_PERF_PROFILING_HZ", "0", 1.0),
+    ("OTEL_PERF_PROFILING_INTERVAL", "0.01", 1.0),
+    ("OTEL_PERF_PROFILING_INTERVAL", "86400", 3600.0),
 ]
 
 
@@ -224,7 +231,8 @@ def test_every_setting_states_its_range() -> None:
 
 
 @pytest.mark.parametrize(("argument", "value"), [("tracemalloc", 70000), ("memory_check_interval", 1e-9),
-                                                 ("memory_check_interval", 1e10), ("memory_threshold", 0)])
+                                                 ("memory_check_interval", 1e10), ("memory_threshold", 0),
+                                                 ("profiling_hz", 5000), ("profiling_interval", 0)])
 def test_out_of_range_argument_raises_config_error(argument: str, value: float) -> None:
     """A configure() argument outside its range raises, naming the variable and the range."""
     setting = next(s for s in SETTINGS if s.name == argument)
@@ -266,3 +274,12 @@ def test_check_environment_lists_problems_and_unknown_names_without_logging(
     assert "did you mean OTEL_PERF_POOL_SPANS?" in by_name["OTEL_PERF_POOL_SPAN"]
     assert "did you mean OTEL_PERF_DEBUG_ADDR?" in by_name["OTEL_PERF_DEBUG_ADRESS"]
     assert "not an otel-perf setting" in by_name["OTEL_PERF_ZZZ"]
+
+
+def test_profiling_mode_is_case_insensitive_and_a_bad_argument_raises() -> None:
+    """OTEL_PERF_PROFILING=CPU means cpu; configure(profiling="heap") is a mistake the caller can fix."""
+    assert load_settings({"OTEL_PERF_PROFILING": " CPU "}).profiling == "cpu"
+    assert load_settings({"OTEL_PERF_PROFILING": "wall"}).profiling == "wall"
+    assert load_settings({}).profiling == "off"
+    with pytest.raises(ConfigError, match="OTEL_PERF_PROFILING to be cpu, wall or off"):
+        load_settings({}, profiling="heap")

@@ -10,6 +10,7 @@ owns the files.
 Layout under the spool directory (``OTEL_PERF_SPOOL_DIR``)::
 
     <signal>/<time_ns>-<pid>-<seq>-<size>.otlp   one entry: header + one encoded OTLP export request
+                                                 (signal: traces, metrics, logs, profiles)
     <signal>/.tmp-<pid>-<name>                   an entry being written (renamed into place when complete)
     <signal>/.replay.lock                        flock'd by the one process replaying this signal right now
     <signal>/corrupt/                            entries that failed their checks, moved aside (the
@@ -44,9 +45,13 @@ from pathlib import Path
 
 from otel_perf._safety import log_once
 
-__all__ = ["SIGNALS", "Entry", "Spool", "SpoolCorruptError", "check_directory"]
+__all__ = ["ALL_SIGNALS", "SIGNALS", "Entry", "Spool", "SpoolCorruptError", "check_directory"]
 
+#: The signals whose directories every spool has (made and checked up front).
 SIGNALS = ("traces", "metrics", "logs")
+#: Every signal a spool holds: profiles (continuous profiling, off by default) get their directory when
+#: their exporter starts.
+ALL_SIGNALS = (*SIGNALS, "profiles")
 
 _MAGIC = b"OPSP"
 _VERSION = 1
@@ -242,7 +247,7 @@ class _Listing:
     def rescan(self, root: Path) -> None:
         entries: list[tuple[str, str, int]] = []
         total = 0
-        for signal in SIGNALS:
+        for signal in ALL_SIGNALS:
             try:
                 with os.scandir(root / signal) as scan:
                     items = [item for item in scan if _is_entry(item)]
@@ -280,7 +285,7 @@ class Spool:
 
     Args:
         root: the spool directory (``OTEL_PERF_SPOOL_DIR``).
-        signal: ``traces``, ``metrics`` or ``logs``: the subdirectory this queue lives in.
+        signal: ``traces``, ``metrics``, ``logs`` or ``profiles``: the subdirectory this queue lives in.
         max_bytes: bound of all signals' entries together; the oldest go first when it is exceeded.
         on_drop: told about every entry removed undelivered (its signal, its item count, the reason).
         on_corrupt: told about every entry moved aside (its signal).
@@ -291,8 +296,8 @@ class Spool:
     def __init__(self, root: str | os.PathLike[str], signal: str, max_bytes: int,
                  on_drop: DropCallback | None = None, on_corrupt: Callable[[str], None] | None = None,
                  fsync: bool = True) -> None:
-        if signal not in SIGNALS:
-            raise ValueError(f"Expected signal to be one of {SIGNALS}, got {signal!r}")
+        if signal not in ALL_SIGNALS:
+            raise ValueError(f"Expected signal to be one of {ALL_SIGNALS}, got {signal!r}")
         self.root = Path(root)
         self.signal = signal
         self.directory = self.root / signal

@@ -53,17 +53,15 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.util.re import parse_env_headers
 
 from otel_perf import _semconv
 from otel_perf._config import get_settings
 from otel_perf._safety import log_once, raise_internal_errors
 from otel_perf.exporters._spool import Spool
-from otel_perf.exporters.otlp import Signal, otlp_protocol, resolved_endpoint
+from otel_perf.exporters.otlp import OTLPTarget, Signal, resolve_target
 
-__all__ = ["DurableLogExporter", "DurableMetricExporter", "DurableSpanExporter"]
+__all__ = ["DurableLogExporter", "DurableMetricExporter", "DurableProfileExporter", "DurableSpanExporter"]
 
-_DEFAULT_TIMEOUT = 10.0
 _HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
 # The gRPC codes the OTLP specification (and the SDK's exporter) retry; every other code is final.
 _GRPC_RETRYABLE = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
@@ -72,86 +70,21 @@ _GRPC_SERVICES = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
     "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "profiles": "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export",
 }
 
 
-# --- configuration ---------------------------------------------------------------------------------
+# --- configuration: otel_perf.exporters.otlp.resolve_target, the one resolver of OTEL_EXPORTER_OTLP_* ---
 
-
-def _env(environ: Mapping[str, str], signal: str, key: str) -> str | None:
-    """``OTEL_EXPORTER_OTLP_<SIGNAL>_<KEY>``, else ``OTEL_EXPORTER_OTLP_<KEY>``; empty counts as unset."""
-    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{key}", f"OTEL_EXPORTER_OTLP_{key}"):
-        value = (environ.get(name) or "").strip()
-        if value:
-            return value
-    return None
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where and how one signal's requests go."""
-
-    signal: str
-    protocol: str  # "grpc" | "http/protobuf"
-    endpoint: str
-    headers: tuple[tuple[str, str], ...]
-    insecure: bool
-    certificate_file: str | None
-    client_key_file: str | None
-    client_certificate_file: str | None
-    compression: str | None  # None | "gzip" | "deflate"
-    timeout: float
+_Target = OTLPTarget
 
 
 def _target(signal: Signal, environ: Mapping[str, str], *, endpoint: str | None, protocol: str | None,
             headers: Mapping[str, str] | None, insecure: bool | None, certificate_file: str | None,
-            compression: str | None, timeout: float | None) -> _Target:
-    proto = (protocol or otlp_protocol(signal, environ)).lower()
-    if proto not in ("grpc", "http/protobuf"):
-        log_once(("durable-protocol", proto),
-                 "otel-perf: durable export speaks grpc and http/protobuf, not %r; using http/protobuf",
-                 proto)
-        proto = "http/protobuf"
-    url = endpoint or resolved_endpoint(signal, {**environ, "OTEL_EXPORTER_OTLP_PROTOCOL": proto,
-                                                  f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL": proto})
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if insecure is None:
-        raw = _env(environ, signal, "INSECURE")
-        insecure = raw.lower() == "true" if raw is not None else scheme == "http"
-    if scheme == "https":
-        insecure = False
-    if headers is None:
-        raw_headers = _env(environ, signal, "HEADERS")
-        headers = parse_env_headers(raw_headers, liberal=True) if raw_headers else {}
-    if compression is None:
-        compression = _env(environ, signal, "COMPRESSION") or "none"
-    comp = compression.lower()
-    if comp not in ("none", "gzip", "deflate") or (comp == "deflate" and proto == "grpc"):
-        log_once(("durable-compression", comp),
-                 "otel-perf: Expected OTEL_EXPORTER_OTLP_COMPRESSION to be gzip or none, got %r; "
-                 "sending uncompressed", comp)
-        comp = "none"
-    if timeout is None:
-        raw_timeout = _env(environ, signal, "TIMEOUT")
-        try:
-            timeout = float(raw_timeout) if raw_timeout is not None else _DEFAULT_TIMEOUT
-        except ValueError:
-            log_once(("durable-timeout", raw_timeout),
-                     "otel-perf: Expected OTEL_EXPORTER_OTLP_TIMEOUT to be seconds, got %r; using %s",
-                     raw_timeout, _DEFAULT_TIMEOUT)
-            timeout = _DEFAULT_TIMEOUT
-    if timeout <= 0:
-        timeout = _DEFAULT_TIMEOUT
-    return _Target(
-        signal=signal, protocol=proto, endpoint=url,
-        headers=tuple((k.lower() if proto == "grpc" else k, v) for k, v in headers.items()),
-        insecure=insecure,
-        certificate_file=certificate_file or _env(environ, signal, "CERTIFICATE"),
-        client_key_file=_env(environ, signal, "CLIENT_KEY"),
-        client_certificate_file=_env(environ, signal, "CLIENT_CERTIFICATE"),
-        compression=None if comp == "none" else comp,
-        timeout=timeout,
-    )
+            compression: str | None, timeout: float | None) -> OTLPTarget:
+    return resolve_target(signal, environ, endpoint=endpoint, protocol=protocol, headers=headers,
+                          insecure=insecure, certificate_file=certificate_file, compression=compression,
+                          timeout=timeout)
 
 
 # --- transports ------------------------------------------------------------------------------------
@@ -666,6 +599,24 @@ class DurableLogExporter(_DurableExporter, LogRecordExporter):
             return LogRecordExportResult.SUCCESS
         ok = self._spool_request(encode_logs(batch).SerializeToString(), len(batch))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self._shutdown_exporter(None)
+
+
+class DurableProfileExporter(_DurableExporter):
+    """Durable OTLP profiles exporter (continuous profiling in durable mode): spools each profile, sends in
+    order; same arguments as the span exporter. ``export`` takes an encoded ``ExportProfilesServiceRequest``
+    and its number of samples (what ``otel_perf.exporter.dropped`` counts)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        _DurableExporter.__init__(self, "profiles", **kwargs)
+
+    def export(self, request: Any, samples: int) -> bool:
+        return self._spool_request(request.SerializeToString(), max(samples, 1))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self._flush(timeout_millis)

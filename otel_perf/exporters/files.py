@@ -8,7 +8,8 @@ file for every process, so this small module encodes with the standard OTLP prot
 protobuf JSON (camelCase fields, hex trace and span ids, enums as integers, 64-bit integers as strings).
 
 Files live under ``OTEL_PERF_OUTPUT_DIR`` (default ``./otel-perf-data``), one per process and signal:
-``traces-<start>-<pid>.jsonl``. A forked child opens its own file at its first export.
+``traces-<start>-<pid>.jsonl`` (``profiles-...`` too, with continuous profiling). A forked child opens
+its own file at its first export.
 """
 
 from __future__ import annotations
@@ -41,16 +42,17 @@ from otel_perf._safety import log_once
 __all__ = [
     "FileLogExporter",
     "FileMetricExporter",
+    "FileProfileExporter",
     "FileSpanExporter",
     "iter_requests",
     "request_to_json",
 ]
 
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
+_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "profileId"})
 
 
 def _hex_ids(value: Any) -> Any:
-    """OTLP/JSON writes trace and span ids as hex, where protobuf JSON would write base64."""
+    """OTLP/JSON writes trace, span and profile ids as hex, where protobuf JSON would write base64."""
     if isinstance(value, dict):
         return {k: (base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v))
                 for k, v in value.items()}
@@ -219,6 +221,28 @@ class FileLogExporter(LogRecordExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+class FileProfileExporter:
+    """Write profiles (continuous profiling) as OTLP JSON lines, ``profiles-<start>-<pid>.jsonl``; same
+    arguments as :class:`FileSpanExporter`. ``export`` takes an ``ExportProfilesServiceRequest``."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, path: str | None = None,
+                 stream: IO[str] | None = None) -> None:
+        self._writer = _JsonLinesWriter("profiles", directory, path, stream)
+
+    @property
+    def path(self) -> Path | None:
+        return self._writer.path
+
+    def export(self, request: Message, samples: int) -> bool:
+        return self._writer.write(request_to_json(request))
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        self._writer.close()
 
 
 def iter_requests(path: str | os.PathLike[str]) -> Iterator[tuple[Path, dict[str, Any]]]:

@@ -4,6 +4,11 @@ Why this module exists: otel-perf decides between OTLP and local files by whethe
 configured, ``otel-perf doctor`` checks that the endpoint answers, and durable export needs the same
 protocol choice; the standard exporters themselves come from ``opentelemetry-exporter-otlp`` unchanged.
 
+:func:`resolve_target` is the one place where a signal's ``OTEL_EXPORTER_OTLP_*`` settings (endpoint,
+protocol, headers, TLS, compression, timeout; the signal's own variable first, then the general one) are
+turned into where and how to send: the durable exporters and the profiles exporter use it (the standard
+exporters read the same variables themselves).
+
 It also decides what ``OTEL_PERF_SPOOL_DIR`` does to the exporter names (:func:`spooled_exporter_names`,
 used by both ways in): a spool directory is the user saying "do not lose my data", so an ``otlp``
 exporter, which the OpenTelemetry Operator and many deployments name for every signal, becomes durable
@@ -18,6 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -27,21 +33,27 @@ if TYPE_CHECKING:
     from otel_perf._config import Settings
 
 __all__ = [
+    "OTLPTarget",
     "Signal",
     "apply_spool_choice",
     "check_endpoint",
     "endpoint_configured",
     "otlp_exporter",
     "otlp_protocol",
+    "resolve_target",
     "resolved_endpoint",
     "spool_directory_problem",
     "spooled_exporter_names",
 ]
 
-Signal = Literal["traces", "metrics", "logs"]
+Signal = Literal["traces", "metrics", "logs", "profiles"]
 
 _DEFAULT_GRPC = "http://localhost:4317"
 _DEFAULT_HTTP = "http://localhost:4318"
+_DEFAULT_TIMEOUT = 10.0
+#: The HTTP path of each signal under OTEL_EXPORTER_OTLP_ENDPOINT (profiles: alpha, "v1development").
+_HTTP_PATHS = {"traces": "/v1/traces", "metrics": "/v1/metrics", "logs": "/v1/logs",
+               "profiles": "/v1development/profiles"}
 
 
 def otlp_protocol(signal: Signal, env: Mapping[str, str] | None = None) -> str:
@@ -71,7 +83,94 @@ def resolved_endpoint(signal: Signal, env: Mapping[str, str] | None = None) -> s
     general = (environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
     if protocol == "grpc":
         return general or _DEFAULT_GRPC
-    return f"{(general or _DEFAULT_HTTP).rstrip('/')}/v1/{signal}"
+    return f"{(general or _DEFAULT_HTTP).rstrip('/')}{_HTTP_PATHS[signal]}"
+
+
+def _env(environ: Mapping[str, str], signal: str, key: str) -> str | None:
+    """``OTEL_EXPORTER_OTLP_<SIGNAL>_<KEY>``, else ``OTEL_EXPORTER_OTLP_<KEY>``; empty counts as unset."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_{key}", f"OTEL_EXPORTER_OTLP_{key}"):
+        value = (environ.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class OTLPTarget:
+    """Where and how one signal's export requests go."""
+
+    signal: str
+    protocol: str  # "grpc" | "http/protobuf"
+    endpoint: str
+    headers: tuple[tuple[str, str], ...]
+    insecure: bool
+    certificate_file: str | None
+    client_key_file: str | None
+    client_certificate_file: str | None
+    compression: str | None  # None | "gzip" | "deflate"
+    timeout: float
+
+
+def resolve_target(signal: Signal, environ: Mapping[str, str] | None = None, *, endpoint: str | None = None,
+                   protocol: str | None = None, headers: Mapping[str, str] | None = None,
+                   insecure: bool | None = None, certificate_file: str | None = None,
+                   compression: str | None = None, timeout: float | None = None) -> OTLPTarget:
+    """Resolve ``signal``'s ``OTEL_EXPORTER_OTLP_*`` settings (arguments override them).
+
+    Each setting is read from the signal's own variable (``OTEL_EXPORTER_OTLP_PROFILES_HEADERS``), then
+    the general one (``OTEL_EXPORTER_OTLP_HEADERS``). Timeouts are seconds, as the Python SDK's exporters
+    read them. A value that cannot be used is reported once, naming the variable, and the default is used:
+    an unknown protocol means http/protobuf, an unknown compression none, a bad timeout 10 s.
+    """
+    environ = os.environ if environ is None else environ
+    proto = (protocol or otlp_protocol(signal, environ)).lower()
+    if proto not in ("grpc", "http/protobuf"):
+        log_once(("otlp-protocol", signal, proto),
+                 "otel-perf: Expected OTEL_EXPORTER_OTLP_PROTOCOL to be grpc or http/protobuf for %s, got %r; "
+                 "using http/protobuf", signal, proto)
+        proto = "http/protobuf"
+    url = endpoint or resolved_endpoint(signal, {**environ, "OTEL_EXPORTER_OTLP_PROTOCOL": proto,
+                                                  f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL": proto})
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if insecure is None:
+        raw = _env(environ, signal, "INSECURE")
+        insecure = raw.lower() == "true" if raw is not None else scheme == "http"
+    if scheme == "https":
+        insecure = False
+    if headers is None:
+        from opentelemetry.util.re import parse_env_headers
+
+        raw_headers = _env(environ, signal, "HEADERS")
+        headers = parse_env_headers(raw_headers, liberal=True) if raw_headers else {}
+    if compression is None:
+        compression = _env(environ, signal, "COMPRESSION") or "none"
+    comp = compression.lower()
+    if comp not in ("none", "gzip", "deflate") or (comp == "deflate" and proto == "grpc"):
+        log_once(("otlp-compression", signal, comp),
+                 "otel-perf: Expected OTEL_EXPORTER_OTLP_COMPRESSION to be gzip or none for %s, got %r; "
+                 "sending uncompressed", signal, comp)
+        comp = "none"
+    if timeout is None:
+        raw_timeout = _env(environ, signal, "TIMEOUT")
+        try:
+            timeout = float(raw_timeout) if raw_timeout is not None else _DEFAULT_TIMEOUT
+        except ValueError:
+            log_once(("otlp-timeout", signal, raw_timeout),
+                     "otel-perf: Expected OTEL_EXPORTER_OTLP_TIMEOUT to be seconds for %s, got %r; using %s",
+                     signal, raw_timeout, _DEFAULT_TIMEOUT)
+            timeout = _DEFAULT_TIMEOUT
+    if not timeout > 0:
+        timeout = _DEFAULT_TIMEOUT
+    return OTLPTarget(
+        signal=signal, protocol=proto, endpoint=url,
+        headers=tuple((k.lower() if proto == "grpc" else k, v) for k, v in headers.items()),
+        insecure=insecure,
+        certificate_file=certificate_file or _env(environ, signal, "CERTIFICATE"),
+        client_key_file=_env(environ, signal, "CLIENT_KEY"),
+        client_certificate_file=_env(environ, signal, "CLIENT_CERTIFICATE"),
+        compression=None if comp == "none" else comp,
+        timeout=timeout,
+    )
 
 
 def otlp_exporter(signal: Signal, **kwargs: Any) -> Any:

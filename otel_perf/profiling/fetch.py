@@ -3,7 +3,8 @@
 Why this module exists: ``go tool pprof`` reads our profiles, but it cannot send the bearer token a
 non-loopback server requires, and not every machine has Go. This command fetches a CPU, wall, heap or
 threads profile (showing progress while the server samples), saves the pprof file and can write a
-self-contained HTML flame graph next to it.
+self-contained HTML flame graph next to it. ``--span SPAN_ID`` keeps only the samples taken while that
+span was active (their ``span_id`` label), so a slow span seen in a trace can be looked at on its own.
 
 Every failure is one line on stderr, never a traceback: exit 2 for a URL that cannot name a debug server,
 1 for a server that cannot be reached, answers with an HTTP error, does not speak HTTP at all, or does not
@@ -53,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, help="pprof output file (default KIND.pb.gz)")
     parser.add_argument("--flamegraph", metavar="HTML", default=None,
                         help="also write a self-contained HTML flame graph")
+    parser.add_argument("--span", metavar="SPAN_ID", default=None,
+                        help="keep only the samples taken in this span (16 hex digits, as traces show it)")
     parser.add_argument("--token", default=None,
                         help="bearer token (default: the OTEL_PERF_DEBUG_TOKEN environment variable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
@@ -120,6 +123,25 @@ def _progress(done: threading.Event, label: str, seconds: float | None) -> None:
         sys.stderr.flush()
 
 
+def _only_span(profile: pprof.Profile, span: str) -> tuple[pprof.Profile, str]:
+    """The profile with only the samples labelled ``span_id=span``, or a message saying why there are none."""
+    def span_of(sample: pprof.Sample) -> str:
+        return next((label.value for label in sample.labels if label.key == "span_id"), "")
+
+    kept = [sample for sample in profile.samples if span_of(sample) == span]
+    if kept:
+        profile.samples = kept
+        return profile, ""
+    spans = {span_of(sample) for sample in profile.samples} - {""}
+    if not spans:
+        return profile, (f"no sample of span {span}: no sample in this profile carries span labels (span "
+                         "tracking starts with the debug server or OTEL_PERF_PROFILING, and only spans made "
+                         "current are tracked)")
+    return profile, (f"no sample of span {span} among the {len(profile.samples)} stacks of this profile "
+                     f"({len(spans)} other spans were sampled): was the span running, and in this process, "
+                     "while the server sampled?")
+
+
 def run(args: argparse.Namespace) -> int:
     """Fetch, save, and optionally render; 0 on success, 1 on a server or network error."""
     kind: str = args.kind
@@ -129,6 +151,13 @@ def run(args: argparse.Namespace) -> int:
     if seconds is not None and seconds <= 0:
         print("otel-perf profile: --seconds must be positive", file=sys.stderr)
         return 2
+    span: str | None = getattr(args, "span", None)
+    if span is not None:
+        span = span.strip().lower()
+        if len(span) != 16 or any(c not in "0123456789abcdef" for c in span) or span == "0" * 16:
+            print(f"otel-perf profile: --span {args.span!r} is not a span id: give the 16 hex digits a trace "
+                  "shows (e.g. 00f067aa0ba902b7)", file=sys.stderr)
+            return 2
     try:
         url = profile_url(args.url, kind, seconds, args.hz)
     except ValueError as exc:
@@ -170,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, EOFError) as exc:
         print(f"otel-perf profile: {url} did not return a pprof profile ({exc})", file=sys.stderr)
         return 1
+    if span is not None:
+        profile, message = _only_span(profile, span)
+        if message:
+            print(f"otel-perf profile: {message}", file=sys.stderr)
+            return 1
+        data = pprof.encode(profile)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(data)
     if not args.quiet:
@@ -178,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     if args.flamegraph:
         page = Path(args.flamegraph)
         page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(flamegraph.render(profile, title=f"{kind} profile: {url}"), encoding="utf-8")
+        title = f"{kind} profile: {url}" + (f", span {span}" if span else "")
+        page.write_text(flamegraph.render(profile, title=title), encoding="utf-8")
         if not args.quiet:
             print(f"otel-perf profile: wrote flame graph {page}", file=sys.stderr)
     return 0

@@ -29,81 +29,53 @@ same tick costs 5 µs run twice in a row and 20-45 µs (CPU mode, 5 threads) as 
 sleep, and waking up and winning the GIL from a busy thread costs the sampling thread another 50-60 µs of
 CPU that no change here can remove. What a tick can save is Python executed and memory touched.
 
-Samples carry a ``thread`` label (the thread's name) and, for a thread running an asyncio event loop, a
-``task`` label (the name of the task that was running).
+Samples carry a ``thread`` label (the thread's name), for a thread running an asyncio event loop a
+``task`` label (the name of the task that was running), and, when span tracking is on
+(:mod:`otel_perf.profiling.spans`) and a recording span was active in that thread or task, ``trace_id``,
+``span_id`` and ``span_name`` (the name of the trace's local root span). Samples outside any span carry
+no span labels.
+
+A sampler either runs once (``run``/``start``+``stop``, what the debug server does) or keeps running
+while :meth:`Sampler.take` hands over what it collected so far as a :class:`Snapshot` and starts afresh
+(what continuous profiling does, once per exported profile).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import CodeType, FrameType
-from typing import Any, Literal
+from typing import Any
 
-from otel_perf.profiling.pprof import ProfileBuilder, python_function_name
+from otel_perf._safety import log_once, raise_internal_errors
+from otel_perf.profiling import spans as span_tracking
+from otel_perf.profiling._threadclock import (
+    _choose_cpu_clock,
+    _cpu_ns_clock,
+    _native_ids_after_fork,
+    _thread_clock_id,
+)
+from otel_perf.profiling.pprof import python_function_name
+from otel_perf.profiling.snapshot import Labels, Mode, Snapshot, encode_pprof
 
-__all__ = ["Mode", "Sampler", "SamplerStats", "profile"]
-
-Mode = Literal["cpu", "wall"]
+__all__ = ["Mode", "Sampler", "SamplerStats", "Snapshot", "encode_pprof", "profile"]
 
 #: Frames kept per stack (innermost first); deeper stacks are cut at the root side.
 MAX_DEPTH = 256
 #: Distinct (labels, stack) pairs kept; further new stacks are counted under one "(other stacks)" stack.
 MAX_STACKS = 50_000
 
-_CPUCLOCK_SCHED = 2
-_CPUCLOCK_PERTHREAD = 4
 # CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR (Include/cpython/code.h)
 _RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
 #: (name, file name, first line): what identifies a function in the profile
 _FunctionKey = tuple[str, str, int]
-_NO_TASKS: dict[int, str] = {}
+_NO_TASKS: dict[int, Any] = {}
+_NO_SPAN = span_tracking.NO_SPAN
 _current_frames = sys._current_frames
 clock_gettime_ns = time.clock_gettime_ns
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _thread_clock_id(native_id: int) -> int:
-    """The CPU clock id of the Linux thread ``native_id`` (include/linux/posix-timers.h)."""
-    return ((~native_id) << 3) | _CPUCLOCK_PERTHREAD | _CPUCLOCK_SCHED
-
-
-def _cpu_ns_clock(native_id: int) -> int | None:
-    try:
-        return time.clock_gettime_ns(_thread_clock_id(native_id))
-    except (OSError, OverflowError):
-        return None
-
-
-def _cpu_ns_proc(native_id: int) -> int | None:
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; the fields after its closing parenthesis are fixed.
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    except (IndexError, ValueError):
-        return None
-    return ticks * 1_000_000_000 // _CLK_TCK
-
-
-def _choose_cpu_clock() -> Callable[[int], int | None] | None:
-    """The way to read another thread's CPU time here, or None when there is none (then CPU mode
-    samples every thread, as wall mode does)."""
-    native_id = threading.get_native_id()
-    if sys.platform.startswith("linux"):
-        if _cpu_ns_clock(native_id) is not None:
-            return _cpu_ns_clock
-        if _cpu_ns_proc(native_id) is not None:
-            return _cpu_ns_proc
-    return None
 
 
 @dataclass(slots=True)
@@ -136,7 +108,7 @@ class SamplerStats:
 
 class _ThreadState:
     __slots__ = ("cells", "clock_id", "clock_ok", "frames", "index", "last_cpu", "lastis", "name",
-                 "native_id", "stack", "task", "thread")
+                 "native_id", "span", "span_labels", "stack", "task", "task_object", "thread")
 
     def __init__(self, thread: threading.Thread | None, native_id: int | None) -> None:
         self.thread = thread
@@ -157,6 +129,19 @@ class _ThreadState:
         self.cells: dict[int, list[int]] = {}
         self.name = ""
         self.task = ""
+        self.task_object: Any = None
+        self.span: Any = None
+        self.span_labels = _NO_SPAN
+
+    def forget_locations(self) -> None:
+        """Drop what refers to location ids (a new window numbers them afresh); keep the CPU clock."""
+        self.frames.clear()
+        self.lastis.clear()
+        self.stack.clear()
+        self.index.clear()
+        self.cells.clear()
+        self.span = None
+        self.span_labels = _NO_SPAN
 
 
 class Sampler:
@@ -177,11 +162,13 @@ class Sampler:
         hz: samples per second (1-1000).
         asyncio_tasks: add a ``task`` label naming the running asyncio task of event-loop threads.
         exclude: thread idents never to sample (the sampling thread itself is always excluded).
+        spans: the span tracker whose active spans label the samples; by default the process's
+            (:func:`otel_perf.profiling.spans.tracker`), when installed; None for no span labels.
     """
 
     def __init__(self, mode: Mode = "cpu", hz: float = 100.0, *, asyncio_tasks: bool = True,
                  exclude: Collection[int] = (), max_stacks: int = MAX_STACKS,
-                 max_depth: int = MAX_DEPTH) -> None:
+                 max_depth: int = MAX_DEPTH, spans: Any = True) -> None:
         if mode not in ("cpu", "wall"):
             raise ValueError(f"mode must be 'cpu' or 'wall', got {mode!r}")
         if not 1 <= hz <= 1000:
@@ -197,11 +184,12 @@ class Sampler:
         self._cpu_clock = _choose_cpu_clock() if mode == "cpu" else None
         # The usual clock, read in the tick without a Python call: clock_gettime on the clock id kept per thread
         self._clock_direct = self._cpu_clock is _cpu_ns_clock
-        value_type = (mode, "nanoseconds")
-        self._builder = ProfileBuilder([("samples", "count"), value_type], period_type=value_type,
-                                       period=self.interval_ns, default_sample_type=mode)
+        self._spans: span_tracking.SpanTracker | None = span_tracking.tracker() if spans is True else spans
+        # span id -> labels, for the spans sampled in this window (worked out once per span)
+        self._span_labels: dict[int, span_tracking.SpanLabels] = {}
+        self._comments: list[str] = []
         if mode == "cpu" and self._cpu_clock is None:
-            self._builder.comment("per-thread CPU clocks unavailable: every thread was sampled")
+            self._comments.append("per-thread CPU clocks unavailable: every thread was sampled")
         # Locations are numbered here, in the order they are first seen, and given to the builder only by
         # encode(): the builder encodes a record per function and location as it goes, which made the
         # first tick of a profile (every frame new) cost as much as ten later ones. The numbering is the
@@ -210,21 +198,29 @@ class Sampler:
         # Code objects are looked up by id, never hashed: a code object's hash is computed from its
         # constants, names and line table each time (recursively through nested code objects), which cost
         # more than the rest of a frame's walk. _codes keeps every code seen alive, so its id stays its own
-        # until encode().
+        # until the window ends (take()).
         self._locations: dict[int, dict[int, int]] = {}  # id(code) -> {instruction: location id}
         self._functions: dict[int, _FunctionKey] = {}  # id(code) -> function
         self._codes: list[CodeType] = []
         self._location_ids: dict[tuple[_FunctionKey, int], int] = {}  # (function, line) -> location id
         self._location_keys: list[tuple[_FunctionKey, int]] = []  # location id - 1 -> (function, line)
         # (labels, stack) -> [count, value]
-        self._counts: dict[tuple[tuple[str, str], tuple[int, ...]], list[int]] = {}
+        self._counts: dict[tuple[Labels, tuple[int, ...]], list[int]] = {}
         self._threads: dict[int, _ThreadState] = {}
         # asyncio's loop -> running task dict, found once asyncio.tasks is imported (it is never rebound)
         self._current_tasks: dict[Any, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_ns = 0
+        self._window_unix_ns = time.time_ns()  # when the current window began (wall clock)
+        self._window_ns = time.perf_counter_ns()  # the same instant on the monotonic clock
+        self._window_end_ns: int | None = None  # when sampling stopped (else the window is still open)
         self._done = False
+        # take() from another thread: the sampling thread takes the snapshot between two ticks
+        self._take_requested = False
+        self._taken = threading.Event()
+        self._snapshot: Snapshot | None = None
+        self._loop_ident: int | None = None
 
     # --- running ---------------------------------------------------------------------------------------
 
@@ -250,15 +246,23 @@ class Sampler:
         return self.encode()
 
     def _run_until_stopped(self) -> None:
-        self._loop(None, self._stop)
+        try:
+            self._loop(None, self._stop)
+        except Exception as exc:  # a background thread must not print a traceback into the program's stderr
+            if raise_internal_errors():
+                raise
+            log_once(("sampler", type(exc).__name__),
+                     "otel-perf: the sampling profiler stopped (%s: %s); what it sampled so far is kept. Not "
+                     "logged again.", type(exc).__name__, exc, exc_info=True)
 
     def _loop(self, deadline_ns: int | None, stop: threading.Event) -> None:
         own = threading.get_ident()
         self._exclude.add(own)
         self._threads.pop(own, None)  # sampled by hand before (the tick skips only idents without state)
-        self._start_ns = time.perf_counter_ns()
+        self._start_ns = self._window_ns = time.perf_counter_ns()
+        self._window_unix_ns = time.time_ns()
         cpu_start = time.thread_time_ns()
-        self._builder.time_nanos = time.time_ns()
+        self._loop_ident = own
         self._prime()
         interval = self.interval_ns
         next_tick = self._start_ns + interval
@@ -270,8 +274,10 @@ class Sampler:
         tick = self._tick
         now = clock()
         try:
-            # One pass per tick: one sleep, one look at stop, two clock reads.
+            # One pass per tick: one sleep, one look at stop, one at take requests, two clock reads.
             while not is_set():
+                if self._take_requested:
+                    self._hand_over()
                 if deadline_ns is not None and now >= deadline_ns:
                     break
                 wait = next_tick - now
@@ -297,7 +303,10 @@ class Sampler:
         finally:
             stats.duration_ns = time.perf_counter_ns() - self._start_ns
             stats.thread_cpu_ns = time.thread_time_ns() - cpu_start
-            self._builder.duration_nanos = stats.duration_ns
+            self._loop_ident = None
+            self._window_end_ns = time.perf_counter_ns()
+            if self._take_requested:  # a take() waiting for this thread: hand over before leaving
+                self._hand_over()
             self._threads.clear()  # drop the frames kept for reuse
 
     # --- sampling --------------------------------------------------------------------------------------
@@ -322,12 +331,13 @@ class Sampler:
         thread = active.get(ident)
         state = self._threads.get(ident)
         if state is None or state.thread is not thread:
-            native_id = getattr(thread, "native_id", None) if thread is not None else None
+            native_id = _native_ids_after_fork.get(ident) or (
+                getattr(thread, "native_id", None) if thread is not None else None)
             state = self._threads[ident] = _ThreadState(thread, native_id)
         return state
 
-    def _running_tasks(self) -> dict[int, str]:
-        """Thread ident -> name of the asyncio task running in that thread's event loop."""
+    def _running_tasks(self) -> dict[int, Any]:
+        """Thread ident -> the asyncio task running in that thread's event loop."""
         current = self._current_tasks
         if current is None:
             tasks_module = sys.modules.get("asyncio.tasks")
@@ -338,14 +348,11 @@ class Sampler:
                 return _NO_TASKS
         if not current:
             return _NO_TASKS
-        out: dict[int, str] = {}
+        out: dict[int, Any] = {}
         for loop, task in list(current.items()):
             ident = getattr(loop, "_thread_id", None)
             if ident is not None and task is not None:
-                try:
-                    out[ident] = task.get_name()
-                except Exception:  # a foreign Task-like object: no label rather than no sample
-                    continue
+                out[ident] = task
         return out
 
     def _tick(self, elapsed_ns: int) -> None:
@@ -374,6 +381,8 @@ class Sampler:
         direct = self._clock_direct
         exclude = self._exclude
         stats = self.stats
+        tracker = self._spans
+        active_span = tracker.active_span if tracker is not None else None
         active: dict[int, threading.Thread] = getattr(threading, "_active", {})
         for ident, frame in frames.items():
             state = states.get(ident)
@@ -421,11 +430,17 @@ class Sampler:
                 location = self._walk(frame, state)
             thread = state.thread
             name = thread.name if thread is not None else f"thread-{ident}"
-            task = tasks.get(ident, "") if tasks else ""
-            if name != state.name or task != state.task:
+            task = tasks.get(ident) if tasks else None
+            span = active_span(ident, task) if active_span is not None else None
+            if name != state.name or task is not state.task_object or span is not state.span:
                 state.cells.clear()
                 state.name = name
-                state.task = task
+                if task is not state.task_object:
+                    state.task_object = task
+                    state.task = self._task_name(task)
+                if span is not state.span:
+                    state.span = span
+                    state.span_labels = self._labels_of(span)
             cell = state.cells.get(location)
             if cell is None:
                 cell = state.cells[location] = self._cell(state)
@@ -434,12 +449,35 @@ class Sampler:
             stats.samples += 1
         del frames
 
+    @staticmethod
+    def _task_name(task: Any) -> str:
+        if task is None:
+            return ""
+        try:
+            return str(task.get_name())
+        except Exception:  # a foreign Task-like object: no label rather than no sample
+            return ""
+
+    def _labels_of(self, span: Any) -> span_tracking.SpanLabels:
+        """The span labels of ``span`` (worked out once per span and window)."""
+        if span is None or self._spans is None:
+            return _NO_SPAN
+        try:
+            span_id = span.get_span_context().span_id
+            labels = self._span_labels.get(span_id)
+            if labels is None:
+                labels = self._span_labels[span_id] = self._spans.labels(span)
+            return labels
+        except Exception:  # a foreign span type: no labels rather than no sample
+            return _NO_SPAN
+
     def _cell(self, state: _ThreadState) -> list[int]:
         """The [count, value] cell of the state's current (labels, stack)."""
         counts = self._counts
         stack = state.stack
         limit = self._max_depth
-        key = ((state.name, state.task), tuple(stack) if len(stack) <= limit else tuple(stack[-limit:]))
+        key = ((state.name, state.task, state.span_labels),
+               tuple(stack) if len(stack) <= limit else tuple(stack[-limit:]))
         cell = counts.get(key)
         if cell is None:
             if len(counts) >= self._max_stacks:
@@ -535,27 +573,60 @@ class Sampler:
 
     # --- output ----------------------------------------------------------------------------------------
 
+    def take(self, timeout: float = 5.0) -> Snapshot:
+        """What was collected since the start (or the previous take), as a :class:`Snapshot`; sampling
+        goes on into a new window.
+
+        From another thread while the sampler runs, the sampling thread takes it between two ticks (so
+        that the tick itself needs no lock); this waits at most ``timeout`` seconds for that, then takes
+        it here (a sampling thread that does not answer, e.g. at interpreter exit, must not lose it).
+        """
+        loop_ident = self._loop_ident
+        if loop_ident is not None and loop_ident != threading.get_ident():
+            self._taken.clear()
+            self._take_requested = True
+            if self._taken.wait(timeout):
+                snapshot = self._snapshot
+                self._snapshot = None
+                assert snapshot is not None
+                return snapshot
+        self._take_requested = False
+        return self._swap()
+
+    def _hand_over(self) -> None:
+        """In the sampling thread: answer a take() from another thread."""
+        self._take_requested = False
+        self._snapshot = self._swap()
+        self._taken.set()
+
+    def _swap(self) -> Snapshot:
+        """The current window as a Snapshot, and a new window (locations numbered afresh)."""
+        now = time.perf_counter_ns()
+        end = self._window_end_ns if self._window_end_ns is not None else now
+        snapshot = Snapshot(
+            mode=self.mode, period_ns=self.interval_ns, start_unix_ns=self._window_unix_ns,
+            duration_ns=max(0, end - self._window_ns), locations=list(self._location_keys),
+            counts=self._counts, comments=list(self._comments),
+        )
+        self._window_ns = now
+        self._window_unix_ns = time.time_ns()
+        self._counts = {}
+        # Code objects are released with the window: a long-running sampler does not keep every code
+        # object it ever saw alive, at the price of walking stacks afresh once per window.
+        self._locations = {}
+        self._functions = {}
+        self._codes = []
+        self._location_ids = {}
+        self._location_keys = []
+        self._span_labels = {}
+        for state in list(self._threads.values()):
+            state.forget_locations()
+        return snapshot
+
     def encode(self) -> bytes:
-        """The profile collected so far, as gzipped pprof."""
+        """The profile collected so far, as gzipped pprof (the sampler is done afterwards)."""
         self._done = True
-        builder = self._builder
-        # The builder's ids of this sampler's locations (the same numbers, unless encode() ran before).
-        ids = [0] + [builder.location(builder.function(*function), line)
-                     for function, line in self._location_keys]
-        for ((thread_name, task_name), stack), (count, value) in list(self._counts.items()):
-            # Stacks are kept outermost first; pprof lists location ids innermost first.
-            builder.sample([ids[location] for location in reversed(stack)], (count, value),
-                           (("thread", thread_name), ("task", task_name)))
-        self._counts.clear()
-        for state in self._threads.values():
-            state.cells.clear()  # cells of the counts just written
-        # Code objects are released once the profile is written.
-        self._locations.clear()
-        self._functions.clear()
-        self._codes.clear()
-        self._location_ids.clear()
-        self._location_keys.clear()
-        return builder.encode()
+        return encode_pprof(self.take())
 
 
 def profile(seconds: float, mode: Mode = "cpu", hz: float = 100.0, *,

@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 from otel_perf._config import describe_settings, get_settings, parse_address
 from otel_perf._safety import log_once
 from otel_perf.errors import ConfigError
-from otel_perf.profiling import heap, sampler, threads
+from otel_perf.profiling import heap, sampler, spans, threads
 from otel_perf.version import __version__
 
 if TYPE_CHECKING:
@@ -248,6 +248,8 @@ class DebugServer(ThreadingHTTPServer):
             super().shutdown()
         self.socket.close()
         _servers.discard(self)
+        if not _servers:
+            spans.release("debug-server")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -520,6 +522,8 @@ def start_debug_server(
             f"refuses to listen on other interfaces without a token"
         )
     server = DebugServer((host, port), token or None)
+    # Samples taken in a span carry its ids (trace_id, span_id, span_name labels).
+    spans.install("debug-server")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="otel-perf-debug-server", daemon=True)
     server.serve_thread = thread

@@ -198,7 +198,7 @@ def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None
     """The clock derived from another thread's native id reads that thread's CPU time (what the thread
     itself sees with time.thread_time_ns); /proc agrees to its tick resolution; an ended thread reads
     None instead of anything else."""
-    from otel_perf.profiling.sampler import _cpu_ns_clock, _cpu_ns_proc
+    from otel_perf.profiling._threadclock import _cpu_ns_clock, _cpu_ns_proc
 
     own: list[int] = []
     parked = threading.Event()
@@ -229,3 +229,67 @@ def test_thread_cpu_clock_from_native_id_matches_the_threads_own_clock() -> None
         time.sleep(0.01)
     assert _cpu_ns_clock(thread.native_id) is None
     assert _cpu_ns_proc(thread.native_id) is None
+
+
+def burn_in_forked_child(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    total = 0
+    while time.monotonic() < deadline:
+        for i in range(10_000):
+            total += i * i
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread clocks by native id are Linux's")
+def test_cpu_mode_samples_the_thread_that_forked_in_the_child() -> None:
+    """In a forked child, Thread.native_id still holds the parent's thread id: the child's sampler must
+    read its own main thread's CPU clock (it found none, and left the thread out of every CPU profile)."""
+    import os
+    import warnings
+
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = b"0"
+        try:
+            sampler = Sampler("cpu", hz=100)
+            sampler.start()
+            burn_in_forked_child(0.5)
+            leaves = {names[-1] for names, _ in pprof.decode(sampler.stop()).stacks()}
+            ok = b"1" if "burn_in_forked_child" in leaves else b"0"
+        finally:
+            os.write(write, ok)
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_a_fault_in_the_sampling_thread_is_logged_once_and_never_printed(monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A background sampler that fails stops quietly: one message on the otel_perf logger, no traceback
+    from the thread into the program's stderr, and what it sampled is still a profile."""
+    import logging
+
+    from otel_perf import _safety
+
+    monkeypatch.setattr(_safety, "_raise_internal_errors", False)
+    printed: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", printed.append)
+    sampler = Sampler("wall", hz=100)
+
+    def fail(elapsed: int) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(sampler, "_tick", fail)
+    with caplog.at_level(logging.WARNING, logger="otel_perf"):
+        sampler.start()
+        time.sleep(0.1)
+        data = sampler.stop()
+    assert printed == []
+    assert [r.getMessage() for r in caplog.records if "sampling profiler stopped" in r.getMessage()]
+    assert pprof.decode(data).sample_types
