@@ -431,13 +431,13 @@ def _setup_metrics(resource: Resource, settings: Settings, given: Any) -> tuple[
     if isinstance(existing, MeterProvider):
         classes = _exporter_classes("metrics", _exporter_names("metrics", True, settings))
         add = getattr(existing, "add_metric_reader", None)  # MeterProvider.add_metric_reader: SDK 1.43+
-        if classes and add is None:
+        if add is not None:
+            for cls in classes:
+                add(_metric_reader(cls))
+        elif classes:
             log_once("metric-reader-add",
                      "otel-perf: this OpenTelemetry SDK cannot add a metric reader to a MeterProvider already "
                      "made; metrics go to the readers it was made with, not to OTEL_METRICS_EXPORTER")
-            return existing, False
-        for cls in classes:
-            add(_metric_reader(cls))
         return existing, False
     readers = [_metric_reader(cls)
                for cls in _exporter_classes("metrics", _exporter_names("metrics", False, settings))]
