@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -157,7 +158,6 @@ def test_nested_parses_count_once_by_the_outermost(
 ) -> None:
     """json.load calls json.loads, yaml.safe_load calls yaml.load, a user parser calls json.loads:
     each counts once."""
-    yaml = pytest.importorskip("yaml")
 
     @otel_perf.parser(name="command")
     def parse_command(line: str) -> dict[str, Any]:
@@ -356,7 +356,6 @@ def test_uninstrument_restores_every_original_and_wrappers_pass_metadata_through
     signature, docstring and name, and it pickles as itself; argparse's methods are wrappers on the class
     (passing signature, docstring and __wrapped__ through); ET.fromstring is ET.XML; uninstrument puts the
     original code and objects back."""
-    pytest.importorskip("yaml")
     originals = _originals()
     codes = {path: original.__code__ for path, original in originals.items()}
     signatures = {path: inspect.signature(original) for path, original in originals.items()}
@@ -602,7 +601,6 @@ YAML_LATER = textwrap.dedent("""
 
 def test_yaml_imported_after_instrumentation_is_measured(tmp_path: Path) -> None:
     """The post-import hook patches PyYAML when the program imports it later."""
-    pytest.importorskip("yaml")
     script = tmp_path / "app.py"
     script.write_text(YAML_LATER)
     done = subprocess.run([PYTHON, str(script)], env=clean_env(), capture_output=True, text=True,
