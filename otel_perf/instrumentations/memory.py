@@ -60,8 +60,8 @@ except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
 from otel_perf._config import Settings, get_settings, parse_size
+from otel_perf._process import is_root_process
 from otel_perf._safety import guarded, log_once
-from otel_perf._sdk import is_root_process
 from otel_perf._semconv import (
     LIMIT_SOURCE_CGROUP,
     LIMIT_SOURCE_CONFIG,
