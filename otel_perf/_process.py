@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Environment marker: the pid of the first otel-perf process of a process tree. Children inherit it and
-#: so know they are not the root (DESIGN.md, "Processes").
+#: so know they are not the root.
 ROOT_MARKER = "OTEL_PERF_ROOT_PID"
 
 #: The handle of the active ``configure()`` (an ``otel_perf._sdk.Handle``), None when there is none.

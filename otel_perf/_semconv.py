@@ -62,7 +62,6 @@ LIMIT_SOURCE_CGROUP: Final = "cgroup"
 LIMIT_SOURCE_SYSTEM: Final = "system"
 PRESSURE_HIGH: Final = "high"
 PRESSURE_RECOVERED: Final = "recovered"
-ERROR_TYPE_OTHER: Final = "_OTHER"
 
 # --- histogram boundaries --------------------------------------------------------------------------
 # Every histogram in seconds has each objective's threshold on a boundary (0.01, 0.5, 1.0 among them).
