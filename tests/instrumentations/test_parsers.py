@@ -34,7 +34,7 @@ import otel_perf
 from otel_perf import _safety
 from otel_perf._config import load_settings
 from otel_perf._patching import resolve
-from otel_perf.instrumentations import parsers
+from otel_perf.instrumentations import _parse_probe, _parse_wrappers, parsers
 from otel_perf.instrumentations.parsers import ParserInstrumentor
 from otel_perf.testing import metric_points
 from tests.conftest import PYTHON, clean_env
@@ -270,7 +270,7 @@ def test_internal_fault_never_breaks_the_parse(
         def append(self, entry: Any) -> None:
             raise RuntimeError("recording broke")
 
-    monkeypatch.setattr(parsers._probe("json"), "durations", BrokenLog())
+    monkeypatch.setattr(_parse_probe.probe("json"), "durations", BrokenLog())
     previous = _safety.set_raise_internal_errors(False)
     try:
         with caplog.at_level(logging.WARNING, logger="otel_perf"):
@@ -523,7 +523,7 @@ def test_argparse_wrapper_falls_back_for_an_unknown_signature(
     def parse_args(self: Any, args: Any = None, namespace: Any = None, *, strict: bool = False) -> Any:
         return (args, strict)
 
-    wrapped = parsers._wrap_argparse(parse_args, parsers._probe("future"))
+    wrapped = _parse_wrappers.wrap_argparse(parse_args, _parse_probe.probe("future"))
     assert inspect.signature(wrapped) == inspect.signature(parse_args)
     assert wrapped(object(), ["-v", "x"], strict=True) == (["-v", "x"], True)
     size = _one(metric_reader, "otel_perf.parse.size", "future")
