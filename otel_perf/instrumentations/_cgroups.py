@@ -24,14 +24,14 @@ import re
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-__all__ = ["CgroupDirectory", "find_cgroup_directories", "read_int", "read_text", "under"]
+__all__ = ["CgroupDirectory", "find_cgroup_directories", "read_file", "read_file_int", "under"]
 
 _MOUNT_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
 
 _C = TypeVar("_C", bound="CgroupDirectory")
 
 
-def read_text(path: str) -> str | None:
+def read_file(path: str) -> str | None:
     """The text of ``path``, or None when it is missing or unreadable."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
@@ -40,9 +40,9 @@ def read_text(path: str) -> str | None:
         return None
 
 
-def read_int(path: str) -> int | None:
+def read_file_int(path: str) -> int | None:
     """The integer ``path`` holds, or None when it is missing, unreadable or not an integer."""
-    text = read_text(path)
+    text = read_file(path)
     if text is None:
         return None
     try:
@@ -102,7 +102,7 @@ def _unescape(field: str) -> str:
 
 
 def _mounts(root: str) -> list[_Mount] | None:
-    text = read_text(under(root, "/proc/self/mountinfo"))
+    text = read_file(under(root, "/proc/self/mountinfo"))
     if text is None:
         return None
     mounts = []
@@ -119,7 +119,7 @@ def _mounts(root: str) -> list[_Mount] | None:
 
 def _membership(root: str, controller: str) -> tuple[str | None, tuple[str, str] | None] | None:
     """(v2 path, (v1 controllers, v1 path)) of ``controller`` from ``/proc/self/cgroup``; None without it."""
-    text = read_text(under(root, "/proc/self/cgroup"))
+    text = read_file(under(root, "/proc/self/cgroup"))
     if text is None:
         return None
     v2: str | None = None

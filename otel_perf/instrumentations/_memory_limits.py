@@ -22,7 +22,13 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-from otel_perf.instrumentations._cgroups import CgroupDirectory, find_cgroup_directories, read_int, read_text, under
+from otel_perf.instrumentations._cgroups import (
+    CgroupDirectory,
+    find_cgroup_directories,
+    read_file,
+    read_file_int,
+    under,
+)
 
 __all__ = [
     "Cgroup",
@@ -37,7 +43,7 @@ _V1_UNLIMITED: Final = 1 << 60
 
 def _stat_value(path: str, *keys: str) -> int | None:
     """The first of ``keys`` found in a ``memory.stat`` file (``key value`` lines)."""
-    text = read_text(path)
+    text = read_file(path)
     if text is None:
         return None
     values: dict[str, str] = {}
@@ -56,7 +62,7 @@ def _stat_value(path: str, *keys: str) -> int | None:
 
 def system_memory(root: str = "/") -> int | None:
     """Physical memory in bytes: ``MemTotal`` of ``/proc/meminfo``, else psutil (other platforms)."""
-    text = read_text(under(root, "/proc/meminfo"))
+    text = read_file(under(root, "/proc/meminfo"))
     if text is not None:
         for line in text.splitlines():
             if line.startswith("MemTotal:"):
@@ -77,7 +83,7 @@ def system_memory(root: str = "/") -> int | None:
 
 def read_psi(path: str) -> float | None:
     """The "some avg10" of a PSI file (``memory.pressure`` or ``/proc/pressure/memory``) as a ratio."""
-    text = read_text(path)
+    text = read_file(path)
     if text is None:
         return None
     for line in text.splitlines():
@@ -105,7 +111,7 @@ class Cgroup(CgroupDirectory):
     def own_limit(self) -> int | None:
         """This directory's limit in bytes, or None for "max", unlimited, missing or unreadable."""
         if self.version == 2:
-            text = read_text(os.path.join(self.path, "memory.max"))
+            text = read_file(os.path.join(self.path, "memory.max"))
             if text is None or text.strip() == "max":
                 return None
             try:
@@ -113,7 +119,7 @@ class Cgroup(CgroupDirectory):
             except ValueError:
                 return None
         else:
-            value_or_none = read_int(os.path.join(self.path, "memory.limit_in_bytes"))
+            value_or_none = read_file_int(os.path.join(self.path, "memory.limit_in_bytes"))
             if value_or_none is None or value_or_none >= _V1_UNLIMITED:
                 return None
             value = value_or_none
@@ -122,10 +128,10 @@ class Cgroup(CgroupDirectory):
     def usage(self) -> int | None:
         """The working set: usage minus inactive file cache (what the OOM killer weighs), >= 0."""
         if self.version == 2:
-            current = read_int(os.path.join(self.path, "memory.current"))
+            current = read_file_int(os.path.join(self.path, "memory.current"))
             inactive = _stat_value(os.path.join(self.path, "memory.stat"), "inactive_file")
         else:
-            current = read_int(os.path.join(self.path, "memory.usage_in_bytes"))
+            current = read_file_int(os.path.join(self.path, "memory.usage_in_bytes"))
             inactive = _stat_value(os.path.join(self.path, "memory.stat"),
                                    "total_inactive_file", "inactive_file")
         if current is None:

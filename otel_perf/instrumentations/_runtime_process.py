@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from otel_perf.instrumentations._cgroups import find_cgroup_directories, read_text, under
+from otel_perf.instrumentations._cgroups import find_cgroup_directories, read_file, under
 
 try:
     import resource
@@ -93,7 +93,7 @@ def cgroup_cpu_quota(root: str | os.PathLike[str] = "/") -> float | None:
     allows). Without ``/proc/self/cgroup``, a bare cgroup v2 mount still tells the container's own limit.
     """
     base = os.fspath(root)
-    if read_text(under(base, "/proc/self/cgroup")) is None:
+    if read_file(under(base, "/proc/self/cgroup")) is None:
         return _quota_v2(Path(under(base, "/sys/fs/cgroup")))
     found: list[float] = []
     for cgroup in find_cgroup_directories("cpu", base):
