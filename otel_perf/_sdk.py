@@ -3,7 +3,11 @@
 Why this module exists: both ways in (``otel_perf.configure()`` and the launcher's configurator) need the
 same start-up: settings, the exporters otel-perf defaults to, the process-tree rules of DESIGN.md
 ("Processes": root marker, one output file per process and signal, root-only services) and the
-``TRACEPARENT`` hand-over from an instrumented parent. This module is that start-up, once.
+``TRACEPARENT`` hand-over from an instrumented parent. This module is that start-up, once. It is the
+set-up layer (docs/architecture.md): it writes what the instrumentations need into ``otel_perf._process``
+(the process role, the active handle, the worker bootstrap), where they read it without importing this
+module. Traces, metrics and logs are set up by one path, :func:`_set_up_signal`, driven by the table
+``_SIGNAL_SET_UPS``.
 
 Global OpenTelemetry providers cannot be replaced once set: when the user (or an earlier ``configure()``)
 already set SDK providers, otel-perf reuses them and adds only the exporters the environment names
