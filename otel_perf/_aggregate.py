@@ -1,8 +1,8 @@
 """Hot-path histograms: aggregated in plain Python, published into the SDK at each collection.
 
 Why this module exists: one SDK ``Histogram.record`` costs here about as much as ``json.loads`` of 1 KB
-(``../shared/reference/sdk-overhead-here.md``), so the measurements taken on hot paths (parse calls, pool
-jobs, GC pauses) cannot go through the SDK one by one. Instead:
+(the ``sdk-direct`` twins of ``benchmarks/instrumentations/test_parsers.py``), so the measurements taken
+on hot paths (parse calls, pool jobs, GC pauses) cannot go through the SDK one by one. Instead:
 
 * the hot path updates a per-thread cell: ``[count, sum, min, max, bucket0, bucket1, ...]``, with no lock
   (each thread writes only its own cell; :class:`FixedSeries` is the single-writer variant for the GC
@@ -20,8 +20,9 @@ jobs, GC pauses) cannot go through the SDK one by one. Instead:
   per measurement, chosen inside the measurement's own bucket, so counts stay exact while sums (and the
   placement into a view's different buckets) become approximate.
 
-Publication reaches into the SDK's private metric storage; that is why pyproject.toml pins the SDK's
-minor version. Any surprise there switches this module to the fallback, logged once.
+Publication reaches into the SDK's private metric storage (``otel_perf._sdk_internals``, with the other
+private names otel-perf uses); that is why pyproject.toml pins the SDK's minor version. Any surprise there
+switches this module to the fallback, logged once.
 
 Consistency without a lock: a record updates its bucket first (the one call, ``bisect``), then count, sum,
 min and max with no call in between, and a publication copies a cell and resets its min and max with no
@@ -41,12 +42,12 @@ import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import add
-from time import time_ns
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from otel_perf._safety import guard, log_once
+from otel_perf._sdk_internals import forget_histogram_points, merge_histogram
 
 __all__ = ["AggregatedHistogram", "FixedSeries", "Series", "attributes_key", "take"]
 
@@ -532,7 +533,7 @@ class AggregatedHistogram:
             series._reset()
         for binding in self._bindings + self._dormant:
             binding.pending = {}
-            _forget_sdk_points(binding.instrument)
+            forget_histogram_points(binding.instrument)
 
 
 @guard
@@ -607,7 +608,8 @@ def _publish_delta(instrument: Any, attributes: dict[str, Any], delta: list[Any]
     global _fallback_only
     if not _fallback_only:
         try:
-            if _merge_into_sdk(instrument, attributes, delta, bounds):
+            if merge_histogram(instrument, attributes, delta[_BUCKETS:], delta[_SUM], delta[_MIN], delta[_MAX],
+                               bounds, lambda: _representatives(delta, bounds)):
                 return
         except Exception as exc:  # the SDK's private storage changed shape: use the public API from now on
             _fallback_only = True
@@ -616,134 +618,6 @@ def _publish_delta(instrument: Any, attributes: dict[str, Any], delta: list[Any]
                      "at collection time instead (counts stay exact, sums become approximate)",
                      instrument.name if hasattr(instrument, "name") else instrument, exc)
     _record_representatives(instrument, attributes, delta, bounds)
-
-
-def _sdk_storages(instrument: Any) -> tuple[Any, Any] | None:
-    """(real SDK instrument, reader storages) or None when this is not an SDK instrument."""
-    real = getattr(instrument, "_real_instrument", None) or instrument  # proxy instruments delegate
-    consumer = getattr(real, "_measurement_consumer", None)
-    if consumer is None:
-        return None
-    return real, consumer._reader_storages
-
-
-_attributes_key: Callable[[dict[str, Any]], Any] | None = None
-
-
-def _sdk_attributes_key() -> Callable[[dict[str, Any]], Any]:
-    """How this SDK's metric storage keys an attribute set (private, and changed across releases:
-    ``frozenset(attributes.items())`` up to about 1.40, ``_hash_attributes`` later). Found once, at the first
-    publication, by recording one value into a private MeterProvider and reading the key it made; a scheme
-    matching none of the known ones raises, and the caller then takes the public path."""
-    global _attributes_key
-    if _attributes_key is not None:
-        return _attributes_key
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.resources import Resource
-
-    candidates: list[Callable[[dict[str, Any]], Any]] = [lambda attrs: frozenset(attrs.items())]
-    try:
-        from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
-    except ImportError:
-        pass
-    else:
-        candidates.insert(0, _hash_attributes)
-    # An explicit resource: no resource detection (it may use threads, and this can run at exit).
-    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], resource=Resource({}),
-                             shutdown_on_exit=False)
-    try:
-        probe = provider.get_meter("otel_perf.startup-check").create_histogram("otel_perf.startup_check")
-        attributes: dict[str, Any] = {"otel_perf.check": "key", "n": 1}
-        probe.record(1.0, attributes)
-        found = _sdk_storages(probe)
-        if found is None:
-            raise LookupError("the SDK's histogram has no measurement consumer")
-        real, storages = found
-        keys = [key for storage in storages.values()
-                for vim in storage._get_or_init_view_instrument_match(real) for key in vim._attributes_aggregation]
-    finally:
-        provider.shutdown()
-    for candidate in candidates:
-        if keys == [candidate(attributes)]:
-            _attributes_key = candidate
-            return candidate
-    raise LookupError(f"the SDK keys attribute sets in a way otel-perf does not know ({keys!r})")
-
-
-def _merge_into_sdk(instrument: Any, attributes: dict[str, Any], delta: list[Any],
-                    bounds: tuple[float, ...]) -> bool:
-    from opentelemetry.sdk.metrics._internal.aggregation import (
-        DefaultAggregation,
-        _DropAggregation,
-        _ExplicitBucketHistogramAggregation,
-    )
-
-    found = _sdk_storages(instrument)
-    if found is None:
-        return False
-    _hash_attributes = _sdk_attributes_key()
-    real, storages = found
-    if hasattr(real, "_is_enabled") and not real._is_enabled():
-        return True  # the user's meter configurator disabled this meter: drop, as record() would
-    for storage in list(storages.values()):
-        for vim in storage._get_or_init_view_instrument_match(real):
-            attrs = dict(attributes)
-            if vim._view._attribute_keys is not None:
-                attrs = {k: v for k, v in attrs.items() if k in vim._view._attribute_keys}
-            key = _hash_attributes(attrs)
-            aggregation: Any = vim._attributes_aggregation.get(key)
-            if aggregation is None:
-                with vim._lock:
-                    aggregation = vim._attributes_aggregation.get(key)
-                    if aggregation is None:
-                        factory = vim._view._aggregation
-                        if isinstance(factory, DefaultAggregation):
-                            factory = vim._instrument_class_aggregation[real.__class__]
-                        aggregation = factory._create_aggregation(
-                            real, attrs, vim._view._exemplar_reservoir_factory, time_ns()
-                        )
-                        vim._attributes_aggregation[key] = aggregation
-            if isinstance(aggregation, _DropAggregation):
-                continue
-            if isinstance(aggregation, _ExplicitBucketHistogramAggregation) and aggregation._boundaries == bounds:
-                with aggregation._lock:
-                    if aggregation._value is None:
-                        aggregation._value = aggregation._get_empty_bucket_counts()  # type: ignore[assignment]
-                    values: list[int] = aggregation._value  # type: ignore[assignment]
-                    for i in range(len(values)):
-                        values[i] += delta[_BUCKETS + i]
-                    aggregation._sum += delta[_SUM]
-                    if aggregation._record_min_max:
-                        aggregation._min = min(aggregation._min, delta[_MIN])
-                        aggregation._max = max(aggregation._max, delta[_MAX])
-            else:
-                # A user view chose another aggregation or other buckets: feed representative values.
-                from opentelemetry.context import get_current
-                from opentelemetry.sdk.metrics._internal.measurement import Measurement
-
-                now = time_ns()
-                for value, count in _representatives(delta, bounds):
-                    for _ in range(count):
-                        aggregation.aggregate(Measurement(value, now, real, get_current(), attrs))
-    return True
-
-
-def _forget_sdk_points(instrument: Any) -> None:
-    """Drop what the SDK's storage holds for ``instrument`` (forked child: those were the parent's).
-
-    Runs in an after-fork hook: takes no lock (one held by a vanished parent thread is never released).
-    """
-    try:
-        found = _sdk_storages(instrument)
-        if found is None:
-            return
-        real, storages = found
-        for storage in list(storages.values()):
-            for vim in storage._instrument_view_instrument_matches.get(real, ()):
-                vim._attributes_aggregation = {}
-    except Exception:  # the SDK's private storage changed shape: the child keeps the parent's points
-        log_once("aggregate-fork-reset", "otel-perf: cannot reset the SDK's histogram storage after fork")
 
 
 def _representatives(delta: list[Any], bounds: tuple[float, ...]) -> list[tuple[float, int]]:

@@ -14,33 +14,28 @@ from another context, or reset twice), so callers guard it.
 ``SUPPRESSION_KEYS`` are the context keys ``suppress_instrumentation()`` sets (the SDK's exporters set the
 first): a hot path reads ``get_current()`` and looks both up, where the public
 ``is_instrumentation_enabled()`` costs four Python calls more. When the private keys are not where this
-otel-perf expects them, ``get_current`` and the keys become the public check's (one log line).
+otel-perf expects them, ``get_current`` and the keys become the public check's (one log line). Both
+private bindings, and their checks, live in ``otel_perf._sdk_internals``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as _api
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+from otel_perf._sdk_internals import context_var_methods, suppression_keys
 
 __all__ = ["SUPPRESSION_KEYS", "attach", "detach", "get_current", "get_current_or_suppressed"]
 
 
 def _bind() -> tuple[Callable[[], _api.Context], Callable[[_api.Context], Token[Any]],
                      Callable[[Token[Any]], None]]:
-    runtime = getattr(_api, "_RUNTIME_CONTEXT", None)
-    var = getattr(runtime, "_current_context", None)
-    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
-        return var.get, var.set, var.reset
-    if type(runtime) is ContextVarsRuntimeContext:  # another runtime context (OTEL_PYTHON_CONTEXT) is no surprise
-        from otel_perf._safety import log_once
-
-        log_once("context-binding", "otel-perf: the API's contextvars runtime context is not what this otel-perf "
-                 "expects (no _current_context); using the API's context functions instead", level=logging.INFO)
+    methods = context_var_methods()
+    if methods is not None:
+        return methods
     return _api.get_current, _api.attach, _api.detach
 
 
@@ -60,16 +55,10 @@ def _public_check() -> Any:
 
 
 def _bind_suppression() -> tuple[Callable[[], Any], tuple[str, str]]:
-    try:
-        from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-        from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN
-    except ImportError as exc:
-        from otel_perf._safety import log_once
-
-        log_once("context-suppression-keys", "otel-perf: the context keys of suppress_instrumentation() are not "
-                 "where this otel-perf expects them (%s); using the public check instead", exc, level=logging.INFO)
+    keys = suppression_keys()
+    if keys is None:
         return _public_check(), (_SUPPRESSED, _SUPPRESSED)
-    return get_current, (_SUPPRESS_INSTRUMENTATION_KEY, _SUPPRESS_INSTRUMENTATION_KEY_PLAIN)
+    return get_current, keys
 
 
 #: ``get_current_or_suppressed().get(key)`` is truthy for one of ``SUPPRESSION_KEYS`` while

@@ -7,11 +7,14 @@ guarantees: ``pkg.mod:Class.method`` paths, post-import hooks for modules import
 idempotence (patching twice is harmless) and an exact restore on ``uninstrument()``: the original object
 comes back (identity), and an attribute that was inherited is deleted rather than shadowed.
 
-Two styles are supported: wrapt wrappers ``(wrapped, instance, args, kwargs)`` (STYLE.md) and, for hot
-paths where a benchmark showed wrapt's cost, a replacement built from the original by a factory. A
-replacement can be installed in place (``in_place=True``, :mod:`otel_perf._inplace`): a plain function at
-its canonical path then stays the same object and runs the replacement, so references taken before
-instrumentation (``from json import loads``) are measured and pickle as they do uninstrumented.
+A patch is a replacement built from the original by a factory (a plain closure: on the hot paths that
+patch, a benchmark showed wrapt's wrappers cost too much). A replacement can be installed in place
+(``in_place=True``, :mod:`otel_perf._inplace`): a plain function at its canonical path then stays the same
+object and runs the replacement, so references taken before instrumentation (``from json import loads``)
+are measured and pickle as they do uninstrumented.
+
+This is otel-perf's one post-import hook mechanism: an instrumentation that must look at a module before it
+patches it (``OTEL_PERF_TOOLS`` paths) registers its own callback with :meth:`Patcher.when_imported`.
 """
 
 from __future__ import annotations
@@ -97,8 +100,8 @@ class Patcher:
     Usage::
 
         patcher = Patcher("otel_perf_parsers")
-        patcher.wrap("json:loads", wrapper)                     # wrapt style
-        patcher.replace("json:loads", lambda original: fast)     # plain-closure style
+        patcher.replace("json:loads", lambda original: fast)   # now, or when json is imported
+        patcher.when_imported("app.tools", callback)            # callback(module), while the patcher is on
         patcher.unpatch_all()
     """
 
@@ -107,20 +110,9 @@ class Patcher:
     _applied: dict[str, _Applied] = field(default_factory=dict)
     _pending: dict[str, Callable[[ModuleType | None], object]] = field(default_factory=dict)
     _hooked: set[str] = field(default_factory=set)
+    _callbacks: dict[str, list[Callable[[ModuleType], object]]] = field(default_factory=dict)
     _in_place: dict[int, InPlacePatch] = field(default_factory=dict)  # id(function) -> its patch by us
     _lock: threading.RLock = field(default_factory=threading.RLock)
-
-    def wrap(self, path: str, wrapper: Callable[..., Any], *, lazy: bool = True) -> bool:
-        """Patch ``path`` with a wrapt wrapper ``wrapper(wrapped, instance, args, kwargs)``.
-
-        Returns True if applied now, False if deferred until the module is imported (or not found).
-        """
-
-        def install(target: PatchTarget) -> Any:
-            return wrapt.FunctionWrapper(target.original if target.original is not _MISSING
-                                         else target.current, wrapper)
-
-        return self._patch(path, install, lazy)
 
     def replace(self, path: str, factory: Callable[[Any], Any], *, lazy: bool = True,
                 in_place: bool = False) -> bool:
@@ -151,6 +143,16 @@ class Patcher:
                 return False
             return self._apply(path, install, module, in_place)
 
+    def when_imported(self, module_name: str, callback: Callable[[ModuleType], object]) -> None:
+        """Run ``callback(module)`` once, when ``module_name`` is imported, if this patcher is still on then.
+
+        The caller checks first that the module is not imported yet (a callback for an imported module
+        runs at its next import only). Faults in the callback are logged once and swallowed.
+        """
+        with self._lock:
+            self._callbacks.setdefault(module_name, []).append(callback)
+            self._hook(module_name)
+
     def _hook(self, module_name: str) -> None:
         if module_name in self._hooked:
             return
@@ -161,8 +163,12 @@ class Patcher:
             if not self.active:
                 return
             with guarded(f"{self.owner} post-import hook for {module_name}"), self._lock:
+                self._hooked.discard(module_name)  # wrapt runs a hook once: a later import needs a new one
                 for path in [p for p in self._pending if split_path(p)[0] == module_name]:
                     self._pending[path](module)
+                for callback in self._callbacks.pop(module_name, ()):
+                    if self.active:
+                        callback(module)
 
         wrapt.register_post_import_hook(on_import, module_name)
 
@@ -247,6 +253,7 @@ class Patcher:
             for path in list(self._applied):
                 self.unpatch(path)
             self._pending.clear()
+            self._callbacks.clear()
 
     def restart(self) -> None:
         """Make a stopped patcher usable again (instrument after uninstrument)."""

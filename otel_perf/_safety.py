@@ -5,8 +5,9 @@ the launcher's start-up. A bug of ours must cost at most a missing measurement, 
 Every piece of our own code that runs around user code goes through :func:`guard` or :func:`guarded`;
 user exceptions are never caught here (wrappers re-raise them untouched).
 
-Under otel-perf's own test suite (``otel_perf.testing`` switches it on), faults are re-raised so tests
-see them, except in the tests of the swallow itself.
+Under otel-perf's own test suite (an autouse fixture in ``tests/conftest.py`` switches it on with
+:func:`set_raise_internal_errors`), faults are re-raised so tests see them, except in the tests of the
+swallow itself.
 """
 
 from __future__ import annotations

@@ -3,7 +3,11 @@
 Why this module exists: both ways in (``otel_perf.configure()`` and the launcher's configurator) need the
 same start-up: settings, the exporters otel-perf defaults to, the process-tree rules of DESIGN.md
 ("Processes": root marker, one output file per process and signal, root-only services) and the
-``TRACEPARENT`` hand-over from an instrumented parent. This module is that start-up, once.
+``TRACEPARENT`` hand-over from an instrumented parent. This module is that start-up, once. It is the
+set-up layer (docs/architecture.md): it writes what the instrumentations need into ``otel_perf._process``
+(the process role, the active handle, the worker bootstrap), where they read it without importing this
+module. Traces, metrics and logs are set up by one path, :func:`_set_up_signal`, driven by the table
+``_SIGNAL_SET_UPS``.
 
 Global OpenTelemetry providers cannot be replaced once set: when the user (or an earlier ``configure()``)
 already set SDK providers, otel-perf reuses them and adds only the exporters the environment names
@@ -14,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -31,9 +36,12 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_perf import _process
 from otel_perf._config import Settings, load_settings, set_settings
+from otel_perf._process import ROOT_MARKER, current_handle, is_root_process, mark_root
 from otel_perf._safety import guarded, log_once, raise_internal_errors
-from otel_perf.exporters.otlp import endpoint_configured, spooled_exporter_names
+from otel_perf._sdk_internals import check_at_startup, exporter_name_resolver, sdk_configurator
+from otel_perf.exporters.otlp import default_exporter, spooled_exporter_names
 
 __all__ = [
     "ROOT_MARKER",
@@ -51,48 +59,9 @@ __all__ = [
 
 _logger = logging.getLogger("otel_perf")
 
-#: Environment marker: the pid of the first otel-perf process of a process tree. Children inherit it and
-#: so know they are not the root (DESIGN.md, "Processes").
-ROOT_MARKER = "OTEL_PERF_ROOT_PID"
-
 _SIGNALS = ("traces", "metrics", "logs")
 _EXPORTER_ENV = {s: f"OTEL_{s.upper()}_EXPORTER" for s in _SIGNALS}
 _ENTRY_POINT_GROUP = {s: f"opentelemetry_{s}_exporter" for s in _SIGNALS}
-
-
-def mark_root(env: dict[str, str] | os._Environ[str] | None = None) -> bool:
-    """Set the root marker unless an ancestor did. Returns True if this process is the root."""
-    environ = os.environ if env is None else env
-    if not environ.get(ROOT_MARKER):
-        environ[ROOT_MARKER] = str(os.getpid())
-    return environ.get(ROOT_MARKER) == str(os.getpid())
-
-
-def is_root_process() -> bool:
-    """Whether this is the first otel-perf process of its tree (forked children are not)."""
-    marker = os.environ.get(ROOT_MARKER)
-    return not marker or marker == str(os.getpid())
-
-
-def default_exporter(signal: str, env: Mapping[str, str] | None = None,
-                     settings: Settings | None = None) -> str:
-    """The exporter otel-perf picks for ``signal`` when ``OTEL_<SIGNAL>_EXPORTER`` is unset.
-
-    ``otlp_durable`` when ``OTEL_PERF_SPOOL_DIR`` is set, ``otlp`` when an OTLP endpoint is configured,
-    else ``otel_perf_file`` (OTLP JSON lines under ``OTEL_PERF_OUTPUT_DIR``) instead of failing to reach
-    ``localhost:4317``.
-    """
-    environ = os.environ if env is None else env
-    current = settings or load_settings(environ)
-    if current.spool_dir and _has_exporter(signal, "otlp_durable"):
-        return "otlp_durable"
-    if endpoint_configured(signal, environ):  # type: ignore[arg-type]
-        return "otlp"
-    return "otel_perf_file"
-
-
-def _has_exporter(signal: str, name: str) -> bool:
-    return any(True for _ in entry_points(group=_ENTRY_POINT_GROUP[signal], name=name))
 
 
 def extract_environment_context(env: Mapping[str, str] | None = None) -> otel_context.Context | None:
@@ -132,45 +101,8 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
     return spooled_exporter_names(names, settings)
 
 
-_OTLP_BY_PROTOCOL = {"grpc": "otlp_proto_grpc", "http/protobuf": "otlp_proto_http"}
-
-
-def _resolve_exporter_name(name: str, signal: str) -> str:
-    """The entry point an exporter name means, as the SDK resolves it (public path): ``otlp`` is
-    ``otlp_proto_grpc`` or ``otlp_proto_http`` by ``OTEL_EXPORTER_OTLP[_<SIGNAL>]_PROTOCOL``; every other
-    name, ``otlp_proto_*`` included, is an entry point name as it is."""
-    if name != "otlp":
-        return name
-    protocol = (os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "").strip()
-    if not protocol:
-        return "otlp_proto_grpc"
-    if protocol not in _OTLP_BY_PROTOCOL:
-        raise RuntimeError(f"Unsupported OTLP protocol '{protocol}' is configured")
-    return _OTLP_BY_PROTOCOL[protocol]
-
-
-def _exporter_name_resolver() -> Callable[[str, str], str]:
-    """The SDK's own resolution of exporter names when it is there (start-up check), else ours."""
-    try:
-        from opentelemetry.sdk._configuration import _get_exporter_entry_point
-    except ImportError as exc:
-        _fallback("exporter-names", "the SDK's exporter-name resolution", exc)
-        return _resolve_exporter_name
-    if not callable(_get_exporter_entry_point):
-        _fallback("exporter-names", "the SDK's exporter-name resolution", "not a function")
-        return _resolve_exporter_name
-    return _get_exporter_entry_point  # type: ignore[return-value]
-
-
-def _fallback(key: str, what: str, why: object) -> None:
-    """One log line (INFO: nothing is lost, the public path does the same job) per internal not found."""
-    log_once(("sdk-fallback", key), "otel-perf: %s is not what this otel-perf expects (%s); using the public "
-             "OpenTelemetry API instead", what, why, level=logging.INFO)
-
-
 def _exporter_classes(signal: str, names: list[str]) -> list[type]:
-    resolve = _exporter_name_resolver()
+    resolve = exporter_name_resolver()
     classes = []
     for name in names:
         resolved = resolve(name, signal)
@@ -211,10 +143,6 @@ class Handle:
     owned: list[Any] = field(default_factory=list)  # the providers configure() created (and shuts down)
     _stopped: bool = False
 
-    @property
-    def owns_providers(self) -> bool:
-        return bool(self.owned)
-
     def snapshot(self) -> ConfigSnapshot:
         resource = getattr(self.tracer_provider, "resource", None)
         attributes = dict(resource.attributes) if resource is not None else {}
@@ -237,10 +165,9 @@ class Handle:
         The order matters: the metric provider's last collection runs while every instrumentation is
         still on, so the aggregated histograms are still bound and the observable instruments still
         report (an exit through ``atexit`` exports the same metrics). Only then are the instrumentations
-        removed, the shutdown hooks run, and the tracer and logger providers flushed and shut down.
-        Providers the user made are flushed, never shut down: they stay the user's.
+        removed, and the tracer and logger providers flushed and shut down. Providers the user made are
+        flushed, never shut down: they stay the user's.
         """
-        global _handle
         if self._stopped:
             return
         self._stopped = True
@@ -249,14 +176,12 @@ class Handle:
             with guarded(f"uninstrument {type(instrumentor).__name__}"):
                 instrumentor.uninstrument()
         self.instrumentors.clear()
-        for hook in list(_shutdown_hooks):
-            with guarded(f"shutdown hook {hook!r}"):
-                hook()
+        _run_shutdown_hooks()
         self._finish(self.tracer_provider)
         self._finish(self.logger_provider)
         with _lock:
-            if _handle is self:
-                _handle = None
+            if current_handle() is self:
+                _process.set_current_handle(None)
 
     def _finish(self, provider: Any) -> None:
         if provider is None:
@@ -267,28 +192,11 @@ class Handle:
             getattr(provider, action)()
 
 
-_handle: Handle | None = None
 _lock = threading.RLock()
 
-#: Called with (settings, is_root) once per process at start-up, by both ways in; features that run in
-#: the root process only (debug server, process-tree metrics) or need start-up work (spool replay)
-#: register here.
-_startup_hooks: list[Callable[[Settings, bool], None]] = []
-_shutdown_hooks: list[Callable[[], None]] = []
-
-
-def add_startup_hook(hook: Callable[[Settings, bool], None]) -> None:
-    if hook not in _startup_hooks:
-        _startup_hooks.append(hook)
-
-
-def add_shutdown_hook(hook: Callable[[], None]) -> None:
-    if hook not in _shutdown_hooks:
-        _shutdown_hooks.append(hook)
-
-
 #: Feature modules with a ``_startup(settings, is_root)`` function, run at process start-up by both ways in
-#: (a module that is not installed or has no such function is skipped).
+#: (a module that is not installed or has no such function is skipped), and optionally a ``_shutdown()``
+#: function, run by ``Handle.shutdown()`` when the module was imported.
 _STARTUP_MODULES = (
     "otel_perf.profiling.server",
     "otel_perf.exporters.durable",
@@ -300,7 +208,7 @@ def _run_startup_hooks(settings: Settings) -> None:
     import importlib
 
     root = is_root_process()
-    hooks = list(_startup_hooks)
+    hooks = []
     for module_name in _STARTUP_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -314,24 +222,28 @@ def _run_startup_hooks(settings: Settings) -> None:
             hook(settings, root)
 
 
+def _run_shutdown_hooks() -> None:
+    """Each imported feature module's ``_shutdown()`` (a module never imported has nothing to stop)."""
+    for module_name in _STARTUP_MODULES:
+        module = sys.modules.get(module_name)
+        hook = getattr(module, "_shutdown", None) if module is not None else None
+        if hook is not None:
+            with guarded(f"shutdown hook of {module_name}"):
+                hook()
+
+
 def process_startup(settings: Settings) -> None:
     """Start-up shared by both ways in: settings, root marker, parent's trace, process services."""
     set_settings(settings)
     mark_root()
     attach_environment_context()
-    _check_sdk_internals()
+    check_at_startup()  # the SDK internals otel-perf uses, checked now rather than at exit
+    if settings.profiling != "off":  # the profiling feature exports through the exporters feature
+        from otel_perf.exporters.profiles import profile_exporter
+        from otel_perf.profiling import continuous
+
+        continuous.set_exporter_factory(profile_exporter)
     _run_startup_hooks(settings)
-
-
-def _check_sdk_internals() -> None:
-    """The start-up checks of the SDK internals otel-perf uses, run now rather than at the first use,
-    which may come at interpreter exit (the final metric collection)."""
-    from otel_perf import _aggregate
-
-    try:
-        _aggregate._sdk_attributes_key()
-    except Exception:  # the first publication retries, and takes the public path if it fails again
-        pass
 
 
 def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
@@ -343,24 +255,8 @@ def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
     return bool(names) if selected is None else selected in names
 
 
-def _sdk_configurator() -> Any:
-    """The SDK's own environment-driven set-up (private ``_OTelSDKConfigurator``), or None when this SDK
-    has none with the expected shape (start-up check; the caller then takes the public path)."""
-    try:
-        from opentelemetry.sdk._configuration import _OTelSDKConfigurator
-    except ImportError as exc:
-        _fallback("configurator", "the SDK's configurator", exc)
-        return None
-    if not (isinstance(_OTelSDKConfigurator, type) and callable(getattr(_OTelSDKConfigurator, "configure", None))):
-        _fallback("configurator", "the SDK's configurator", "no configure() method")
-        return None
-    return _OTelSDKConfigurator
-
-
 def _sdk_providers_set() -> bool:
-    return (isinstance(trace.get_tracer_provider(), TracerProvider)
-            or isinstance(metrics.get_meter_provider(), MeterProvider)
-            or isinstance(get_logger_provider(), LoggerProvider))
+    return any(isinstance(signal.get_global(), signal.provider_type) for signal in _SIGNAL_SET_UPS)
 
 
 def configure_sdk_from_environment(settings: Settings) -> None:
@@ -369,12 +265,11 @@ def configure_sdk_from_environment(settings: Settings) -> None:
     distro already set stay as they are. A failure is logged; the program runs on."""
     if _sdk_providers_set():
         return
-    configurator = _sdk_configurator()
+    configurator = sdk_configurator()
     if configurator is None:
         resource = _make_resource(None)
-        _setup_tracing(resource, settings, None)
-        _setup_metrics(resource, settings, None)
-        _setup_logging(resource, settings, None)
+        for signal in _SIGNAL_SET_UPS:
+            _set_up_signal(signal, resource, settings, None)
         return
     from opentelemetry.instrumentation.version import __version__ as instrumentation_version
 
@@ -390,31 +285,11 @@ def configure_sdk_from_environment(settings: Settings) -> None:
         )
 
 
-def current_handle() -> Handle | None:
-    """The handle of the active ``configure()``, if any."""
-    return _handle
-
-
 def _make_resource(service_name: str | None) -> Resource:
     attributes: dict[str, Any] = {}
     if service_name:
         attributes[SERVICE_NAME] = service_name
     return Resource.create(attributes)
-
-
-def _setup_tracing(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
-    if given is not None:
-        return given, False
-    existing = trace.get_tracer_provider()
-    if isinstance(existing, TracerProvider):
-        for cls in _exporter_classes("traces", _exporter_names("traces", True, settings)):
-            existing.add_span_processor(BatchSpanProcessor(cls()))
-        return existing, False
-    provider = TracerProvider(resource=resource)
-    for cls in _exporter_classes("traces", _exporter_names("traces", False, settings)):
-        provider.add_span_processor(BatchSpanProcessor(cls()))
-    trace.set_tracer_provider(provider)
-    return provider, True
 
 
 def _metric_reader(cls: type) -> MetricReader:
@@ -424,40 +299,80 @@ def _metric_reader(cls: type) -> MetricReader:
     return PeriodicExportingMetricReader(instance)
 
 
-def _setup_metrics(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
-    if given is not None:
-        return given, False
-    existing = metrics.get_meter_provider()
-    if isinstance(existing, MeterProvider):
-        classes = _exporter_classes("metrics", _exporter_names("metrics", True, settings))
-        add = getattr(existing, "add_metric_reader", None)  # MeterProvider.add_metric_reader: SDK 1.43+
-        if add is not None:
-            for cls in classes:
-                add(_metric_reader(cls))
-        elif classes:
-            log_once("metric-reader-add",
-                     "otel-perf: this OpenTelemetry SDK cannot add a metric reader to a MeterProvider already "
-                     "made; metrics go to the readers it was made with, not to OTEL_METRICS_EXPORTER")
-        return existing, False
-    readers = [_metric_reader(cls)
-               for cls in _exporter_classes("metrics", _exporter_names("metrics", False, settings))]
-    provider = MeterProvider(resource=resource, metric_readers=readers)
-    metrics.set_meter_provider(provider)
-    return provider, True
+class _SignalSetUp(NamedTuple):
+    """How one signal's provider is found, made and fed its exporters: the one thing that differs
+    between traces, metrics and logs in :func:`_set_up_signal`."""
+
+    signal: str
+    handle_field: str  # the Handle attribute that holds the provider
+    provider_type: type
+    get_global: Callable[[], Any]
+    set_global: Callable[[Any], None]
+    add_exporter: Callable[[Any, type], None]  # feed an exporter class to an existing provider
+    make: Callable[[Resource, list[type]], Any]  # a new provider fed these exporter classes
 
 
-def _setup_logging(resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
-    if given is not None:
-        return given, False
-    existing = get_logger_provider()
-    if isinstance(existing, LoggerProvider):
-        for cls in _exporter_classes("logs", _exporter_names("logs", True, settings)):
-            existing.add_log_record_processor(BatchLogRecordProcessor(cls()))
-        return existing, False
+def _add_metric_exporter(provider: MeterProvider, cls: type) -> None:
+    add = getattr(provider, "add_metric_reader", None)  # MeterProvider.add_metric_reader: SDK 1.43+
+    if add is None:
+        log_once("metric-reader-add",
+                 "otel-perf: this OpenTelemetry SDK cannot add a metric reader to a MeterProvider already made; "
+                 "metrics go to the readers it was made with, not to OTEL_METRICS_EXPORTER")
+        return
+    add(_metric_reader(cls))
+
+
+def _new_tracer_provider(resource: Resource, classes: list[type]) -> TracerProvider:
+    provider = TracerProvider(resource=resource)
+    for cls in classes:
+        provider.add_span_processor(BatchSpanProcessor(cls()))
+    return provider
+
+
+def _new_logger_provider(resource: Resource, classes: list[type]) -> LoggerProvider:
     provider = LoggerProvider(resource=resource)
-    for cls in _exporter_classes("logs", _exporter_names("logs", False, settings)):
+    for cls in classes:
         provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
-    set_logger_provider(provider)
+    return provider
+
+
+_SIGNAL_SET_UPS = (
+    _SignalSetUp(
+        "traces", "tracer_provider", TracerProvider, trace.get_tracer_provider, trace.set_tracer_provider,
+        lambda provider, cls: provider.add_span_processor(BatchSpanProcessor(cls())),
+        _new_tracer_provider,
+    ),
+    _SignalSetUp(
+        "metrics", "meter_provider", MeterProvider, metrics.get_meter_provider, metrics.set_meter_provider,
+        lambda provider, cls: _add_metric_exporter(provider, cls),
+        lambda resource, classes: MeterProvider(resource=resource,
+                                                metric_readers=[_metric_reader(cls) for cls in classes]),
+    ),
+    _SignalSetUp(
+        "logs", "logger_provider", LoggerProvider, get_logger_provider, set_logger_provider,
+        lambda provider, cls: provider.add_log_record_processor(BatchLogRecordProcessor(cls())),
+        _new_logger_provider,
+    ),
+)
+
+
+def _set_up_signal(signal: _SignalSetUp, resource: Resource, settings: Settings, given: Any) -> tuple[Any, bool]:
+    """The provider of one signal, and whether ``configure()`` made it (and so shuts it down).
+
+    A provider the caller gave is used as it is. A global SDK provider that is already set (by the user,
+    a distro or an earlier ``configure()``) is kept and fed only the exporters the environment names
+    explicitly, so a user's own pipeline is never doubled. Otherwise a new provider gets the exporters
+    the environment names, or otel-perf's default, and becomes the global one.
+    """
+    if given is not None:
+        return given, False
+    existing = signal.get_global()
+    if isinstance(existing, signal.provider_type):
+        for cls in _exporter_classes(signal.signal, _exporter_names(signal.signal, True, settings)):
+            signal.add_exporter(existing, cls)
+        return existing, False
+    provider = signal.make(resource, _exporter_classes(signal.signal, _exporter_names(signal.signal, False, settings)))
+    signal.set_global(provider)
     return provider, True
 
 
@@ -501,27 +416,28 @@ def configure(
     Raises:
         ConfigError: an argument is invalid. Nothing else is raised: internal faults are logged once.
     """
-    global _handle
     effective = load_settings(**settings)  # raises ConfigError for bad arguments, before any change
+    given = {"traces": tracer_provider, "metrics": meter_provider, "logs": logger_provider}
     with _lock:
-        if _handle is not None:
+        active: Handle | None = current_handle()
+        if active is not None:
             # A second configure() is harmless: the global providers stay; new settings apply to
             # instrumentations started from now on.
             set_settings(effective)
-            return _handle
+            return active
         handle = Handle(settings=effective, service_name=service_name)
         if not effective.enabled:
             set_settings(effective)
-            _handle = handle
+            _process.set_current_handle(handle)
             return handle
         with guarded("configure"):
             set_settings(effective)  # the exporters made below read them (configure(spool_dir=...))
             resource = _make_resource(service_name)
-            handle.tracer_provider, owns_t = _setup_tracing(resource, effective, tracer_provider)
-            handle.meter_provider, owns_m = _setup_metrics(resource, effective, meter_provider)
-            handle.logger_provider, owns_l = _setup_logging(resource, effective, logger_provider)
-            handle.owned = [p for p, owns in ((handle.tracer_provider, owns_t), (handle.meter_provider, owns_m),
-                                              (handle.logger_provider, owns_l)) if owns]
+            for signal in _SIGNAL_SET_UPS:
+                provider, owns = _set_up_signal(signal, resource, effective, given[signal.signal])
+                setattr(handle, signal.handle_field, provider)
+                if owns:
+                    handle.owned.append(provider)
             process_startup(effective)
             if instrument:
                 for name, instrumentor in load_instrumentors():
@@ -534,7 +450,7 @@ def configure(
                             settings=effective,
                         )
                         handle.instrumentors.append(instrumentor)
-        _handle = handle
+        _process.set_current_handle(handle)
         return handle
 
 
@@ -547,8 +463,13 @@ def configure_from_snapshot(snapshot: ConfigSnapshot) -> Handle:
     return configure(snapshot.service_name, **arguments)
 
 
+# A worker process of a configure()d parent unpickles its snapshot, which imports this module: from then on
+# the instrumentations below reach configure_from_snapshot through this hook, never by importing this module.
+_process.set_worker_bootstrap(configure_from_snapshot)
+
+
 def shutdown() -> None:
     """Flush and uninstrument what :func:`configure` set up (no-op when nothing was)."""
-    handle = _handle
+    handle: Handle | None = current_handle()
     if handle is not None:
         handle.shutdown()

@@ -64,7 +64,6 @@ LIMIT_SOURCE_CGROUP: Final = "cgroup"
 LIMIT_SOURCE_SYSTEM: Final = "system"
 PRESSURE_HIGH: Final = "high"
 PRESSURE_RECOVERED: Final = "recovered"
-ERROR_TYPE_OTHER: Final = "_OTHER"
 PROFILE_FRAME_TYPE_CPYTHON: Final = "cpython"
 
 # --- histogram boundaries --------------------------------------------------------------------------

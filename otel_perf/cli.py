@@ -114,7 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _entry_point_names(group: str) -> list[str]:
-    from opentelemetry.util._importlib_metadata import entry_points
+    from importlib.metadata import entry_points
 
     return [ep.name for ep in entry_points(group=group)]
 

@@ -64,21 +64,10 @@ __all__ = [
 
 def reset_otel_globals() -> None:
     """Forget the global tracer, meter and logger providers (they can otherwise be set only once)."""
-    from opentelemetry import trace
-    from opentelemetry._logs import _internal as logs_internal
-    from opentelemetry.metrics import _internal as metrics_internal
-    from opentelemetry.util._once import Once
+    from otel_perf import _config, _process, _sdk_internals
 
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    metrics_internal._METER_PROVIDER_SET_ONCE = Once()
-    metrics_internal._METER_PROVIDER = None
-    metrics_internal._PROXY_METER_PROVIDER = metrics_internal._ProxyMeterProvider()
-    logs_internal._LOGGER_PROVIDER_SET_ONCE = Once()
-    logs_internal._LOGGER_PROVIDER = None
-    from otel_perf import _config, _sdk
-
-    _sdk._handle = None
+    _sdk_internals.forget_global_providers()
+    _process.set_current_handle(None)
     _config.set_settings(None)
 
 
@@ -87,10 +76,11 @@ def otel_globals() -> Iterator[None]:
     """Reset the OpenTelemetry globals before and after the test."""
     reset_otel_globals()
     yield
-    from otel_perf import _sdk
+    from otel_perf._process import current_handle
 
-    if _sdk._handle is not None:
-        _sdk._handle.shutdown()
+    handle = current_handle()
+    if handle is not None:
+        handle.shutdown()
     reset_otel_globals()
 
 

@@ -12,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk import _configuration as sdk_configuration
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_perf import _otlpjson, _sdk
+from otel_perf import _otlpjson, _sdk, _sdk_internals
 from otel_perf._config import load_settings
 from otel_perf.distro import STOCK_DEFAULTS, OtelPerfDistro
 from otel_perf.exporters.files import iter_requests
@@ -72,7 +72,7 @@ def test_exporter_name_fallback_resolves_as_the_sdk_does(
         no_otel_env.setenv(key, value)
     for signal in ("traces", "metrics", "logs"):
         expected = sdk_configuration._get_exporter_entry_point(name, signal)  # type: ignore[arg-type]
-        assert _sdk._resolve_exporter_name(name, signal) == expected
+        assert _sdk_internals.resolve_exporter_name(name, signal) == expected
 
 
 def test_exporter_name_fallback_rejects_an_unknown_protocol_as_the_sdk_does(
@@ -82,7 +82,7 @@ def test_exporter_name_fallback_rejects_an_unknown_protocol_as_the_sdk_does(
     with pytest.raises(RuntimeError, match="carrier-pigeon"):
         sdk_configuration._get_exporter_entry_point("otlp", "traces")
     with pytest.raises(RuntimeError, match="carrier-pigeon"):
-        _sdk._resolve_exporter_name("otlp", "traces")
+        _sdk_internals.resolve_exporter_name("otlp", "traces")
 
 
 def _file_export_env(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:

@@ -16,17 +16,25 @@ from otel_perf._patching import Patcher, resolve, split_path
 from tests.helpers import patch_targets
 
 
-def _tagging(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    return ("wrapped", wrapped(*args, **kwargs))
+def _tagging(original: Any) -> Any:
+    """A Patcher factory: the replacement returns ("wrapped", what the original returns)."""
+    if isinstance(original, classmethod):
+        return classmethod(_tagging(original.__func__))
+
+    @functools.wraps(original)
+    def tagged(*args: Any, **kwargs: Any) -> Any:
+        return ("wrapped", original(*args, **kwargs))
+
+    return tagged
 
 
 def test_wrap_and_restore_identity() -> None:
     original = patch_targets.double
     patcher = Patcher("test")
-    assert patcher.wrap("tests.helpers.patch_targets:double", _tagging)
+    assert patcher.replace("tests.helpers.patch_targets:double", _tagging)
     assert patch_targets.double(3) == ("wrapped", 6)
-    assert patch_targets.double.__doc__ == original.__doc__  # wrapt passes metadata through
-    patcher.wrap("tests.helpers.patch_targets:double", _tagging)  # twice is harmless
+    assert patch_targets.double.__doc__ == original.__doc__  # the replacement passes metadata through
+    patcher.replace("tests.helpers.patch_targets:double", _tagging)  # twice is harmless
     assert patch_targets.double(3) == ("wrapped", 6)
     patcher.unpatch_all()
     assert patch_targets.double is original
@@ -35,7 +43,7 @@ def test_wrap_and_restore_identity() -> None:
 def test_inherited_method_is_deleted_not_shadowed_on_restore() -> None:
     """Patching Child.greet (inherited) and restoring leaves Child without its own greet."""
     patcher = Patcher("test")
-    patcher.wrap("tests.helpers.patch_targets:Child.greet", _tagging)
+    patcher.replace("tests.helpers.patch_targets:Child.greet", _tagging)
     assert patch_targets.Child().greet() == ("wrapped", "base")
     assert patch_targets.Base().greet() == "base"
     patcher.unpatch_all()
@@ -45,7 +53,7 @@ def test_inherited_method_is_deleted_not_shadowed_on_restore() -> None:
 def test_classmethod_is_wrapped_and_restored() -> None:
     raw = patch_targets.Base.__dict__["make"]
     patcher = Patcher("test")
-    patcher.wrap("tests.helpers.patch_targets:Base.make", _tagging)
+    patcher.replace("tests.helpers.patch_targets:Base.make", _tagging)
     assert patch_targets.Child.make() == ("wrapped", "Child")
     patcher.unpatch_all()
     assert patch_targets.Base.__dict__["make"] is raw
@@ -64,7 +72,7 @@ def test_module_imported_later_is_patched_on_import(tmp_path: Any, monkeypatch: 
     (tmp_path / "late_module_for_patch.py").write_text("def f():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     patcher = Patcher("test")
-    assert patcher.wrap("late_module_for_patch:f", _tagging) is False
+    assert patcher.replace("late_module_for_patch:f", _tagging) is False
     assert patcher.pending() == ["late_module_for_patch:f"]
     import late_module_for_patch
 
@@ -79,7 +87,7 @@ def test_hook_of_stopped_patcher_does_nothing(tmp_path: Any, monkeypatch: pytest
     (tmp_path / "late_module_stopped.py").write_text("def f():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     patcher = Patcher("test")
-    patcher.wrap("late_module_stopped:f", _tagging)
+    patcher.replace("late_module_stopped:f", _tagging)
     patcher.unpatch_all()
     import late_module_stopped
 
@@ -87,10 +95,37 @@ def test_hook_of_stopped_patcher_does_nothing(tmp_path: Any, monkeypatch: pytest
     sys.modules.pop("late_module_stopped")
 
 
+def test_when_imported_runs_once_on_import_and_not_after_unpatch_all(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one post-import hook mechanism: a callback runs when its module is imported, once, and a
+    stopped patcher's callbacks never run (its wrapt hook cannot be removed)."""
+    (tmp_path / "late_module_callback.py").write_text("X = 1\n")
+    (tmp_path / "late_module_callback_stopped.py").write_text("X = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[Any] = []
+    patcher = Patcher("test")
+    patcher.when_imported("late_module_callback", lambda module: seen.append(module.X))
+    import late_module_callback
+
+    assert seen == [1]
+    sys.modules.pop("late_module_callback")
+    import late_module_callback  # noqa: F811, F401 - imported again: the callback ran once already
+
+    assert seen == [1]
+    patcher.when_imported("late_module_callback_stopped", lambda module: seen.append(module.X))
+    patcher.unpatch_all()
+    import late_module_callback_stopped  # noqa: F401
+
+    assert seen == [1]
+    sys.modules.pop("late_module_callback")
+    sys.modules.pop("late_module_callback_stopped")
+
+
 def test_unresolvable_path_is_logged_once_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     patcher = Patcher("test")
-    assert patcher.wrap("tests.helpers.patch_targets:missing", _tagging) is False
-    assert patcher.wrap("tests.helpers.patch_targets:missing", _tagging) is False
+    assert patcher.replace("tests.helpers.patch_targets:missing", _tagging) is False
+    assert patcher.replace("tests.helpers.patch_targets:missing", _tagging) is False
     assert caplog.text.count("cannot patch tests.helpers.patch_targets:missing") == 1
 
 

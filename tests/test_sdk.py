@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import otel_perf
-from otel_perf import _otlpjson, _sdk
+from otel_perf import _otlpjson, _process, _sdk
 from otel_perf.exporters.files import iter_requests
 from otel_perf.testing import OTLPReceiver, metric_points
 
@@ -145,7 +145,7 @@ def test_second_configure_is_harmless(no_otel_env: None, tmp_path: Path) -> None
 def test_invalid_argument_raises_before_anything_is_set_up(no_otel_env: None) -> None:
     with pytest.raises(otel_perf.ConfigError, match="OTEL_PERF_MEMORY_THRESHOLD"):
         otel_perf.configure(memory_threshold="abc")
-    assert _sdk.current_handle() is None
+    assert _process.current_handle() is None
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
@@ -175,11 +175,11 @@ def test_traceparent_from_environment_is_continued(no_otel_env: None, monkeypatc
 
 
 def test_root_marker(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(_sdk.ROOT_MARKER, raising=False)
-    assert _sdk.mark_root() is True
-    assert os.environ[_sdk.ROOT_MARKER] == str(os.getpid())
-    monkeypatch.setenv(_sdk.ROOT_MARKER, "1")
-    assert _sdk.is_root_process() is False
+    monkeypatch.delenv(_process.ROOT_MARKER, raising=False)
+    assert _process.mark_root() is True
+    assert os.environ[_process.ROOT_MARKER] == str(os.getpid())
+    monkeypatch.setenv(_process.ROOT_MARKER, "1")
+    assert _process.is_root_process() is False
 
 
 def test_default_exporter_choice(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ Per case (one ``group=``), four twins, each round being ``n`` calls of the parse
 * ``sdk-direct``: the naive way, for comparison: bare parser, ``perf_counter`` around it and two SDK
   ``Histogram.record`` calls per call, plus the same collection every ``n`` calls.
 
-pytest-benchmark runs the twins one after the other, and this machine's speed swings by about 2x within
-seconds (``/work/shared/reference/sdk-overhead-here.md``), so the ``instrumented`` twin also measures the
+pytest-benchmark runs the twins one after the other, and a shared machine's speed can swing by about 2x
+within seconds (seen on the 2-core development machines), so the ``instrumented`` twin also measures the
 four variants interleaved (A B C D D C B A blocks, the calling thread's CPU time) and stores the median
 per-block ratios and min/min ratios in its ``extra_info`` (``--benchmark-json``), printed at the end of
 the run as well. Those are the numbers to read; the sequential pytest-benchmark table is for trends.

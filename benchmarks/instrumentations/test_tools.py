@@ -9,8 +9,8 @@ Budgets (issue 4), read from one run:
 * ``subprocess-run``: ``instrumented - bare`` at most twice ``client_span_direct`` (a CLIENT span with
   the same attributes, plus a copy of the environment with the trace context injected).
 
-Every case in a group runs against the same SDK pipeline (BatchSpanProcessor to a no-op exporter, as in
-``../shared/reference/sdk-overhead-here.md``).
+Every case in a group runs against the same SDK pipeline (BatchSpanProcessor to a no-op exporter), so the
+ratios compare otel-perf's work alone.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ __all__ = [
     "Signal",
     "apply_spool_choice",
     "check_endpoint",
+    "default_exporter",
     "endpoint_configured",
     "otlp_exporter",
     "otlp_protocol",
@@ -234,6 +235,31 @@ def check_endpoint(signal: Signal = "traces", env: Mapping[str, str] | None = No
 
 
 _SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
+
+
+def default_exporter(signal: str, env: Mapping[str, str] | None = None,
+                     settings: Settings | None = None) -> str:
+    """The exporter otel-perf picks for ``signal`` when ``OTEL_<SIGNAL>_EXPORTER`` is unset.
+
+    ``otlp_durable`` when ``OTEL_PERF_SPOOL_DIR`` is set, ``otlp`` when an OTLP endpoint is configured,
+    else ``otel_perf_file`` (OTLP JSON lines under ``OTEL_PERF_OUTPUT_DIR``) instead of failing to reach
+    ``localhost:4317``.
+    """
+    from otel_perf._config import load_settings
+
+    environ = os.environ if env is None else env
+    current = settings or load_settings(environ)
+    if current.spool_dir and _has_exporter(signal, "otlp_durable"):
+        return "otlp_durable"
+    if endpoint_configured(signal, environ):  # type: ignore[arg-type]
+        return "otlp"
+    return "otel_perf_file"
+
+
+def _has_exporter(signal: str, name: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(True for _ in entry_points(group=f"opentelemetry_{signal}_exporter", name=name))
 
 
 def spool_directory_problem(spool_dir: str) -> str | None:

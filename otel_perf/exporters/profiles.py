@@ -32,7 +32,13 @@ from typing import Any, Protocol
 
 from otel_perf._config import Settings
 from otel_perf._safety import log_once
-from otel_perf.exporters.otlp import OTLPTarget, endpoint_configured, resolve_target, spooled_exporter_names
+from otel_perf.exporters.otlp import (
+    OTLPTarget,
+    default_exporter,
+    endpoint_configured,
+    resolve_target,
+    spooled_exporter_names,
+)
 
 __all__ = ["OTLPProfileExporter", "ProfileExporter", "exporter_kind", "profile_exporter"]
 
@@ -103,8 +109,6 @@ class OTLPProfileExporter:
 
 
 def _trace_exporter_names(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    from otel_perf._sdk import default_exporter
-
     raw = (environ.get("OTEL_TRACES_EXPORTER") or "").strip()
     names = ([name.strip() for name in raw.split(",") if name.strip()] if raw
              else [default_exporter("traces", environ, settings)])

@@ -6,9 +6,7 @@ between cgroup v2, cgroup v1, hybrid hosts and containers with or without a cgro
 them is kept apart from the monitor's policy so that every layout can be tested with checked-in fake
 trees (``tests/fixtures/memory/``): every path here is taken under an injectable ``root``.
 
-How the cgroup is found: ``/proc/self/cgroup`` names this process's cgroup path per hierarchy
-(``0::/path`` for v2, ``N:memory:/path`` for v1) and ``/proc/self/mountinfo`` tells where each hierarchy
-is mounted and which part of it the mount shows (a container sees only its own subtree). The binding
+The cgroup is found by ``_cgroups.py`` (the one discovery, shared with the CPU quota). The binding
 limit is the smallest one on the way from the process's cgroup up to the mount, because a parent's
 limit applies to all its children; its usage is read in the cgroup that holds that limit, which is the
 set of pages the kernel's OOM killer weighs. A cgroup limit of "max" (v2), a huge value (v1 reports
@@ -21,9 +19,16 @@ back to the next source.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Final
+
+from otel_perf.instrumentations._cgroups import (
+    CgroupDirectory,
+    find_cgroup_directories,
+    read_file,
+    read_file_int,
+    under,
+)
 
 __all__ = [
     "Cgroup",
@@ -36,30 +41,9 @@ __all__ = [
 #: or above 2**60 bytes is treated as that.
 _V1_UNLIMITED: Final = 1 << 60
 
-_MOUNT_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
-    except (OSError, ValueError):
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    text = _read(path)
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
-
 def _stat_value(path: str, *keys: str) -> int | None:
     """The first of ``keys`` found in a ``memory.stat`` file (``key value`` lines)."""
-    text = _read(path)
+    text = read_file(path)
     if text is None:
         return None
     values: dict[str, str] = {}
@@ -76,14 +60,9 @@ def _stat_value(path: str, *keys: str) -> int | None:
     return None
 
 
-def _under(root: str, path: str) -> str:
-    """``path`` (absolute, as the kernel shows it) inside the filesystem ``root``."""
-    return os.path.join(root, path.lstrip("/")) if root not in ("", "/") else path
-
-
 def system_memory(root: str = "/") -> int | None:
     """Physical memory in bytes: ``MemTotal`` of ``/proc/meminfo``, else psutil (other platforms)."""
-    text = _read(_under(root, "/proc/meminfo"))
+    text = read_file(under(root, "/proc/meminfo"))
     if text is not None:
         for line in text.splitlines():
             if line.startswith("MemTotal:"):
@@ -104,7 +83,7 @@ def system_memory(root: str = "/") -> int | None:
 
 def read_psi(path: str) -> float | None:
     """The "some avg10" of a PSI file (``memory.pressure`` or ``/proc/pressure/memory``) as a ratio."""
-    text = _read(path)
+    text = read_file(path)
     if text is None:
         return None
     for line in text.splitlines():
@@ -120,7 +99,7 @@ def read_psi(path: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Cgroup:
+class Cgroup(CgroupDirectory):
     """One cgroup directory of this process's memory hierarchy, with the files of its version.
 
     Attributes:
@@ -129,14 +108,10 @@ class Cgroup:
         top: the directory of the mount; the walk for a binding limit stops there.
     """
 
-    version: int
-    path: str
-    top: str
-
     def own_limit(self) -> int | None:
         """This directory's limit in bytes, or None for "max", unlimited, missing or unreadable."""
         if self.version == 2:
-            text = _read(os.path.join(self.path, "memory.max"))
+            text = read_file(os.path.join(self.path, "memory.max"))
             if text is None or text.strip() == "max":
                 return None
             try:
@@ -144,7 +119,7 @@ class Cgroup:
             except ValueError:
                 return None
         else:
-            value_or_none = _read_int(os.path.join(self.path, "memory.limit_in_bytes"))
+            value_or_none = read_file_int(os.path.join(self.path, "memory.limit_in_bytes"))
             if value_or_none is None or value_or_none >= _V1_UNLIMITED:
                 return None
             value = value_or_none
@@ -153,10 +128,10 @@ class Cgroup:
     def usage(self) -> int | None:
         """The working set: usage minus inactive file cache (what the OOM killer weighs), >= 0."""
         if self.version == 2:
-            current = _read_int(os.path.join(self.path, "memory.current"))
+            current = read_file_int(os.path.join(self.path, "memory.current"))
             inactive = _stat_value(os.path.join(self.path, "memory.stat"), "inactive_file")
         else:
-            current = _read_int(os.path.join(self.path, "memory.usage_in_bytes"))
+            current = read_file_int(os.path.join(self.path, "memory.usage_in_bytes"))
             inactive = _stat_value(os.path.join(self.path, "memory.stat"),
                                    "total_inactive_file", "inactive_file")
         if current is None:
@@ -167,90 +142,19 @@ class Cgroup:
         """This cgroup's ``memory.pressure`` (v2 only)."""
         return os.path.join(self.path, "memory.pressure") if self.version == 2 else None
 
-    def parent(self) -> Cgroup | None:
-        """The enclosing cgroup, or None at the top of the mount."""
-        if os.path.normpath(self.path) == os.path.normpath(self.top):
-            return None
-        up = os.path.dirname(os.path.normpath(self.path))
-        if len(up) < len(os.path.normpath(self.top)):
-            return None
-        return Cgroup(self.version, up, self.top)
-
     def binding(self, physical: int | None) -> tuple[Cgroup, int] | None:
         """The cgroup (this one or an ancestor) whose limit binds, and that limit; None if none binds.
 
         A limit at or above ``physical`` memory does not bind: the machine runs out first.
         """
         best: tuple[Cgroup, int] | None = None
-        node: Cgroup | None = self
-        while node is not None:
+        for node in self.lineage():
             limit = node.own_limit()
             if limit is not None and (physical is None or limit < physical) and (
                 best is None or limit < best[1]
             ):
                 best = (node, limit)
-            node = node.parent()
         return best
-
-
-@dataclass(frozen=True)
-class _Mount:
-    fstype: str
-    root: str  # the part of the hierarchy the mount shows
-    point: str  # where it is mounted
-    options: str
-
-
-def _unescape(field: str) -> str:
-    return _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _mounts(root: str) -> list[_Mount] | None:
-    text = _read(_under(root, "/proc/self/mountinfo"))
-    if text is None:
-        return None
-    mounts = []
-    for line in text.splitlines():
-        head, sep, tail = line.partition(" - ")
-        fields, after = head.split(), tail.split()
-        if not sep or len(fields) < 5 or len(after) < 1:
-            continue
-        if after[0] in ("cgroup", "cgroup2"):
-            mounts.append(_Mount(after[0], _unescape(fields[3]), _unescape(fields[4]),
-                                 after[2] if len(after) > 2 else ""))
-    return mounts
-
-
-def _membership(root: str) -> tuple[str | None, str | None]:
-    """(v2 path, v1 memory path) from ``/proc/self/cgroup``."""
-    text = _read(_under(root, "/proc/self/cgroup"))
-    if text is None:
-        return None, None
-    v2 = v1 = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path.strip()
-        elif "memory" in controllers.split(","):
-            v1 = path.strip()
-    return v2, v1
-
-
-def _directory(root: str, mount: _Mount, path: str) -> tuple[str, str]:
-    """(cgroup directory, mount directory) for cgroup ``path`` in ``mount``, under ``root``."""
-    top = _under(root, mount.point)
-    mount_root = mount.root.rstrip("/")
-    if mount.root == "/" or path == mount_root or path.startswith(mount_root + "/"):
-        relative = path[len(mount_root):] if mount.root != "/" else path
-        directory = os.path.join(top, relative.lstrip("/")) if relative.strip("/") else top
-        if os.path.isdir(directory):
-            return directory, top
-    # A namespaced container whose /proc/self/cgroup still shows the host's path: the mount is the
-    # container's own cgroup.
-    return top, top
 
 
 def find_cgroups(root: str = "/") -> tuple[Cgroup | None, Cgroup | None]:
@@ -259,29 +163,6 @@ def find_cgroups(root: str = "/") -> tuple[Cgroup | None, Cgroup | None]:
     Args:
         root: the filesystem root to read ``/proc`` and ``/sys/fs/cgroup`` under (tests pass a fake tree).
     """
-    v2_path, v1_path = _membership(root)
-    mounts = _mounts(root)
-    if mounts is None:
-        # No mountinfo: assume the usual mount points.
-        mounts = [
-            _Mount("cgroup2", "/", "/sys/fs/cgroup", ""),
-            _Mount("cgroup2", "/", "/sys/fs/cgroup/unified", ""),
-            _Mount("cgroup", "/", "/sys/fs/cgroup/memory", "memory"),
-        ]
-    v2: Cgroup | None = None
-    v1: Cgroup | None = None
-    for mount in mounts:
-        if v2 is None and v2_path is not None and mount.fstype == "cgroup2":
-            directory, top = _directory(root, mount, v2_path)
-            if os.path.isdir(directory) and (
-                os.path.exists(os.path.join(directory, "memory.max"))
-                or os.path.exists(os.path.join(directory, "memory.pressure"))
-                or os.path.exists(os.path.join(directory, "cgroup.controllers"))
-            ):
-                v2 = Cgroup(2, directory, top)
-        if (v1 is None and v1_path is not None and mount.fstype == "cgroup"
-                and "memory" in mount.options.split(",")):
-            directory, top = _directory(root, mount, v1_path)
-            if os.path.isdir(directory):
-                v1 = Cgroup(1, directory, top)
-    return v2, v1
+    v2, v1 = find_cgroup_directories("memory", root)
+    return (Cgroup(v2.version, v2.path, v2.top) if v2 is not None else None,
+            Cgroup(v1.version, v1.path, v1.top) if v1 is not None else None)

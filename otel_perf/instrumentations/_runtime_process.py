@@ -8,7 +8,8 @@ size, RSS) and one listing of ``/proc/self/fd`` cost about 17 us here, against a
 values through ``psutil.Process.oneshot()``; elsewhere (or when ``/proc`` cannot be read) psutil is used.
 
 CPU utilization is taken over the CPUs the process may use: the cgroup CPU quota (v2 ``cpu.max``, v1
-``cpu.cfs_quota_us``/``cpu.cfs_period_us``, the smallest along the cgroup's ancestors), capped by the CPU
+``cpu.cfs_quota_us``/``cpu.cfs_period_us``, the smallest along the cgroup's ancestors; the cgroup is found
+by ``_cgroups.py``, as for the memory limit), capped by the CPU
 affinity (``os.sched_getaffinity``), else ``os.cpu_count()``. Every external path hangs off ``root=`` so
 tests run against checked-in fake trees.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from otel_perf.instrumentations._cgroups import find_cgroup_directories, read_file, under
 
 try:
     import resource
@@ -56,12 +59,6 @@ def _read_text(path: Path) -> str | None:
         return None  # missing or unreadable: this source does not apply
 
 
-def _ancestors(base: Path, relative: str) -> list[Path]:
-    """``base/relative`` and each of its parents up to ``base`` (nearest first)."""
-    parts = [p for p in relative.strip().split("/") if p and p != ".."]
-    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
-
-
 def _quota_v2(directory: Path) -> float | None:
     text = _read_text(directory / "cpu.max")
     if text is None:
@@ -91,37 +88,22 @@ def _quota_v1(directory: Path) -> float | None:
 def cgroup_cpu_quota(root: str | os.PathLike[str] = "/") -> float | None:
     """The cgroup CPU quota of this process in CPUs (``None`` when unlimited or unknown).
 
-    Reads ``/proc/self/cgroup`` to find the process's cgroup, then takes the smallest quota along that
-    cgroup and its ancestors (a child cannot use more than its parent allows). Falls back to the root of
-    the mount when the cgroup's own directory is not visible (a container without a cgroup namespace).
+    Finds the process's CPU cgroups (``_cgroups.py``, the discovery the memory limit uses too), then takes
+    the smallest quota along each cgroup and its ancestors (a child cannot use more than its parent
+    allows). Without ``/proc/self/cgroup``, a bare cgroup v2 mount still tells the container's own limit.
     """
-    base = Path(root)
-    cgroups = base / "sys" / "fs" / "cgroup"
-    text = _read_text(base / "proc" / "self" / "cgroup")
+    base = os.fspath(root)
+    if read_file(under(base, "/proc/self/cgroup")) is None:
+        return _quota_v2(Path(under(base, "/sys/fs/cgroup")))
     found: list[float] = []
-    for line in (text or "").splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, relative = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            candidates, reader = [cgroups], _quota_v2
-        elif "cpu" in controllers.split(","):
-            candidates = [cgroups / controllers, cgroups / "cpu", cgroups / "cpu,cpuacct"]
-            reader = _quota_v1
-        else:
+    for cgroup in find_cgroup_directories("cpu", base):
+        if cgroup is None:
             continue
-        for mount in dict.fromkeys(candidates):
-            directories = _ancestors(mount, relative) if (mount / relative.strip("/")).is_dir() else [mount]
-            for directory in directories:
-                quota = reader(directory)
-                if quota is not None:
-                    found.append(quota)
-            if directories and mount.is_dir():
-                break
-    if not found and text is None:
-        # No /proc/self/cgroup: a bare cgroup v2 mount still tells the container's own limit.
-        quota = _quota_v2(cgroups)
-        if quota is not None:
-            found.append(quota)
+        reader = _quota_v2 if cgroup.version == 2 else _quota_v1
+        for directory in cgroup.lineage():
+            quota = reader(Path(directory.path))
+            if quota is not None:
+                found.append(quota)
     return min(found) if found else None
 
 

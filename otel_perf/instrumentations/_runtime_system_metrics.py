@@ -20,7 +20,9 @@ What system-metrics reports is read from its instrumentor (``BaseInstrumentor`` 
 class, ``_instance``; the names it reports are the keys of its ``_config``, the defaults less
 ``OTEL_PYTHON_SYSTEM_METRICS_EXCLUDED_METRICS``). Where those are not what this otel-perf expects, one
 log line says so: without an instance to ask, otel-perf reports its own names; without a configuration
-to read, it assumes system-metrics' documented defaults.
+to read, it assumes system-metrics' documented defaults. (Those two are contrib's own attributes, read
+only here; which provider a meter reports to is the SDK's private ``_measurement_consumer``, read through
+``otel_perf._sdk_internals`` like every SDK internal.)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from otel_perf._safety import log_once
+from otel_perf._sdk_internals import measurement_consumer
 
 __all__ = ["SHARED_NAMES", "launcher_done", "launcher_starting", "reported_by_system_metrics"]
 
@@ -87,17 +90,11 @@ def _default_names() -> frozenset[str]:
     return frozenset(n for n in SHARED_NAMES if not any(fnmatch.fnmatch(n, p) for p in excluded))
 
 
-def _consumer(meter: Any) -> Any:
-    """What identifies a meter's SDK MeterProvider (its measurement consumer), or None when unknown."""
-    meter = getattr(meter, "_real_meter", None) or meter  # a proxy meter made before the provider was set
-    return getattr(meter, "_measurement_consumer", None)
-
-
 def _same_provider(theirs: Any, ours: Any) -> bool:
     """Whether two meters report to the same MeterProvider (assumed when it cannot be told)."""
     if ours is None:
         return True
-    mine, their = _consumer(ours), _consumer(theirs)
+    mine, their = measurement_consumer(ours), measurement_consumer(theirs)
     return mine is None or their is None or mine is their
 
 

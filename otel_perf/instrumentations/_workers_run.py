@@ -70,8 +70,8 @@ from opentelemetry.trace import (
 )
 
 from otel_perf._context import attach, detach, get_current
+from otel_perf._process import bootstrap_worker, current_handle
 from otel_perf._safety import guard, log_once, raise_internal_errors
-from otel_perf._sdk import current_handle
 from otel_perf._semconv import (
     CODE_FUNCTION_NAME,
     ERROR_TYPE,
@@ -573,10 +573,7 @@ def _ensure_worker_sdk(snapshot: bytes | None) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     if snapshot is not None and not isinstance(trace.get_tracer_provider(), TracerProvider):
-        from otel_perf._sdk import configure_from_snapshot
-
-        if current_handle() is None:
-            configure_from_snapshot(pickle.loads(snapshot))
+        bootstrap_worker(snapshot)
     from opentelemetry._logs import get_logger_provider
 
     from otel_perf.version import __version__

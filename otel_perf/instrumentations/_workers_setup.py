@@ -17,7 +17,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from otel_perf._sdk import current_handle
+from otel_perf._process import current_handle
 from otel_perf.instrumentations import _workers_run
 
 __all__ = ["SET_UP", "set_up_workers", "worker_initializer"]

@@ -60,8 +60,8 @@ except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
 from otel_perf._config import Settings, get_settings, parse_size
+from otel_perf._process import is_root_process
 from otel_perf._safety import guarded, log_once
-from otel_perf._sdk import is_root_process
 from otel_perf._semconv import (
     LIMIT_SOURCE_CGROUP,
     LIMIT_SOURCE_CONFIG,
@@ -315,6 +315,7 @@ class MemoryMonitor:
             fake tree).
         hysteresis: after a crossing, pressure must fall below ``threshold - hysteresis`` to recover.
         settings: settings to take defaults from (default: those in force).
+        clock: the monotonic clock that ages a collection's shared reading (tests pass their own).
 
     Raises:
         ConfigError: an argument is invalid.
@@ -329,6 +330,7 @@ class MemoryMonitor:
         *,
         hysteresis: float = DEFAULT_HYSTERESIS,
         settings: Settings | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         current = settings or get_settings()
         self._configured_limit = _validate_limit(limit if limit is not None else current.memory_limit)
@@ -340,6 +342,7 @@ class MemoryMonitor:
         self.hysteresis = _validate_ratio("hysteresis", hysteresis, self.threshold)
         self.cleanup_enabled = bool(current.memory_cleanup if cleanup is None else cleanup)
         self.root = root
+        self._clock = clock
         self._lock = threading.Lock()
         self._high = False
         self._sequence = self._decided = self._last_sequence = 0
@@ -435,13 +438,13 @@ class MemoryMonitor:
         state at that collection, at most ``_OBSERVATION_MAX_AGE`` old.
         """
         with self._lock:
-            last, age = self._last, time.monotonic() - self._last_time
+            last, age = self._last, self._clock() - self._last_time
         if last is not None and age < _OBSERVATION_MAX_AGE:
             return last
         reading, sequence = self._read()
         with self._lock:
             if sequence > self._last_sequence:
-                self._last, self._last_time, self._last_sequence = reading, time.monotonic(), sequence
+                self._last, self._last_time, self._last_sequence = reading, self._clock(), sequence
         return reading
 
     # policy
@@ -667,15 +670,16 @@ class MemoryInstrumentor(PerfInstrumentor):
         MemoryInstrumentor().monitor.check()
         MemoryInstrumentor().uninstrument()
 
-    ``instrument()`` also takes ``root=`` (the filesystem root for ``/proc`` and ``/sys/fs/cgroup``,
-    for tests). Emits the metrics listed in the module docstring; checks every
-    ``OTEL_PERF_MEMORY_CHECK_INTERVAL`` seconds.
+    ``instrument()`` also takes ``root=`` (the filesystem root for ``/proc`` and ``/sys/fs/cgroup``) and
+    ``clock=`` (the monitor's monotonic clock), for tests. Emits the metrics listed in the module
+    docstring; checks every ``OTEL_PERF_MEMORY_CHECK_INTERVAL`` seconds.
     """
 
     monitor: MemoryMonitor | None = None
 
     def _start(self, **kwargs: Any) -> None:
-        monitor = MemoryMonitor(root=kwargs.get("root", "/"), settings=self.settings)
+        monitor = MemoryMonitor(root=kwargs.get("root", "/"), settings=self.settings,
+                                clock=kwargs.get("clock", time.monotonic))
         monitor._bind(self.meter)
         self.monitor = monitor
         monitor.start(self.settings.memory_check_interval)

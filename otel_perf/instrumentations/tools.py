@@ -49,7 +49,6 @@ from contextvars import Token
 from time import perf_counter
 from typing import Any, TypeVar, overload
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -61,6 +60,7 @@ from otel_perf._context import SUPPRESSION_KEYS, get_current_or_suppressed
 from otel_perf._error_type import error_type_of
 from otel_perf._inplace import replacement_of
 from otel_perf._patching import _MISSING, Patcher, resolve, split_path
+from otel_perf._process import is_root_process
 from otel_perf._safety import guard, log_once
 from otel_perf.instrumentations import PerfInstrumentor
 
@@ -621,19 +621,16 @@ class ToolInstrumentor(PerfInstrumentor):
             return
         with self._lock:
             self._waiting.add(path)
-        patcher = self._patcher
 
         def on_import(module: types.ModuleType) -> None:
-            # Post-import hooks cannot be removed: this one checks that its patcher is still on.
-            if patcher is not self._patcher or patcher is None or not patcher.active:
-                return
             with self._lock:
                 if path not in self._waiting:
                     return
                 self._waiting.discard(path)
             self._patch_now(path)
 
-        wrapt.register_post_import_hook(on_import, module_name)
+        assert self._patcher is not None
+        self._patcher.when_imported(module_name, on_import)  # runs only while this patcher is on
 
     @guard
     def _patch_now(self, path: str) -> None:
@@ -663,8 +660,6 @@ class ToolInstrumentor(PerfInstrumentor):
             self._waiting.clear()
         # Children of an instrumented program inherit OTEL_PERF_TOOLS but are mostly other programs that
         # never import the user's tool modules: only the root process warns, the others log at DEBUG.
-        from otel_perf._sdk import is_root_process  # not at import: it loads the SDK
-
         level = logging.WARNING if is_root_process() else logging.DEBUG
         for path in waiting:
             log_once(("otel_perf_tools", "never-imported", path),

@@ -29,3 +29,13 @@ def _startup(settings: Settings, is_root: bool) -> None:
         from otel_perf.profiling import continuous
 
         continuous.start(settings)
+
+
+def _shutdown() -> None:
+    """``Handle.shutdown()`` and ``otel_perf.shutdown()``: continuous profiling exports its last partial
+    interval and stops (nothing to do when it never started)."""
+    import sys
+
+    continuous = sys.modules.get("otel_perf.profiling.continuous")
+    if continuous is not None:
+        continuous.stop()

@@ -31,6 +31,7 @@ import atexit
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from otel_perf._config import Settings
@@ -175,6 +176,18 @@ _lock = threading.Lock()
 _hooks_registered = False
 
 
+#: Makes the exporter of a profiler from the settings: given by the set-up layer (``otel_perf._sdk``, with
+#: ``otel_perf.exporters.profiles.profile_exporter``), since a feature does not import another one
+#: (docs/architecture.md).
+_exporter_factory: Callable[[Settings], Any] | None = None
+
+
+def set_exporter_factory(factory: Callable[[Settings], Any]) -> None:
+    """Where profiles go: ``factory(settings)`` makes the exporter each profiler exports through."""
+    global _exporter_factory
+    _exporter_factory = factory
+
+
 def current() -> ContinuousProfiler | None:
     """The running profiler of this process, if any."""
     return _current
@@ -197,9 +210,12 @@ def start(settings: Settings) -> ContinuousProfiler | None:
     with _lock:
         if _current is not None and _current.pid == os.getpid() and not _current._stopped:
             return _current
-        from otel_perf.exporters.profiles import profile_exporter
-
-        return _start(settings, profile_exporter(settings))
+        factory = _exporter_factory
+        if factory is None:
+            log_once("profiles-no-exporter", "otel-perf: continuous profiling has no exporter set up; it stays off",
+                     level=logging.WARNING)
+            return None
+        return _start(settings, factory(settings))
 
 
 def _start(settings: Settings, exporter: Any) -> ContinuousProfiler:
@@ -229,9 +245,7 @@ def _register_hooks() -> None:
     if _hooks_registered:
         return
     _hooks_registered = True
-    from otel_perf._sdk import add_shutdown_hook
-
-    add_shutdown_hook(stop)  # Handle.shutdown(), otel_perf.shutdown()
+    # Handle.shutdown() and otel_perf.shutdown() reach stop() through otel_perf.profiling._shutdown.
     atexit.register(stop)  # the interpreter's exit (registered after the SDK's providers': runs before)
     try:
         from multiprocessing import util

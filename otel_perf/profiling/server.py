@@ -440,7 +440,7 @@ _ROUTES: dict[str, Any] = {
 
 def debug_vars(server: DebugServer | None = None) -> dict[str, Any]:
     """The ``/debug/vars`` document: process facts, GC, tracemalloc, settings and instrumentors."""
-    from otel_perf._sdk import current_handle
+    from otel_perf._process import current_handle
 
     out: dict[str, Any] = {
         "cmdline": sys.argv,

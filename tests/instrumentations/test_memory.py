@@ -25,7 +25,7 @@ import pytest
 
 from otel_perf import MemoryMonitor
 from otel_perf._config import load_settings
-from otel_perf._sdk import ROOT_MARKER
+from otel_perf._process import ROOT_MARKER
 from otel_perf.errors import ConfigError
 from otel_perf.instrumentations.memory import MemoryInstrumentor, _psutil_tree_rss, process_tree_rss
 from otel_perf.testing import metric_points
@@ -66,11 +66,29 @@ def cgroup(tmp_path: Path) -> FakeCgroup:
     return FakeCgroup(tmp_path / "root")
 
 
+class FakeClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def instrumentor(meter_provider: Any, cgroup: FakeCgroup) -> Iterator[MemoryInstrumentor]:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def instrumentor(meter_provider: Any, cgroup: FakeCgroup, clock: FakeClock) -> Iterator[MemoryInstrumentor]:
     inst = MemoryInstrumentor()
     settings = load_settings({}, memory_check_interval=3600)
-    inst.instrument(meter_provider=meter_provider, settings=settings, root=str(cgroup.root))
+    inst.instrument(meter_provider=meter_provider, settings=settings, root=str(cgroup.root), clock=clock)
     # Let the check thread's first check (at start) finish, so it cannot race the test's own checks.
     deadline = time.monotonic() + 10
     while inst.monitor is not None and inst.monitor._decided < 1 and time.monotonic() < deadline:
@@ -204,12 +222,12 @@ def test_instrumentor_reports_every_memory_metric_with_unit_and_attributes(
 
 
 def test_gauges_read_the_state_at_collection(instrumentor: MemoryInstrumentor, cgroup: FakeCgroup,
-                                             metric_reader: Any) -> None:
+                                             metric_reader: Any, clock: FakeClock) -> None:
     """Observable metrics show the state when collected, not the state of the last check."""
     cgroup.set_pressure(0.2)
     first = metric_points(metric_reader, "otel_perf.memory.pressure")[0].value
     cgroup.set_pressure(0.6)
-    time.sleep(0.3)  # past the window in which one collection's callbacks share a reading
+    clock.advance(1.0)  # past the window in which one collection's callbacks share a reading
     second = metric_points(metric_reader, "otel_perf.memory.pressure")[0].value
     assert (first, second) == (pytest.approx(0.2, abs=1e-6), pytest.approx(0.6, abs=1e-6))
 
@@ -227,11 +245,11 @@ def test_psi_is_absent_where_not_readable(meter_provider: Any, metric_reader: An
 
 
 def test_process_tree_metrics_only_in_the_root_process(instrumentor: MemoryInstrumentor, metric_reader: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
     """A child of an otel-perf process (root marker from an ancestor) reports no process-tree metrics."""
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.usage")
     monkeypatch.setenv(ROOT_MARKER, "1")  # as if pid 1 were the root of this tree
-    time.sleep(0.3)
+    clock.advance(1.0)  # past the window in which one collection's callbacks share a reading
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.usage") == []
     assert metric_points(metric_reader, "otel_perf.process_tree.memory.peak") == []
     assert metric_points(metric_reader, "otel_perf.memory.usage")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -33,7 +34,7 @@ import otel_perf
 from otel_perf import _safety
 from otel_perf._config import load_settings
 from otel_perf._patching import resolve
-from otel_perf.instrumentations import parsers
+from otel_perf.instrumentations import _parse_probe, _parse_wrappers, parsers
 from otel_perf.instrumentations.parsers import ParserInstrumentor
 from otel_perf.testing import metric_points
 from tests.conftest import PYTHON, clean_env
@@ -157,7 +158,6 @@ def test_nested_parses_count_once_by_the_outermost(
 ) -> None:
     """json.load calls json.loads, yaml.safe_load calls yaml.load, a user parser calls json.loads:
     each counts once."""
-    yaml = pytest.importorskip("yaml")
 
     @otel_perf.parser(name="command")
     def parse_command(line: str) -> dict[str, Any]:
@@ -270,7 +270,7 @@ def test_internal_fault_never_breaks_the_parse(
         def append(self, entry: Any) -> None:
             raise RuntimeError("recording broke")
 
-    monkeypatch.setattr(parsers._probe("json"), "durations", BrokenLog())
+    monkeypatch.setattr(_parse_probe.probe("json"), "durations", BrokenLog())
     previous = _safety.set_raise_internal_errors(False)
     try:
         with caplog.at_level(logging.WARNING, logger="otel_perf"):
@@ -356,7 +356,6 @@ def test_uninstrument_restores_every_original_and_wrappers_pass_metadata_through
     signature, docstring and name, and it pickles as itself; argparse's methods are wrappers on the class
     (passing signature, docstring and __wrapped__ through); ET.fromstring is ET.XML; uninstrument puts the
     original code and objects back."""
-    pytest.importorskip("yaml")
     originals = _originals()
     codes = {path: original.__code__ for path, original in originals.items()}
     signatures = {path: inspect.signature(original) for path, original in originals.items()}
@@ -524,7 +523,7 @@ def test_argparse_wrapper_falls_back_for_an_unknown_signature(
     def parse_args(self: Any, args: Any = None, namespace: Any = None, *, strict: bool = False) -> Any:
         return (args, strict)
 
-    wrapped = parsers._wrap_argparse(parse_args, parsers._probe("future"))
+    wrapped = _parse_wrappers.wrap_argparse(parse_args, _parse_probe.probe("future"))
     assert inspect.signature(wrapped) == inspect.signature(parse_args)
     assert wrapped(object(), ["-v", "x"], strict=True) == (["-v", "x"], True)
     size = _one(metric_reader, "otel_perf.parse.size", "future")
@@ -602,7 +601,6 @@ YAML_LATER = textwrap.dedent("""
 
 def test_yaml_imported_after_instrumentation_is_measured(tmp_path: Path) -> None:
     """The post-import hook patches PyYAML when the program imports it later."""
-    pytest.importorskip("yaml")
     script = tmp_path / "app.py"
     script.write_text(YAML_LATER)
     done = subprocess.run([PYTHON, str(script)], env=clean_env(), capture_output=True, text=True,

@@ -8,6 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from otel_perf.instrumentations._cgroups import find_cgroup_directories
+from otel_perf.instrumentations._memory_limits import find_cgroups, system_memory
 from otel_perf.instrumentations._runtime_process import (
     HeapReader,
     ProcessSampler,
@@ -16,6 +18,7 @@ from otel_perf.instrumentations._runtime_process import (
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "runtime"
+MEMORY_FIXTURES = FIXTURES.parent / "memory"
 AFFINITY = len(os.sched_getaffinity(0))
 
 
@@ -25,6 +28,7 @@ AFFINITY = len(os.sched_getaffinity(0))
         ("v2_quota", 0.5),  # cpu.max "50000 100000" on the process's own cgroup
         ("v2_parent_quota", 0.25),  # the smallest quota along the ancestors wins
         ("v2_namespace", 0.75),  # "0::/" inside a cgroup namespace: the mount root is the container
+        ("v2_subtree_mount", 0.25),  # mountinfo: the mount shows /kubepods/pod1, the process is in its ctr
         ("v1_quota", 0.75),  # cpu.cfs_quota_us / cpu.cfs_period_us = 150000 / 200000
         ("v2_unlimited", None),  # "max 100000"
         ("v1_unlimited", None),  # quota -1
@@ -37,6 +41,31 @@ AFFINITY = len(os.sched_getaffinity(0))
 def test_cgroup_cpu_quota_is_read_from_each_source(tree: str, quota: float | None) -> None:
     """cgroup v2 cpu.max and v1 cfs quota/period give the quota; missing, bad or unreadable files none."""
     assert cgroup_cpu_quota(FIXTURES / tree) == quota
+
+
+@pytest.mark.parametrize(
+    ("tree", "quota", "memory_limit"),
+    [
+        ("cgroup_v1", 0.5, 1073741824),  # v1 cpu,cpuacct and memory mounts show the container's subtree
+        ("cgroup_v2", 1.0, 536870912),  # the parent's cpu.max (1 CPU) binds below the service's 1.5
+        ("hybrid", 1.5, 536870912),  # v1 controllers beside an empty v2 unified hierarchy
+    ],
+)
+def test_cpu_quota_and_memory_limit_are_found_by_one_cgroup_discovery(
+    tree: str, quota: float, memory_limit: int
+) -> None:
+    """The memory limit and the CPU quota come from the same cgroup discovery (mountinfo and
+    /proc/self/cgroup), on the memory fixtures with their CPU files."""
+    root = MEMORY_FIXTURES / tree
+    assert cgroup_cpu_quota(root) == quota
+    v2, v1 = find_cgroups(str(root))
+    bindings = [c.binding(system_memory(str(root))) for c in (v2, v1) if c is not None]
+    assert [b[1] for b in bindings if b is not None] == [memory_limit]
+    memory, cpu = v1 or v2, next(c for c in reversed(find_cgroup_directories("cpu", str(root))) if c)
+    assert memory is not None
+    # The same cgroup of the process, in each controller's hierarchy.
+    assert os.path.relpath(memory.path, memory.top) == os.path.relpath(cpu.path, cpu.top)
+    assert memory.version == cpu.version
 
 
 def test_cpu_limit_is_the_cgroup_quota_when_below_the_affinity() -> None:

@@ -79,17 +79,20 @@ def test_concurrent_cpu_profile_gets_429(debug_server: DebugServer) -> None:
     """One CPU profile at a time: a second request meanwhile is refused with 429 and a message."""
     results: list[int] = []
     first = threading.Thread(target=lambda: results.append(get(debug_server.url +
-                                                              "/debug/pprof/profile?seconds=2")[0]))
+                                                              "/debug/pprof/profile?seconds=5")[0]))
     first.start()
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30  # until the first profile runs (it holds the CPU profiler)
+        while not debug_server.cpu_lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert debug_server.cpu_lock.locked()
         status, body, _ = get(debug_server.url + "/debug/pprof/profile?seconds=1")
         assert status == 429
         assert b"already in use" in body
         # a wall profile is a different profiler and may run at the same time
         assert get(debug_server.url + "/debug/pprof/wall?seconds=0.2")[0] == 200
     finally:
-        first.join(10)
+        first.join(30)
     assert results == [200]
     assert get(debug_server.url + "/debug/pprof/profile?seconds=0.1")[0] == 200  # free again
 

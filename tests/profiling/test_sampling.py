@@ -7,6 +7,7 @@ import asyncio
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -26,6 +27,19 @@ def sleeping_function(stop: threading.Event) -> None:
     stop.wait()
 
 
+def _wait_until_parked(threads: list[threading.Thread]) -> None:
+    """Until each thread blocks in ``Event.wait`` (its start-up done): a condition, not a fixed sleep."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frames = sys._current_frames()
+        stacks = [frames.get(t.ident or 0) for t in threads]
+        if all(frame is not None and any(f.f_code.co_name == "wait" and "threading" in f.f_code.co_filename
+                                         for f, _ in traceback.walk_stack(frame)) for frame in stacks):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the threads did not park within 30 s")
+
+
 @pytest.fixture
 def workload() -> Iterator[threading.Event]:
     """A busy thread ("busy") and a sleeping one ("idle"), stopped after the test."""
@@ -34,7 +48,7 @@ def workload() -> Iterator[threading.Event]:
                threading.Thread(target=sleeping_function, args=(stop,), name="idle")]
     for t in threads:
         t.start()
-    time.sleep(0.2)  # let "idle" finish starting up and park: its start-up CPU is not what is tested
+    _wait_until_parked(threads[1:])  # "idle" parked: its start-up CPU is not what is tested
     yield stop
     stop.set()
     for t in threads:
@@ -70,7 +84,9 @@ def test_wall_profile_has_every_thread_including_sleeping_ones(workload: threadi
     """Wall mode samples all threads, each sample weighted by the time since the previous tick."""
     sampler = Sampler("wall", hz=50)
     sampler.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # about 0.5 s of ticks (every thread is in each), however loaded
+    while sampler.stats.samples < 25 * 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     totals = _by_leaf(sampler.stop())
     threads = {thread for _, thread in totals}
     assert {"busy", "idle", "MainThread"} <= threads
@@ -95,7 +111,7 @@ def test_a_parked_thread_is_walked_once_and_reused() -> None:
     threads = [threading.Thread(target=parked, args=(20,), name=f"parked-{i}") for i in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    _wait_until_parked(threads)
     try:
         sampler = Sampler("wall", exclude={threading.get_ident()})
         sampler._tick(10_000_000)
