@@ -107,6 +107,10 @@ def reported_by_system_metrics(meter: Any = None) -> frozenset[str]:
         return _default_names() if pending else _NONE  # not imported (yet)
     cls = getattr(module, "SystemMetricsInstrumentor", None)
     if not isinstance(cls, type) or not hasattr(cls, "_instance"):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            # Being imported right now (the launcher loading it, in another thread than this collection's):
+            # its class is not defined yet, so nothing of it is instrumented yet either.
+            return _default_names() if pending else _NONE
         _unexpected("no instrumentor instance to ask; otel-perf reports its own process and GC metrics")
         return _NONE
     instance = cls.__dict__.get("_instance")
