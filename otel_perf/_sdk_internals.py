@@ -302,3 +302,134 @@ def check_at_startup() -> None:
         storage_attributes_key()
     except Exception:
         pass
+
+
+# === the SDK's batch queues: what they drop (issue 20.3; branch `volume`, kept apart to merge easily) =====
+#
+# The SDK's BatchSpanProcessor and BatchLogRecordProcessor keep their queue in one shared BatchProcessor
+# (``opentelemetry.sdk._shared_internal``; the processor's ``_batch_processor``). On a full queue its
+# ``emit()`` logs "Queue full, dropping ..." and, from the SDK releases that have processor metrics on, calls
+# ``self._metrics.drop_items(1)``. Two ways to count, both free while the queue is not full:
+#
+# * "metrics": replace each processor's ``_metrics`` with a wrapper that counts ``drop_items`` with the
+#   reason ``queue_full`` and passes every call on (SDKs whose ``emit`` calls ``_metrics.drop_items``);
+# * "log": a filter, first on the SDK's logger, that counts the "Queue full" warnings (SDK 1.40). A logging
+#   set-up that silences that logger below WARNING (or disables it) silences the count too.
+
+#: The message ``BatchProcessor.emit`` logs for each item it drops (a %-format with the item's kind).
+_QUEUE_FULL_MESSAGE = "Queue full, dropping %s."
+#: ``BatchProcessor``'s ``exporting`` names, by signal.
+_EXPORTING_SIGNAL = {"Span": "traces", "Log": "logs", "LogRecord": "logs"}
+
+
+def batch_queue_drop_mechanism() -> str:
+    """How this SDK's batch-queue drops can be counted: ``"metrics"``, ``"log"`` or ``"none"`` (start-up
+    check, on the byte code of ``BatchProcessor.emit``: the names it uses)."""
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError as exc:
+        _fallback("batch-queue-drops", "the SDK's batch processor", exc)
+        return "none"
+    code = getattr(getattr(BatchProcessor, "emit", None), "__code__", None)
+    names = set(code.co_names) if code is not None else set()
+    if {"_metrics", "drop_items"} <= names:
+        return "metrics"
+    if _QUEUE_FULL_MESSAGE in (code.co_consts if code is not None else ()) and "warning" in names:
+        return "log"
+    _fallback("batch-queue-drops", "the SDK's batch processor", "emit() counts no drops otel-perf can see")
+    return "none"
+
+
+def batch_queues(provider: Any) -> list[tuple[str, Any]]:
+    """``(signal, BatchProcessor)`` of each SDK batch processor of a tracer or logger provider (none for a
+    provider that is not the SDK's, or whose processors are kept where this otel-perf does not look)."""
+    found: list[tuple[str, Any]] = []
+    for multi_name, list_name in (("_active_span_processor", "_span_processors"),
+                                  ("_multi_log_record_processor", "_log_record_processors")):
+        processors = getattr(getattr(provider, multi_name, None), list_name, None)
+        if not isinstance(processors, tuple | list):
+            continue
+        for processor in processors:
+            queue = getattr(processor, "_batch_processor", None)
+            signal = _EXPORTING_SIGNAL.get(getattr(queue, "_exporting", ""))
+            if signal is not None:
+                found.append((signal, queue))
+    return found
+
+
+class _CountingProcessorMetrics:
+    """A batch processor's metrics object that also reports the items dropped on a full queue; every
+    call is passed on unchanged (the SDK's own ``otel.sdk.processor.*`` metrics stay as they were)."""
+
+    def __init__(self, inner: Any, signal: str, on_drop: Callable[[str, int], None]) -> None:
+        self.otel_perf_inner = inner
+        self._signal = signal
+        self._on_drop = on_drop
+
+    def drop_items(self, count: int, *args: Any, **kwargs: Any) -> Any:
+        reason = args[0] if args else kwargs.get("error_type", "queue_full")
+        if reason == "queue_full":
+            try:
+                self._on_drop(self._signal, count)
+            except Exception:
+                log_once("batch-queue-drop-count", "otel-perf: cannot count an item the SDK's batch processor "
+                         "dropped", exc_info=True)
+        return self.otel_perf_inner.drop_items(count, *args, **kwargs)
+
+    def finish_items(self, count: int, *args: Any, **kwargs: Any) -> Any:  # once per exported batch
+        return self.otel_perf_inner.finish_items(count, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # register_queue_size, anything newer
+        return getattr(self.otel_perf_inner, name)
+
+
+def count_batch_queue_drops(queue: Any, signal: str, on_drop: Callable[[str, int], None]) -> bool:
+    """Report what ``queue`` (a ``BatchProcessor``) drops on a full queue to ``on_drop(signal, count)``,
+    once per queue (again: no change). False when it has no metrics object to wrap."""
+    metrics = getattr(queue, "_metrics", None)
+    if metrics is None or not callable(getattr(metrics, "drop_items", None)):
+        return False
+    if not isinstance(metrics, _CountingProcessorMetrics):
+        queue._metrics = _CountingProcessorMetrics(metrics, signal, on_drop)
+    return True
+
+
+class _QueueFullFilter(logging.Filter):
+    """Counts the SDK's "Queue full, dropping ..." warnings; lets every record through."""
+
+    def __init__(self, on_drop: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self.on_drop = on_drop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _QUEUE_FULL_MESSAGE and record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            signal = _EXPORTING_SIGNAL.get(str(args[0]))
+            if signal is not None:
+                try:
+                    self.on_drop(signal, 1)
+                except Exception:
+                    log_once("batch-queue-drop-count", "otel-perf: cannot count an item the SDK's batch "
+                             "processor dropped", exc_info=True)
+        return True
+
+
+def count_batch_queue_drops_from_log(on_drop: Callable[[str, int], None]) -> None:
+    """Count every batch queue's drops from the SDK's "Queue full" warnings (mechanism ``"log"``): one
+    filter, placed first on the SDK's logger (before its duplicate filter) and installed once."""
+    from opentelemetry.sdk._shared_internal import BatchProcessor
+
+    logger = logging.getLogger(BatchProcessor.__module__)
+    for existing in logger.filters:
+        if isinstance(existing, _QueueFullFilter):
+            existing.on_drop = on_drop
+            return
+    logger.filters.insert(0, _QueueFullFilter(on_drop))
+
+
+__all__ += [  # the names of this block, kept with it (merges apart from the list above)
+    "batch_queue_drop_mechanism", "batch_queues", "count_batch_queue_drops", "count_batch_queue_drops_from_log",
+]
+
+
+# === end of the batch queues' block ========================================================================
