@@ -200,6 +200,34 @@ def test_the_sdks_own_processor_metrics_still_count(monkeypatch: pytest.MonkeyPa
     assert sdk == {"queue_full": lost, None: exporter.exported}
 
 
+def test_the_sdks_queue_full_warning_counts_where_processors_have_no_metrics(
+        monkeypatch: pytest.MonkeyPatch, meter_provider: Any, metric_reader: Any) -> None:
+    """The fallback (SDK 1.40, whose processors report no drops): the SDK's "Queue full" warnings are
+    counted, exactly, for every batch processor of the process, even though the SDK's own duplicate filter
+    lets one warning through in 20 s."""
+    from opentelemetry.sdk._shared_internal import BatchProcessor
+
+    from otel_perf import _sdk_internals
+    from otel_perf.exporters import _batch_drops
+
+    monkeypatch.setattr(_batch_drops, "_mechanism", "log")
+    sdk_logger = logging.getLogger(BatchProcessor.__module__)
+    filters = list(sdk_logger.filters)
+    try:
+        exporter = BlockedSpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=QUEUE,
+                                                       max_export_batch_size=QUEUE, schedule_delay_millis=60_000))
+        watch_batch_queues(None, None, meter_provider)
+        assert isinstance(sdk_logger.filters[0], _sdk_internals._QueueFullFilter)
+        make_spans(provider, exporter, 70)
+        exporter.release.set()
+        provider.shutdown()
+    finally:
+        sdk_logger.filters[:] = filters  # later tests count through the processors' metrics again
+    assert dropped(metric_reader) == {("traces", "queue_full"): 70 - exporter.exported}
+
+
 APP = textwrap.dedent("""
     from opentelemetry import trace
 
