@@ -490,9 +490,11 @@ class MemoryMonitor:
         return reading
 
     def _check_reading(self) -> tuple[MemoryReading, int]:
-        """The reading a check decides on, and its sequence number: the usage read afresh (one file, or
-        two when a cgroup's usage and the tree's are both needed), the limit and the slow-moving parts of
-        the usage as cached (``_LIMIT_MAX_AGE``, ``_SLOW_USAGE_MAX_AGE``). No PSI (a check does not use it)."""
+        """The reading a check decides on, and its sequence number: the fast-moving usage read afresh (one
+        file: the cgroup's ``memory.current``, or this process's ``statm``), the limit and the slow-moving
+        parts of the usage as cached (``_LIMIT_MAX_AGE``, ``_SLOW_USAGE_MAX_AGE``). No PSI (a check does not
+        use it). With a cgroup's usage, ``process_tree_usage`` is None (the tree is sampled with the
+        slow-moving parts)."""
         now = self._clock()
         with self._lock:
             self._sequence += 1
