@@ -4,15 +4,17 @@ Why this module exists: a few of otel-perf's costs and guarantees need names the
 not promise to keep (``docs/architecture.md``, "OpenTelemetry internals"): the context's ``ContextVar``
 (three Python calls fewer per pool job), the context keys of ``suppress_instrumentation()`` (four calls
 fewer per parse), the SDK configurator and its exporter-name resolution (the launcher's own set-up without
-a configurator), a meter's measurement consumer (which provider a meter reports to), and the metric
-storage that ``_aggregate`` publishes its histograms into (exact histograms at the price of one
-collection-time merge). They all live here so that an OpenTelemetry release that moves one changes this
-file only. Each is checked where it is first bound (at import, at start-up or at the first use); when it
-is not what this otel-perf expects, one log line (INFO: nothing is lost) says so and the caller takes the
-public path, which does the same job more slowly or more coarsely.
+a configurator), the export locks of the batch processors and metric readers (a fork waits for the
+exports in progress, so no pool worker inherits a held lock), and, in ``_sdk_internals_storage`` (re-exported
+here), a meter's measurement consumer (which provider a meter reports to) and the metric storage that
+``_aggregate`` publishes its histograms into (exact histograms at the price of one collection-time merge).
+They all live here so that an OpenTelemetry release that moves one changes these two files only. Each is
+checked where it is first bound (at import, at start-up, at the first use or at each fork); when it is not
+what this otel-perf expects, one log line (INFO) says so and the caller takes the public path, which does
+the same job more slowly or more coarsely (for the export locks: a fork that does not wait).
 
-This module is core: it imports no other part of otel-perf but the guard, and the SDK only inside the
-functions that need it, so importing it costs an instrumentation nothing.
+This module is core: it imports no other part of otel-perf but the guard and its storage half, and the SDK
+only inside the functions that need it, so importing it costs an instrumentation nothing.
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ def sdk_configurator() -> Any:
 
 
 def _is_sdk(provider: Any) -> bool:
-    return type(provider).__module__.startswith("opentelemetry.sdk.")
+    """Whether ``provider`` is the SDK's (or a subclass), without importing the SDK."""
+    return any(cls.__module__.startswith("opentelemetry.sdk.") for cls in type(provider).__mro__)
 
 
 def _no_export_lock(key: str, what: str, why: str) -> None:

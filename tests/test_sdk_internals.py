@@ -141,3 +141,25 @@ def test_export_locks_fall_back_to_not_waiting_when_a_batch_processor_changed(
         processor._batch_processor = moved
         for provider in providers:
             provider.shutdown()
+
+
+def test_a_subclass_of_the_sdk_provider_has_its_export_locks_found(otel_globals: None) -> None:
+    """A program's own subclass of the SDK's TracerProvider (defined outside the SDK) still has its batch
+    processor's export lock waited for at a fork."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    class AppTracerProvider(TracerProvider):
+        pass
+
+    provider = AppTracerProvider()
+    processor = BatchSpanProcessor(InMemorySpanExporter())
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    try:
+        found = [(signal, lock) for signal, lock in _sdk_internals.export_locks() if signal == "traces"]
+        assert found == [("traces", processor._batch_processor._export_lock)]
+    finally:
+        provider.shutdown()
