@@ -143,6 +143,12 @@ def _is_sdk(provider: Any) -> bool:
     return any(cls.__module__.startswith("opentelemetry.sdk.") for cls in type(provider).__mro__)
 
 
+def _is_sdk_batch(processor: Any) -> bool:
+    """Whether ``processor`` is one of the SDK's batch processors (or a subclass of one)."""
+    return any(cls.__name__.startswith("Batch") and cls.__module__.startswith("opentelemetry.sdk.")
+               for cls in type(processor).__mro__)
+
+
 def _no_export_lock(key: str, what: str, why: str) -> None:
     log_once(("sdk-fallback", key), "otel-perf: %s is not what this otel-perf expects (%s); a fork does not wait "
              "for its exports", what, why, level=logging.INFO)
@@ -168,7 +174,7 @@ def export_locks() -> Iterator[tuple[str, Any]]:
             _no_export_lock(f"export-locks-{signal}", f"the SDK's {signal} provider", f"no {multi_name}.{list_name}")
             continue
         for processor in processors:
-            if not type(processor).__name__.startswith("Batch"):
+            if not _is_sdk_batch(processor):
                 continue  # a simple processor exports in the caller's thread: nothing runs in the background
             lock = getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
             if lock is None:

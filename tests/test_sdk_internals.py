@@ -144,8 +144,8 @@ def test_export_locks_fall_back_to_not_waiting_when_a_batch_processor_changed(
 
 
 def test_a_subclass_of_the_sdk_provider_has_its_export_locks_found(otel_globals: None) -> None:
-    """A program's own subclass of the SDK's TracerProvider (defined outside the SDK) still has its batch
-    processor's export lock waited for at a fork."""
+    """A program's own subclasses of the SDK's TracerProvider and BatchSpanProcessor (defined outside the
+    SDK) still have the processor's export lock waited for at a fork."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -154,8 +154,11 @@ def test_a_subclass_of_the_sdk_provider_has_its_export_locks_found(otel_globals:
     class AppTracerProvider(TracerProvider):
         pass
 
+    class AppSpanProcessor(BatchSpanProcessor):
+        pass
+
     provider = AppTracerProvider()
-    processor = BatchSpanProcessor(InMemorySpanExporter())
+    processor = AppSpanProcessor(InMemorySpanExporter())
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     try:
