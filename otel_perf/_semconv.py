@@ -1,7 +1,7 @@
 """Every metric, span and attribute name otel-perf emits, in one place.
 
 Why this module exists: names are the contract with dashboards, alert rules and users' queries
-(DESIGN.md, "Names"). Instrumentations import them from here and never spell a name inline, so a
+(listed in ``docs/telemetry.md``). Instrumentations import them from here and never spell a name inline, so a
 rename is one edit and the reference docs (generated from this module) cannot drift.
 
 Semantic-convention names are used where a convention exists; GenAI names are defined locally because

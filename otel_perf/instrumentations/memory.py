@@ -22,7 +22,7 @@ Usage::
     from otel_perf.instrumentations.memory import MemoryInstrumentor
     MemoryInstrumentor().instrument(meter_provider=provider)
 
-Emits (DESIGN.md, "Memory pressure"): ``otel_perf.memory.limit`` (By, with
+Emits (``docs/telemetry.md``): ``otel_perf.memory.limit`` (By, with
 ``otel_perf.memory.limit.source`` = config, cgroup or system), ``otel_perf.memory.usage`` (By),
 ``otel_perf.memory.pressure`` (1), ``otel_perf.memory.pressure.events`` ({event}, with
 ``otel_perf.memory.pressure.state`` = high or recovered), ``otel_perf.memory.cleanup.freed`` (By),

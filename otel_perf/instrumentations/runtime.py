@@ -12,7 +12,7 @@ Usage::
     ...
     RuntimeInstrumentor().uninstrument()
 
-Emits (DESIGN.md, "Runtime"): ``process.cpu.time``, ``process.cpu.utilization`` (``cpu.mode``),
+Emits (``docs/telemetry.md``): ``process.cpu.time``, ``process.cpu.utilization`` (``cpu.mode``),
 ``process.memory.usage``, ``process.memory.virtual``, ``process.thread.count``,
 ``process.unix.file_descriptor.count``, ``process.context_switches`` (``process.context_switch.type``),
 ``process.uptime``, ``cpython.gc.collections``, ``cpython.gc.collected_objects``,

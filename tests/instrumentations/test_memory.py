@@ -198,7 +198,7 @@ def test_lowering_the_limit_below_usage_fires_an_event(instrumentor: MemoryInstr
 def test_instrumentor_reports_every_memory_metric_with_unit_and_attributes(
     instrumentor: MemoryInstrumentor, cgroup: FakeCgroup, metric_reader: Any,
 ) -> None:
-    """All eight metrics of DESIGN.md's table, with their units, attributes and the fixture's values."""
+    """All eight metrics of docs/telemetry.md's table, with their units, attributes and the fixture's values."""
     monitor = instrumentor.monitor
     assert monitor is not None
     monitor.cleanup_enabled = True
