@@ -55,12 +55,15 @@ class JobLog:
     waits in :data:`orphans` for the next publication, which folds it (:meth:`fold`) and publishes it.
     """
 
-    __slots__ = ("_begun_total", "_done_total", "_errors", "_fold_lock", "attrs", "begun", "done", "ok",
-                 "wait")
+    __slots__ = ("_begun_total", "_done_total", "_errors", "_fold_lock", "attrs", "begun", "chunks", "done",
+                 "ok", "wait")
 
     def __init__(self) -> None:
         self.begun: list[float] = []
         self.done: list[Entry] = []
+        #: Chunks of items that ran as one task and are timed as one (``Pool.map``, spans off): (wait,
+        #: run seconds of each item, items). One append per chunk; see ``_workers_trampoline.chunk_job``.
+        self.chunks: list[tuple[float, float, int]] = []
         self._begun_total = 0
         self._done_total = 0
         self._fold_lock = threading.Lock()
@@ -97,10 +100,13 @@ class JobLog:
             return
         try:
             batch = take(self.done)
+            chunks = take(self.chunks) if self.chunks else None
             self._done_total += len(batch)
             self._begun_total += len(take(self.begun))
         finally:
             lock.release()
+        if chunks:
+            self._fold_chunks(chunks)
         if not batch:
             return
         global folded
@@ -113,11 +119,26 @@ class JobLog:
                 if len(entry) > ENTRY_ERROR:
                     self.error_series(entry[ENTRY_ERROR]).record(entry[ENTRY_RUN])
 
+    def _fold_chunks(self, chunks: list[tuple[float, float, int]]) -> None:
+        # Each item of a chunk is recorded with the chunk's wait and its share of the chunk's run time: the
+        # lists are made and sorted in C, a few nanoseconds an item (about 1.2 µs an item for Pool.map).
+        global folded
+        folded = True
+        self._done_total += sum(chunk[2] for chunk in chunks)
+        waits: list[float] = []
+        runs: list[float] = []
+        for wait, run, items in chunks:
+            waits += [wait] * items
+            runs += [run] * items
+        self.wait.record_many(waits)
+        self.ok.record_many(runs)
+
     def forget(self) -> None:
         """In a forked child: the log is the parent's, and its lock may have been held by a parent thread
         (replace it rather than acquire it)."""
         self._fold_lock = threading.Lock()
         self.done = []
+        self.chunks = []
         self.begun = []
         self._done_total = self._begun_total = 0
 

@@ -25,7 +25,7 @@ from otel_perf.instrumentations._workers_joblog import FOLD_AT, Entry
 from otel_perf.instrumentations._workers_sources import SOURCE_MP
 from otel_perf.instrumentations._workers_state import fault, states_by_id
 
-__all__ = ["ChunkEnvelope", "Envelope", "Meta", "deliver", "reduce_result_item",
+__all__ = ["ChunkEnvelope", "Envelope", "Meta", "deliver", "deliver_chunk", "reduce_result_item",
            "tag_exception", "use_compact_results"]
 
 #: A finished process job on its way back: (owner pid, pool id, entry). Unpacked into :func:`deliver`'s
@@ -118,6 +118,25 @@ def deliver(value: Any, owner: int, pool_id: int, entry: Entry) -> Any:
     return value
 
 
+def deliver_chunk(value: Any, owner: int, pool_id: int, wait: float, run: float, items: int) -> Any:
+    """In the owner, unpickling the envelope of a chunk timed as one (``_workers_trampoline.chunk_job``):
+    log its ``items`` jobs, each with the chunk's wait and ``run`` seconds, and give back the chunk's list."""
+    try:
+        if owner == _workers_carrier.my_pid:
+            ref = states_by_id.get(pool_id)
+            state = ref() if ref is not None else None
+            if state is not None:
+                chunks = state.log.chunks
+                chunks.append((wait, run, items))
+                if len(chunks) >= FOLD_AT:
+                    state.fold(False)
+                if state.source == SOURCE_MP:
+                    state.add_outstanding(-items)
+    except Exception as exc:
+        fault("recording a chunk of process jobs", exc)
+    return value
+
+
 class Envelope(tuple):  # type: ignore[type-arg]
     """A job's result with its timings; unpickles into the bare result (see the module docstring).
 
@@ -174,8 +193,12 @@ class _ReduceWithMeta:
         return (_rebuild_exception, (reduced, self.metas))
 
 
-def tag_exception(exc: BaseException, meta: Meta) -> None:
+def tag_exception(exc: BaseException, meta: Meta, ran: list[Meta] | None = None) -> None:
+    """Make ``exc`` carry the timings of its job (``meta``), and of the items of its chunk that ran before
+    it (``ran``, or those still in ``_unsent``), back to the owner."""
     metas = [meta]
+    if ran:
+        metas += ran
     if _unsent:  # earlier items of this job's chunk: they ran, their list of results is discarded
         metas.extend(envelope.meta for envelope in list(_unsent.values()))
         _unsent.clear()

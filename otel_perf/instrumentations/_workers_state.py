@@ -107,7 +107,7 @@ def _register(state: PoolState) -> None:
     def gone(_: object) -> None:
         # May run inside the garbage collector, in any thread: no lock, no allocation beyond the append.
         states_by_id.pop(pool_id, None)
-        if log.done:
+        if log.done or log.chunks:
             orphans.append(log)
 
     states_by_id[pool_id] = weakref.ref(state, gone)
@@ -365,7 +365,7 @@ def unpublished() -> bool:
     """Whether this process holds pool jobs it has not published yet (a pool worker flushes its metrics
     after a job that ran pools of its own): logged, handed over by a pool that is gone, or folded since the
     last publication."""
-    return _workers_joblog.folded or bool(orphans) or any(state.done for state in live_states())
+    return _workers_joblog.folded or bool(orphans) or any(state.done or state.log.chunks for state in live_states())
 
 
 def _fold_all() -> None:

@@ -29,10 +29,11 @@ from otel_perf.instrumentations import _workers_contrib
 from otel_perf.instrumentations._workers_contrib import job_target
 from otel_perf.instrumentations._workers_joblib import batch_of, expand_batch
 from otel_perf.instrumentations._workers_setup import SET_UP, set_up_workers
-from otel_perf.instrumentations._workers_sources import SOURCE_MP_THREAD
+from otel_perf.instrumentations._workers_sources import SOURCE_MP, SOURCE_MP_THREAD
 from otel_perf.instrumentations._workers_state import PoolState, runtime, state_for
 from otel_perf.instrumentations._workers_thread import local_job, run_thread_job
 from otel_perf.instrumentations._workers_trampoline import (
+    chunk_job,
     compact_call_items,
     is_process_job,
     job_info,
@@ -270,12 +271,28 @@ def mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
         count = len(iterable)  # type: ignore[arg-type]
         state.add_outstanding(count)
         try:
+            star = _chunk_mapper(args[0]) if args and state.source == SOURCE_MP and not runtime.spans else None
+            if star is not None:  # one job per chunk (chunk_job), the items timed together
+                return call(self, func, iterable, chunk_job(state, star), *args[1:], **kwargs)
             return call(self, _job_for(state, func), iterable, *args, **kwargs)
         except BaseException:
             state.add_outstanding(-count)
             raise
 
     return _map_async
+
+
+def _chunk_mapper(mapper: Any) -> bool | None:
+    """Whether ``mapper`` (what ``Pool._map_async`` runs per chunk) is ``starmapstar`` (True) or
+    ``mapstar`` (False); None for anything else, which keeps a job per item."""
+    pool_module = sys.modules.get("multiprocessing.pool")
+    if pool_module is None:
+        return None
+    if mapper is getattr(pool_module, "mapstar", None):
+        return False
+    if mapper is getattr(pool_module, "starmapstar", None):
+        return True
+    return None
 
 
 def _counted(state: PoolState, iterable: Iterable[Any]) -> Iterator[Any]:
