@@ -25,7 +25,8 @@ from otel_perf._semconv import (
     metric,
 )
 
-__all__ = ["ENTRY_ERROR", "ENTRY_RUN", "ENTRY_WAIT", "FOLD_AT", "JOB_DURATION", "JOB_WAIT", "Entry", "JobLog",
+__all__ = ["ENTRY_ERROR", "ENTRY_RUN", "ENTRY_WAIT", "FOLD_AT", "FOLD_BUSY_AT", "JOB_DURATION", "JOB_WAIT", "Entry",
+           "JobLog",
            "orphans"]
 
 #: A finished job as a pool logs it (:class:`JobLog`): (wait seconds, run seconds[, error.type]). A plain
@@ -43,6 +44,10 @@ JOB_DURATION = AggregatedHistogram(POOL_JOB_DURATION, "s", metric(POOL_JOB_DURAT
 
 #: A pool's log of finished jobs is folded into its series when it holds this many entries (about 30 KB).
 FOLD_AT = 256
+#: ...but a thread pool's worker folds only when the pool's queue is empty, so that a busy pool's jobs never
+#: wait behind the bookkeeping of earlier ones; or, when the queue never empties, at this many entries
+#: (about 2 MB), which bounds the log's memory. Publication folds whatever is logged.
+FOLD_BUSY_AT = 16384
 
 #: Jobs were folded into the series since the last publication (``_workers_state.unpublished``).
 folded = False

@@ -129,6 +129,10 @@ _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()
 
 
+def _always() -> bool:
+    return True
+
+
 class PoolState:
     """One pool: name, kind, its :class:`JobLog`, and how to read depth, busy, limit and worker memory.
 
@@ -150,7 +154,7 @@ class PoolState:
     """
 
     __slots__ = ("__weakref__", "_lock", "_pool", "begun", "done", "id", "ignored", "kind", "log", "name",
-                 "outstanding", "queues", "ready", "running", "snapshot_per_job", "source")
+                 "outstanding", "queue_empty", "queues", "ready", "running", "snapshot_per_job", "source")
 
     def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
         self.id = next(_ids)
@@ -166,6 +170,9 @@ class PoolState:
         self.done = self.log.done
         self.outstanding = 0
         self.queues: list[Callable[[], Any]] = []
+        #: Whether no job waits for a worker now: a C call for a ThreadPoolExecutor (its work queue's
+        #: ``empty``), read by its workers before folding (``_workers_joblog.FOLD_BUSY_AT``); else always.
+        self.queue_empty: Callable[[], bool] = getattr(getattr(pool, "_work_queue", None), "empty", _always)
         self._lock = threading.Lock()
         self.name = ""
         self.rename(name)

@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from otel_perf._context import attach, get_current
 from otel_perf._safety import guard
 from otel_perf._semconv import CODE_FUNCTION_NAME, ERROR_TYPE, JOB_WAIT_DURATION, POOL_KIND, POOL_NAME, PROCESS_PID
-from otel_perf.instrumentations._workers_joblog import FOLD_AT
+from otel_perf.instrumentations._workers_joblog import FOLD_AT, FOLD_BUSY_AT
 from otel_perf.instrumentations._workers_state import PoolState, error_type, fault, runtime
 
 __all__ = ["end_span", "function_names", "local_job", "run_thread_job", "start_span"]
@@ -125,7 +125,7 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
         etype = error_type(exc)
         done = state.done
         done.append((start - submitted, end - start, etype))
-        if len(done) >= FOLD_AT:
+        if len(done) >= FOLD_AT and (len(done) >= FOLD_BUSY_AT or state.queue_empty()):
             state.fold(False)
         if span is not None:
             end_span(span, exc, etype)
@@ -133,7 +133,8 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
     end = perf_counter()
     done = state.done
     done.append((start - submitted, end - start))
-    if len(done) >= FOLD_AT:
+    # Folding 256 jobs takes about as long as several jobs: only when no job is waiting (FOLD_BUSY_AT).
+    if len(done) >= FOLD_AT and (len(done) >= FOLD_BUSY_AT or state.queue_empty()):
         state.fold(False)
     if span is not None:
         span.end()

@@ -245,7 +245,8 @@ def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_r
 
 
 def test_log_of_failing_jobs_stays_bounded_without_collections(instrumented: Any, metric_reader: Any) -> None:
-    """A pool whose jobs all fail still folds its log every FOLD_AT jobs, and counts every failure."""
+    """A pool whose jobs all fail still folds its log (at FOLD_AT jobs once its queue is empty), and counts
+    every failure."""
     name = unique("failing")
     jobs = _workers_joblog.FOLD_AT + 40
     with otel_perf.name_pool(cf.ThreadPoolExecutor(2), name) as pool:
