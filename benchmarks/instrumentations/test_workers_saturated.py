@@ -9,13 +9,14 @@ of them alike, and each budget is the median of the per-round ratios.
   50 µs jobs (400) and 1 ms jobs (40). The jobs spin on ``perf_counter`` for their duration (CPU work, as
   the pools of a parser or an agent's tools run it; a sleep would add the scheduler's jitter, several
   times the 0.5 % budget of the 1 ms case). Variants: the original ``submit`` (``bare``), the instrumented
-  one with spans off and on, and the original one running a job that makes the identical span itself
-  (``direct``: the spans-on budget is that + 10 %).
+  one with spans off, on and ``slow`` (``OTEL_PERF_POOL_SPANS=slow`` at the default threshold, which no
+  job reaches), and the original one running a job that makes the identical span itself (``direct``: the
+  spans-on budget is that + 10 %).
 * ``workers.saturated.process.*``: a ``ProcessPoolExecutor(2)`` (fork), bursts of no-op jobs (200) and
   1 ms jobs (40), through the original ``submit`` (stdlib pickling of call items, as an uninstrumented
-  program has it) and the instrumented one, spans off and on.
+  program has it) and the instrumented one, spans off, on and slow.
 * ``workers.saturated.pool_map``: ``multiprocessing.Pool(2).map`` of 10 000 small items with the default
-  chunk size, through the original ``Pool._map_async`` and the instrumented one, spans off and on.
+  chunk size, through the original ``Pool._map_async`` and the instrumented one, spans off, on and slow.
 
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_workers_saturated.py --benchmark-enable``.
 """
@@ -45,6 +46,9 @@ from otel_perf.instrumentations._workers_trampoline import compact_call_items
 THREAD_BURSTS = {"noop": 1000, "50us": 400, "1ms": 40}
 PROCESS_BURSTS = {"noop": 200, "1ms": 40}
 MAP_ITEMS = 10_000
+#: OTEL_PERF_POOL_SPAN_MIN_DURATION's default: in the ``spans_slow`` variants no job reaches it (what slow
+#: mode costs a pool whose jobs are all fast).
+SLOW_DEFAULT = 0.01
 
 
 def noop() -> None:
@@ -131,25 +135,28 @@ def test_thread_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: N
     stop = _instrumented(env, spans=False)
     instrumented_submit = pool.submit
 
-    def run(submit: Callable[..., cf.Future[Any]], fn: Callable[[], None], spans: bool) -> float:
-        runtime.spans = spans
+    def run(submit: Callable[..., cf.Future[Any]], fn: Callable[[], None], spans: bool,
+            slow: float | None = None) -> float:
+        runtime.spans, runtime.slow = spans, slow
         return _burst(submit, fn, jobs)
 
     cases: list[tuple[str, Callable[[], float]]] = [
         ("bare", lambda: run(bare_submit, job, False)),
         ("spans_off", lambda: run(instrumented_submit, job, False)),
         ("spans_on", lambda: run(instrumented_submit, job, True)),
+        ("spans_slow", lambda: run(instrumented_submit, job, False, SLOW_DEFAULT)),
         ("direct", lambda: run(bare_submit, direct, False)),
     ]
     try:
         samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
     finally:
-        runtime.spans = False
+        runtime.spans, runtime.slow = False, None
         stop()
     _report(benchmark, capsys, f"workers.saturated.thread.{kind}", {
         "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
         "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
         "spans_on_vs_job_own_span": _ratio(samples, "spans_on", "direct"),
+        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
         "job_own_span_vs_bare": _ratio(samples, "direct", "bare"),
         "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
         "spans_off_us_per_job": round(statistics.median(samples["spans_off"]) * 1e6, 2),
@@ -173,24 +180,26 @@ def test_process_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: 
         compact_call_items(False)  # an uninstrumented program pickles call items the stdlib's way
         return _burst(bare_submit, job, jobs)
 
-    def instrumented(spans: bool) -> float:
+    def instrumented(spans: bool, slow: float | None = None) -> float:
         compact_call_items(True)
-        runtime.spans = spans
+        runtime.spans, runtime.slow = spans, slow
         return _burst(instrumented_submit, job, jobs)
 
     cases: list[tuple[str, Callable[[], float]]] = [
         ("bare", bare),
         ("spans_off", lambda: instrumented(False)),
         ("spans_on", lambda: instrumented(True)),
+        ("spans_slow", lambda: instrumented(False, SLOW_DEFAULT)),
     ]
     try:
         samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
     finally:
-        runtime.spans = False
+        runtime.spans, runtime.slow = False, None
         stop()
     _report(benchmark, capsys, f"workers.saturated.process.{kind}", {
         "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
         "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
+        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
         "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
         "spans_off_us_per_job": round(statistics.median(samples["spans_off"]) * 1e6, 2),
         "spans_on_us_per_job": round(statistics.median(samples["spans_on"]) * 1e6, 2),
@@ -222,8 +231,8 @@ def test_pool_map_saturated_paired(benchmark: Any, env: _Env, under_parent: None
         original(mp_pool, square, items, mapstar, None).get()
         return (time.perf_counter() - start) / MAP_ITEMS
 
-    def instrumented(spans: bool) -> float:
-        runtime.spans = spans
+    def instrumented(spans: bool, slow: float | None = None) -> float:
+        runtime.spans, runtime.slow = spans, slow
         start = time.perf_counter()
         mp_pool.map(square, items)
         return (time.perf_counter() - start) / MAP_ITEMS
@@ -232,15 +241,17 @@ def test_pool_map_saturated_paired(benchmark: Any, env: _Env, under_parent: None
         ("bare", bare),
         ("spans_off", lambda: instrumented(False)),
         ("spans_on", lambda: instrumented(True)),
+        ("spans_slow", lambda: instrumented(False, SLOW_DEFAULT)),
     ]
     try:
         samples = _measure(benchmark, cases, 30 if benchmark.enabled else 2, warmup=2)
     finally:
-        runtime.spans = False
+        runtime.spans, runtime.slow = False, None
         stop()
     _report(benchmark, capsys, "workers.saturated.pool_map", {
         "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
         "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
+        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
         "bare_us_per_item": round(statistics.median(samples["bare"]) * 1e6, 3),
         "spans_off_us_per_item": round(statistics.median(samples["spans_off"]) * 1e6, 3),
         "spans_on_us_per_item": round(statistics.median(samples["spans_on"]) * 1e6, 3),

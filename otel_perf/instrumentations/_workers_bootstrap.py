@@ -40,6 +40,7 @@ from otel_perf.instrumentations._workers_carrier import (
     EXTRA_FLUSH,
     EXTRA_KIND,
     EXTRA_NAME,
+    EXTRA_SLOW,
     EXTRA_SNAPSHOT,
     EXTRA_SPANS,
     INFO_CARRIER,
@@ -49,9 +50,10 @@ from otel_perf.instrumentations._workers_carrier import (
 )
 from otel_perf.instrumentations._workers_pickle import use_compact_results
 from otel_perf.instrumentations._workers_state import fault, unpublished
-from otel_perf.instrumentations._workers_thread import end_span, start_span
+from otel_perf.instrumentations._workers_thread import end_span, slow_span, start_span
 
-__all__ = ["FLUSH_ALL", "ensure_worker_sdk", "enter_worker_job", "flush", "leave_worker_job", "worker_pid"]
+__all__ = ["FLUSH_ALL", "ensure_worker_sdk", "enter_worker_job", "flush", "leave_worker_job", "worker_pid",
+           "worker_slow_span"]
 
 
 class _EndCounter:
@@ -177,6 +179,21 @@ def enter_worker_job(fn: Any, info: Info, wait: float) -> tuple[Span | None, obj
         fault("pool job start in a worker process", exc)
     # Else flushed once, when the worker exits (a finalizer).
     return span, token, (_ended() if extra is not None and extra[EXTRA_FLUSH] else None)
+
+
+def worker_slow_span(fn: Any, info: Info, wait: float, run: float, exc: BaseException | None,
+                     etype: str | None) -> None:
+    """The span of a job that has just ended in this worker, in slow mode (``EXTRA_SLOW`` set): made now,
+    with its real start and end and the submitter's span as parent (``_workers_thread.slow_span``)."""
+    extra = info[INFO_EXTRA]
+    if extra is None or extra[EXTRA_SLOW] is None or _worker_tracer is None:
+        return
+    try:
+        slow_span(_worker_tracer, extra[EXTRA_NAME], extra[EXTRA_KIND], fn, wait, run,
+                  context_from(info[INFO_CARRIER]) or otel_context.Context(), exc, etype,
+                  _workers_carrier.my_pid)
+    except Exception as failure:
+        fault("a slow pool job's span in a worker process", failure)
 
 
 #: ``ends`` that makes a job flush whatever it recorded (see :func:`_ended`).

@@ -26,6 +26,7 @@ __all__ = [
     "EXTRA_FLUSH",
     "EXTRA_KIND",
     "EXTRA_NAME",
+    "EXTRA_SLOW",
     "EXTRA_SNAPSHOT",
     "EXTRA_SPANS",
     "INFO_CARRIER",
@@ -41,15 +42,17 @@ __all__ = [
 ]
 
 #: What a job needs beyond the context, when it needs anything: (pool name, pool kind, spans on,
-#: snapshot, flush after each job). None when spans are off, there is no snapshot and no per-job flush.
+#: snapshot, flush after each job, slow-span threshold in seconds or None). None when spans are off (also
+#: not slow), there is no snapshot and no per-job flush.
 #: The snapshot travels only for a pool whose workers started before otel-perf saw it
 #: (``_workers_setup.set_up_workers``).
-Extra = tuple[str, str, bool, "bytes | None", bool]
+Extra = tuple[str, str, bool, "bytes | None", bool, "float | None"]
 EXTRA_NAME: Final = 0
 EXTRA_KIND: Final = 1
 EXTRA_SPANS: Final = 2
 EXTRA_SNAPSHOT: Final = 3
 EXTRA_FLUSH: Final = 4
+EXTRA_SLOW: Final = 5
 
 #: What travels with each process job (a tuple of primitives: it pickles fast, in C):
 #: (owner pid, pool id, submission time, context carrier, extra, may run as an item of a chunk). The

@@ -81,11 +81,12 @@ class Runtime:
     ``submit`` kept in a variable) then pass straight through.
     """
 
-    __slots__ = ("active", "rejected", "retries", "spans", "tracer")
+    __slots__ = ("active", "rejected", "retries", "slow", "spans", "tracer")
 
     def __init__(self) -> None:
         self.active = False
-        self.spans = False
+        self.spans = False  # a span for every job
+        self.slow: float | None = None  # OTEL_PERF_POOL_SPANS=slow: a span for jobs at least this slow
         self.tracer: Tracer | None = None
         self.rejected: Counter | None = None
         self.retries: Counter | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Mapping
-from time import perf_counter
+from time import perf_counter, time_ns
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -26,7 +26,7 @@ from otel_perf._semconv import CODE_FUNCTION_NAME, ERROR_TYPE, JOB_WAIT_DURATION
 from otel_perf.instrumentations._workers_joblog import FOLD_AT, FOLD_BUSY_AT
 from otel_perf.instrumentations._workers_state import PoolState, error_type, fault, runtime
 
-__all__ = ["end_span", "function_names", "local_job", "run_thread_job", "start_span"]
+__all__ = ["end_span", "function_names", "local_job", "run_thread_job", "slow_span", "start_span"]
 
 #: code object -> (short name, code.function.name, qualname): plain functions sharing a code object
 #: (closures made by one def) share their names, so a job's names are computed once per def.
@@ -78,7 +78,8 @@ def _span_head(name: str, kind: str, fn: Any, code: Any) -> tuple[str, str, Any,
 
 
 def start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
-                context: otel_context.Context | None = None, pid: int | None = None) -> Span | None:
+               context: otel_context.Context | None = None, pid: int | None = None,
+               start_time: int | None = None) -> Span | None:
     try:
         code = getattr(fn, "__code__", None)
         head = _heads.get(code)
@@ -88,19 +89,33 @@ def start_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float,
         attributes[JOB_WAIT_DURATION] = wait
         if pid is not None:
             attributes[PROCESS_PID] = pid
-        return tracer.start_span(head[3], context=context, kind=SpanKind.INTERNAL, attributes=attributes)
+        return tracer.start_span(head[3], context=context, kind=SpanKind.INTERNAL, attributes=attributes,
+                                 start_time=start_time)
     except Exception as exc:
         fault("starting a pool job span", exc)
         return None
 
 
 @guard
-def end_span(span: Span, exc: BaseException | None, etype: str | None) -> None:
+def end_span(span: Span, exc: BaseException | None, etype: str | None, end_time: int | None = None) -> None:
     if exc is not None:
         span.set_attribute(ERROR_TYPE, etype or error_type(exc))
-        span.record_exception(exc)
+        span.record_exception(exc, timestamp=end_time)
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-    span.end()
+    span.end(end_time)
+
+
+def slow_span(tracer: Tracer, name: str, kind: str, fn: Any, wait: float, run: float,
+              context: otel_context.Context | None, exc: BaseException | None, etype: str | None,
+              pid: int | None = None) -> None:
+    """The span of a job that has just ended (``OTEL_PERF_POOL_SPANS=slow``): made now, with the job's
+    real start and end (``run`` seconds, ending now) and ``context``'s span, the submitter's, as parent,
+    as the parsers' slow spans are. The job ran without a span of its own, so spans it made itself are
+    children of the submitter's span."""
+    end_time = time_ns()
+    span = start_span(tracer, name, kind, fn, wait, context, pid, end_time - int(run * 1e9))
+    if span is not None:
+        end_span(span, exc, etype, end_time)
 
 
 def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, args: tuple[Any, ...],
@@ -129,6 +144,9 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
             state.fold(False)
         if span is not None:
             end_span(span, exc, etype)
+        elif runtime.slow is not None and tracer is not None:  # slow mode: every failed job
+            slow_span(tracer, state.name, state.kind, fn, start - submitted, end - start, get_current(), exc,
+                      etype)
         raise
     end = perf_counter()
     done = state.done
@@ -138,6 +156,11 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
         state.fold(False)
     if span is not None:
         span.end()
+    else:
+        slow = runtime.slow
+        if slow is not None and end - start >= slow and tracer is not None:
+            slow_span(tracer, state.name, state.kind, fn, start - submitted, end - start, get_current(), None,
+                      None)
     return result
 
 

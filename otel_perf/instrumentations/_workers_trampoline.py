@@ -34,8 +34,14 @@ from opentelemetry.trace import Span
 from otel_perf._context import attach, detach, get_current
 from otel_perf._process import current_handle
 from otel_perf.instrumentations import _workers_bootstrap, _workers_carrier, _workers_pickle
-from otel_perf.instrumentations._workers_bootstrap import FLUSH_ALL, enter_worker_job, leave_worker_job
+from otel_perf.instrumentations._workers_bootstrap import (
+    FLUSH_ALL,
+    enter_worker_job,
+    leave_worker_job,
+    worker_slow_span,
+)
 from otel_perf.instrumentations._workers_carrier import (
+    EXTRA_SLOW,
     INFO_CARRIER,
     INFO_CHUNKED,
     INFO_EXTRA,
@@ -92,6 +98,7 @@ def job_info(state: PoolState, chunked: bool = False, flush: bool | None = None)
     # max_tasks_per_child): they flush once, when they exit. joblib kills its workers too (a failed task
     # aborts the call): the last task of each of its batches flushes (_workers_joblib).
     spans = runtime.spans
+    slow = runtime.slow
     config = None
     if state.snapshot_per_job:
         handle = current_handle()
@@ -99,7 +106,8 @@ def job_info(state: PoolState, chunked: bool = False, flush: bool | None = None)
     if flush is None:
         flush = state.source == SOURCE_MP
     # Laid out as _workers_carrier.Extra and .Info.
-    extra = (state.name, state.kind, spans, config, flush) if spans or flush or config is not None else None
+    extra = ((state.name, state.kind, spans, config, flush, slow)
+             if spans or flush or config is not None or slow is not None else None)
     ctx = get_current()
     last = _workers_carrier.last_carrier
     return (_workers_carrier.my_pid, state.id, wall_clock(), last[1] if last[0] is ctx else carrier_of(ctx),
@@ -138,10 +146,15 @@ def trampoline(fn: Callable[..., Any], info: Info, /, *args: Any, **kwargs: Any)
         if ends is None and info[INFO_CHUNKED]:
             # A failing item ends its chunk or batch, and joblib then kills its workers: flush now.
             ends = FLUSH_ALL
+        if span is None and info[INFO_EXTRA] is not None:
+            worker_slow_span(fn, info, wait, run, exc, etype)  # slow mode: every failed job
         leave_worker_job(span, token, ends, exc, etype)
         tag_exception(exc, (owner, info[INFO_POOL], (wait, run, etype)))
         raise
     run = perf_counter() - start
+    extra = info[INFO_EXTRA]
+    if span is None and extra is not None and extra[EXTRA_SLOW] is not None and run >= extra[EXTRA_SLOW]:
+        worker_slow_span(fn, info, wait, run, None, None)
     if span is not None or ends is not None:
         leave_worker_job(span, token, ends, None, None)
     elif token is not None:

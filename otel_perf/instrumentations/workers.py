@@ -124,7 +124,9 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
     def _start(self, **kwargs: Any) -> None:
         create_instruments(self.meter)
         runtime.tracer = self.tracer
-        runtime.spans = bool(self.settings.pool_spans)
+        mode = self.settings.pool_spans
+        runtime.spans = mode is True
+        runtime.slow = self.settings.pool_span_min_duration if mode == "slow" else None
         runtime.active = True
         self._patcher = Patcher("otel_perf_workers")
         for path, factory in _PATCHES:
@@ -191,7 +193,7 @@ class _JobScope:
     """What ``otel_perf.job(...)`` returns: a context manager for one job, or a decorator (each call of
     the decorated function is one job)."""
 
-    __slots__ = ("_key", "_span", "_start", "_state", "_token", "attempt", "enqueued_at", "function",
+    __slots__ = ("_key", "_slow", "_span", "_start", "_state", "_token", "attempt", "enqueued_at", "function",
                  "name", "pool")
 
     def __init__(self, pool: str, name: str | None, attempt: int, enqueued_at: float | None,
@@ -206,6 +208,7 @@ class _JobScope:
         self._state: PoolState | None = None
         self._start = 0.0
         self._key = 0
+        self._slow: float | None = None  # OTEL_PERF_POOL_SPANS=slow: the span is made at exit, if slow
 
     def __enter__(self) -> _JobScope:
         self._enter()
@@ -242,19 +245,28 @@ class _JobScope:
         state.running[self._key] = True
         if self.attempt > 1 and runtime.retries is not None:
             runtime.retries.add(1, state.attrs)
-        spans = runtime.spans if runtime.active else get_settings().pool_spans
+        if runtime.active:
+            spans, self._slow = runtime.spans, runtime.slow
+        else:
+            settings = get_settings()
+            spans = settings.pool_spans is True
+            self._slow = settings.pool_span_min_duration if settings.pool_spans == "slow" else None
         if spans:
-            tracer = runtime.tracer if runtime.active and runtime.tracer is not None else trace.get_tracer(
-                INSTRUMENTATION_SCOPE, schema_url=SCHEMA_URL)
-            attributes: dict[str, Any] = dict(state.attrs)
-            if self.function:
-                attributes[CODE_FUNCTION_NAME] = self.function
-            if self.enqueued_at is not None:
-                attributes[JOB_WAIT_DURATION] = max(0.0, time.monotonic() - self.enqueued_at)
-            self._span = tracer.start_span(f"{state.name} {self.name or 'job'}", kind=SpanKind.INTERNAL,
-                                           attributes=attributes)
+            self._span = self._start_span(state, max(0.0, time.monotonic() - self.enqueued_at)
+                                          if self.enqueued_at is not None else None)
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
         self._start = perf_counter()
+
+    def _start_span(self, state: PoolState, wait: float | None, start_time: int | None = None) -> Any:
+        tracer = runtime.tracer if runtime.active and runtime.tracer is not None else trace.get_tracer(
+            INSTRUMENTATION_SCOPE, schema_url=SCHEMA_URL)
+        attributes: dict[str, Any] = dict(state.attrs)
+        if self.function:
+            attributes[CODE_FUNCTION_NAME] = self.function
+        if wait is not None:
+            attributes[JOB_WAIT_DURATION] = wait
+        return tracer.start_span(f"{state.name} {self.name or 'job'}", kind=SpanKind.INTERNAL,
+                                 attributes=attributes, start_time=start_time)
 
     @guard
     def _exit(self, exc: BaseException | None) -> None:
@@ -276,6 +288,12 @@ class _JobScope:
         if self._span is not None:
             end_span(self._span, exc, etype)
             self._span = None
+        elif self._slow is not None and (run >= self._slow or exc is not None):
+            # Slow mode: the span now, with the job's real start and end (as _workers_thread.slow_span).
+            end_time = time.time_ns()
+            wait = (max(0.0, time.monotonic() - self.enqueued_at - run) if self.enqueued_at is not None
+                    else None)
+            end_span(self._start_span(state, wait, end_time - int(run * 1e9)), exc, etype, end_time)
 
 
 def job(pool: str, *, name: str | None = None, attempt: int = 1,
