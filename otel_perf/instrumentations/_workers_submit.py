@@ -271,8 +271,7 @@ def mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
         count = len(iterable)  # type: ignore[arg-type]
         state.add_outstanding(count)
         try:
-            per_item_spans = runtime.spans or runtime.slow is not None
-            star = _chunk_mapper(args[0]) if args and state.source == SOURCE_MP and not per_item_spans else None
+            star = _chunk_mapper(args[0]) if args and state.source == SOURCE_MP and not runtime.spans else None
             if star is not None:  # one job per chunk (chunk_job), the items timed together
                 return call(self, func, iterable, chunk_job(state, star), *args[1:], **kwargs)
             return call(self, _job_for(state, func), iterable, *args, **kwargs)
