@@ -1,7 +1,7 @@
 """The performance objectives: what is measured, how, and the default thresholds.
 
 Why this module exists: the same objectives drive ``otel-perf report``, the Prometheus recording and alert
-rules in ``deploy/prometheus/rules/`` and the Grafana dashboard (DESIGN.md, "Objectives"). Keeping the table
+rules in ``deploy/prometheus/rules/`` and the Grafana dashboard (``docs/report.md``, "Objectives"). Keeping the table
 here, next to the names in ``_semconv``, lets the tests check that the rules and the dashboard use exactly
 these thresholds, and lets ``--objectives file.toml`` override them by key.
 

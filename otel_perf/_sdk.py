@@ -238,12 +238,21 @@ def process_startup(settings: Settings) -> None:
     mark_root()
     attach_environment_context()
     check_at_startup()  # the SDK internals otel-perf uses, checked now rather than at exit
+    _watch_batch_queues()
     if settings.profiling != "off":  # the profiling feature exports through the exporters feature
         from otel_perf.exporters.profiles import profile_exporter
         from otel_perf.profiling import continuous
 
         continuous.set_exporter_factory(profile_exporter)
     _run_startup_hooks(settings)
+
+
+def _watch_batch_queues(*providers: Any) -> None:
+    """Count what the SDK's batch processors drop on a full queue (``otel_perf.exporter.dropped``): those of
+    the global providers at start-up, then those of the providers ``configure()`` uses (and its meter)."""
+    from otel_perf.exporters._batch_drops import watch_batch_queues
+
+    watch_batch_queues(*providers)
 
 
 def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
@@ -439,6 +448,7 @@ def configure(
                 if owns:
                     handle.owned.append(provider)
             process_startup(effective)
+            _watch_batch_queues(handle.tracer_provider, handle.logger_provider, handle.meter_provider)
             if instrument:
                 for name, instrumentor in load_instrumentors():
                     if instrumentor.is_instrumented_by_opentelemetry:

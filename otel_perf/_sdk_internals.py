@@ -4,34 +4,42 @@ Why this module exists: a few of otel-perf's costs and guarantees need names the
 not promise to keep (``docs/architecture.md``, "OpenTelemetry internals"): the context's ``ContextVar``
 (three Python calls fewer per pool job), the context keys of ``suppress_instrumentation()`` (four calls
 fewer per parse), the SDK configurator and its exporter-name resolution (the launcher's own set-up without
-a configurator), a meter's measurement consumer (which provider a meter reports to), and the metric
-storage that ``_aggregate`` publishes its histograms into (exact histograms at the price of one
-collection-time merge). They all live here so that an OpenTelemetry release that moves one changes this
-file only. Each is checked where it is first bound (at import, at start-up or at the first use); when it
-is not what this otel-perf expects, one log line (INFO: nothing is lost) says so and the caller takes the
-public path, which does the same job more slowly or more coarsely.
+a configurator), the export locks of the batch processors and metric readers (a fork waits for the
+exports in progress, so no pool worker inherits a held lock), and, in ``_sdk_internals_storage`` (re-exported
+here), a meter's measurement consumer (which provider a meter reports to) and the metric storage that
+``_aggregate`` publishes its histograms into (exact histograms at the price of one collection-time merge).
+They all live here so that an OpenTelemetry release that moves one changes these two files only. Each is
+checked where it is first bound (at import, at start-up, at the first use or at each fork); when it is not
+what this otel-perf expects, one log line (INFO) says so and the caller takes the public path, which does
+the same job more slowly or more coarsely (for the export locks: a fork that does not wait).
 
-This module is core: it imports no other part of otel-perf but the guard, and the SDK only inside the
-functions that need it, so importing it costs an instrumentation nothing.
+This module is core: it imports no other part of otel-perf but the guard and its storage half, and the SDK
+only inside the functions that need it, so importing it costs an instrumentation nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
-from time import time_ns
 from typing import Any
 
 from opentelemetry import context as _api_context
 from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 
 from otel_perf._safety import log_once
+from otel_perf._sdk_internals_storage import (
+    forget_histogram_points,
+    measurement_consumer,
+    merge_histogram,
+    storage_attributes_key,
+)
 
 __all__ = [
     "check_at_startup",
     "context_var_methods",
+    "export_locks",
     "exporter_name_resolver",
     "forget_global_providers",
     "forget_histogram_points",
@@ -127,148 +135,67 @@ def sdk_configurator() -> Any:
     return _OTelSDKConfigurator
 
 
-# --- the SDK's metric storage ------------------------------------------------------------------------------
+# --- the SDK's export locks (fork) ------------------------------------------------------------------------
 
 
-def measurement_consumer(meter: Any) -> Any:
-    """What identifies a meter's SDK MeterProvider (its measurement consumer), or None when unknown (not an
-    SDK meter, or an SDK that keeps it elsewhere: the caller then assumes one provider)."""
-    meter = getattr(meter, "_real_meter", None) or meter  # a proxy meter made before the provider was set
-    return getattr(meter, "_measurement_consumer", None)
+def _is_sdk(provider: Any) -> bool:
+    """Whether ``provider`` is the SDK's (or a subclass), without importing the SDK."""
+    return any(cls.__module__.startswith("opentelemetry.sdk.") for cls in type(provider).__mro__)
 
 
-def _storages(instrument: Any) -> tuple[Any, Any] | None:
-    """(real SDK instrument, reader storages) or None when this is not an SDK instrument."""
-    real = getattr(instrument, "_real_instrument", None) or instrument  # proxy instruments delegate
-    consumer = getattr(real, "_measurement_consumer", None)
-    if consumer is None:
-        return None
-    return real, consumer._reader_storages
+def _is_sdk_batch(processor: Any) -> bool:
+    """Whether ``processor`` is one of the SDK's batch processors (or a subclass of one)."""
+    return any(cls.__name__.startswith("Batch") and cls.__module__.startswith("opentelemetry.sdk.")
+               for cls in type(processor).__mro__)
 
 
-_attributes_key: Callable[[dict[str, Any]], Any] | None = None
+def _no_export_lock(key: str, what: str, why: str) -> None:
+    log_once(("sdk-fallback", key), "otel-perf: %s is not what this otel-perf expects (%s); a fork does not wait "
+             "for its exports", what, why, level=logging.INFO)
 
 
-def storage_attributes_key() -> Callable[[dict[str, Any]], Any]:
-    """How this SDK's metric storage keys an attribute set (private, and changed across releases:
-    ``frozenset(attributes.items())`` up to about 1.40, ``_hash_attributes`` later). Found once (at start-up,
-    else at the first publication) by recording one value into a private MeterProvider and reading the key
-    it made; a scheme matching none of the known ones raises, and the caller then takes the public path."""
-    global _attributes_key
-    if _attributes_key is not None:
-        return _attributes_key
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.resources import Resource
+def export_locks() -> Iterator[tuple[str, Any]]:
+    """(signal, lock) of every export or collection the global SDK providers may have in progress: each
+    batch span and log record processor's export lock, each metric reader's export lock and the meter
+    provider's collection lock (``instrumentations/_workers_fork`` holds them across a fork). Checked at
+    use, without importing anything (this runs in a fork hook): an SDK provider or batch processor that
+    keeps them elsewhere is logged once and yields nothing (a fork then does not wait for it, as without
+    otel-perf); a provider that is not the SDK's has none."""
+    from opentelemetry import metrics, trace
+    from opentelemetry._logs import get_logger_provider
 
-    candidates: list[Callable[[dict[str, Any]], Any]] = [lambda attrs: frozenset(attrs.items())]
-    try:
-        from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
-    except ImportError:
-        pass
-    else:
-        candidates.insert(0, _hash_attributes)
-    # An explicit resource: no resource detection (it may use threads, and this can run at exit).
-    provider = MeterProvider(metric_readers=[InMemoryMetricReader()], resource=Resource({}),
-                             shutdown_on_exit=False)
-    try:
-        probe = provider.get_meter("otel_perf.startup-check").create_histogram("otel_perf.startup_check")
-        attributes: dict[str, Any] = {"otel_perf.check": "key", "n": 1}
-        probe.record(1.0, attributes)
-        found = _storages(probe)
-        if found is None:
-            raise LookupError("the SDK's histogram has no measurement consumer")
-        real, storages = found
-        keys = [key for storage in storages.values()
-                for vim in storage._get_or_init_view_instrument_match(real) for key in vim._attributes_aggregation]
-    finally:
-        provider.shutdown()
-    for candidate in candidates:
-        if keys == [candidate(attributes)]:
-            _attributes_key = candidate
-            return candidate
-    raise LookupError(f"the SDK keys attribute sets in a way otel-perf does not know ({keys!r})")
-
-
-def merge_histogram(instrument: Any, attributes: Mapping[str, Any], bucket_counts: Sequence[int], total: float,
-                    low: float, high: float, bounds: tuple[float, ...],
-                    representatives: Callable[[], Iterable[tuple[float, int]]]) -> bool:
-    """Add one interval of a histogram into the SDK's storage of ``instrument``, in every reader's storage
-    and through each reader's views: the buckets, sum, min and max as they are where the view kept the
-    aggregation and its boundaries, else one measurement per value of ``representatives()`` (value,
-    count). Returns False when ``instrument`` is not an SDK instrument; raises when the storage is not
-    what this otel-perf expects (the caller then records through the public API from now on)."""
-    from opentelemetry.sdk.metrics._internal.aggregation import (
-        DefaultAggregation,
-        _DropAggregation,
-        _ExplicitBucketHistogramAggregation,
-    )
-
-    found = _storages(instrument)
-    if found is None:
-        return False
-    _hash_attributes = storage_attributes_key()
-    real, storages = found
-    if hasattr(real, "_is_enabled") and not real._is_enabled():
-        return True  # the user's meter configurator disabled this meter: drop, as record() would
-    for storage in list(storages.values()):
-        for vim in storage._get_or_init_view_instrument_match(real):
-            attrs = dict(attributes)
-            if vim._view._attribute_keys is not None:
-                attrs = {k: v for k, v in attrs.items() if k in vim._view._attribute_keys}
-            key = _hash_attributes(attrs)
-            aggregation: Any = vim._attributes_aggregation.get(key)
-            if aggregation is None:
-                with vim._lock:
-                    aggregation = vim._attributes_aggregation.get(key)
-                    if aggregation is None:
-                        factory = vim._view._aggregation
-                        if isinstance(factory, DefaultAggregation):
-                            factory = vim._instrument_class_aggregation[real.__class__]
-                        aggregation = factory._create_aggregation(
-                            real, attrs, vim._view._exemplar_reservoir_factory, time_ns()
-                        )
-                        vim._attributes_aggregation[key] = aggregation
-            if isinstance(aggregation, _DropAggregation):
+    for signal, provider, multi_name, list_name in (
+            ("traces", trace.get_tracer_provider(), "_active_span_processor", "_span_processors"),
+            ("logs", get_logger_provider(), "_multi_log_record_processor", "_log_record_processors")):
+        if not _is_sdk(provider):
+            continue
+        processors = getattr(getattr(provider, multi_name, None), list_name, None)
+        if processors is None:
+            _no_export_lock(f"export-locks-{signal}", f"the SDK's {signal} provider", f"no {multi_name}.{list_name}")
+            continue
+        for processor in processors:
+            if not _is_sdk_batch(processor):
+                continue  # a simple processor exports in the caller's thread: nothing runs in the background
+            lock = getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
+            if lock is None:
+                _no_export_lock(f"export-locks-{signal}-batch", f"the SDK's {type(processor).__name__}",
+                                "no _batch_processor._export_lock")
                 continue
-            if isinstance(aggregation, _ExplicitBucketHistogramAggregation) and aggregation._boundaries == bounds:
-                with aggregation._lock:
-                    if aggregation._value is None:
-                        aggregation._value = aggregation._get_empty_bucket_counts()  # type: ignore[assignment]
-                    values: list[int] = aggregation._value  # type: ignore[assignment]
-                    for i in range(len(values)):
-                        values[i] += bucket_counts[i]
-                    aggregation._sum += total  # type: ignore[assignment]
-                    if aggregation._record_min_max:
-                        aggregation._min = min(aggregation._min, low)
-                        aggregation._max = max(aggregation._max, high)
-            else:
-                # A user view chose another aggregation or other buckets: feed representative values.
-                from opentelemetry.context import get_current
-                from opentelemetry.sdk.metrics._internal.measurement import Measurement
-
-                now = time_ns()
-                for value, count in representatives():
-                    for _ in range(count):
-                        aggregation.aggregate(Measurement(value, now, real, get_current(), attrs))
-    return True
-
-
-def forget_histogram_points(instrument: Any) -> None:
-    """Drop what the SDK's storage holds for ``instrument`` (forked child: those were the parent's).
-
-    Runs in an after-fork hook: takes no lock (one held by a vanished parent thread is never released).
-    """
-    try:
-        found = _storages(instrument)
-        if found is None:
-            return
-        real, storages = found
-        for storage in list(storages.values()):
-            for vim in storage._instrument_view_instrument_matches.get(real, ()):
-                vim._attributes_aggregation = {}
-    except Exception:  # the SDK's private storage changed shape: the child keeps the parent's points
-        log_once("aggregate-fork-reset", "otel-perf: cannot reset the SDK's histogram storage after fork")
+            yield signal, lock
+    meter_provider = metrics.get_meter_provider()
+    if not _is_sdk(meter_provider):
+        return
+    consumer = getattr(meter_provider, "_measurement_consumer", None)
+    readers = getattr(consumer, "_reader_storages", None)
+    collect_lock = getattr(consumer, "_lock", None)
+    if readers is None or collect_lock is None:
+        _no_export_lock("export-locks-metrics", "the SDK's meter provider", "no _measurement_consumer._lock")
+        return
+    for reader in list(readers):
+        lock = getattr(reader, "_export_lock", None)
+        if lock is not None:  # a pull reader (Prometheus) exports nothing itself
+            yield "metrics", lock
+    yield "metrics", collect_lock
 
 
 # --- the API's global providers ----------------------------------------------------------------------------
@@ -302,3 +229,134 @@ def check_at_startup() -> None:
         storage_attributes_key()
     except Exception:
         pass
+
+
+# === the SDK's batch queues: what they drop (issue 20.3; branch `volume`, kept apart to merge easily) =====
+#
+# The SDK's BatchSpanProcessor and BatchLogRecordProcessor keep their queue in one shared BatchProcessor
+# (``opentelemetry.sdk._shared_internal``; the processor's ``_batch_processor``). On a full queue its
+# ``emit()`` logs "Queue full, dropping ..." and, from the SDK releases that have processor metrics on, calls
+# ``self._metrics.drop_items(1)``. Two ways to count, both free while the queue is not full:
+#
+# * "metrics": replace each processor's ``_metrics`` with a wrapper that counts ``drop_items`` with the
+#   reason ``queue_full`` and passes every call on (SDKs whose ``emit`` calls ``_metrics.drop_items``);
+# * "log": a filter, first on the SDK's logger, that counts the "Queue full" warnings (SDK 1.40). A logging
+#   set-up that silences that logger below WARNING (or disables it) silences the count too.
+
+#: The message ``BatchProcessor.emit`` logs for each item it drops (a %-format with the item's kind).
+_QUEUE_FULL_MESSAGE = "Queue full, dropping %s."
+#: ``BatchProcessor``'s ``exporting`` names, by signal.
+_EXPORTING_SIGNAL = {"Span": "traces", "Log": "logs", "LogRecord": "logs"}
+
+
+def batch_queue_drop_mechanism() -> str:
+    """How this SDK's batch-queue drops can be counted: ``"metrics"``, ``"log"`` or ``"none"`` (start-up
+    check, on the byte code of ``BatchProcessor.emit``: the names it uses)."""
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError as exc:
+        _fallback("batch-queue-drops", "the SDK's batch processor", exc)
+        return "none"
+    code = getattr(getattr(BatchProcessor, "emit", None), "__code__", None)
+    names = set(code.co_names) if code is not None else set()
+    if {"_metrics", "drop_items"} <= names:
+        return "metrics"
+    if _QUEUE_FULL_MESSAGE in (code.co_consts if code is not None else ()) and "warning" in names:
+        return "log"
+    _fallback("batch-queue-drops", "the SDK's batch processor", "emit() counts no drops otel-perf can see")
+    return "none"
+
+
+def batch_queues(provider: Any) -> list[tuple[str, Any]]:
+    """``(signal, BatchProcessor)`` of each SDK batch processor of a tracer or logger provider (none for a
+    provider that is not the SDK's, or whose processors are kept where this otel-perf does not look)."""
+    found: list[tuple[str, Any]] = []
+    for multi_name, list_name in (("_active_span_processor", "_span_processors"),
+                                  ("_multi_log_record_processor", "_log_record_processors")):
+        processors = getattr(getattr(provider, multi_name, None), list_name, None)
+        if not isinstance(processors, tuple | list):
+            continue
+        for processor in processors:
+            queue = getattr(processor, "_batch_processor", None)
+            signal = _EXPORTING_SIGNAL.get(getattr(queue, "_exporting", ""))
+            if signal is not None:
+                found.append((signal, queue))
+    return found
+
+
+class _CountingProcessorMetrics:
+    """A batch processor's metrics object that also reports the items dropped on a full queue; every
+    call is passed on unchanged (the SDK's own ``otel.sdk.processor.*`` metrics stay as they were)."""
+
+    def __init__(self, inner: Any, signal: str, on_drop: Callable[[str, int], None]) -> None:
+        self.otel_perf_inner = inner
+        self._signal = signal
+        self._on_drop = on_drop
+
+    def drop_items(self, count: int, *args: Any, **kwargs: Any) -> Any:
+        reason = args[0] if args else kwargs.get("error_type", "queue_full")
+        if reason == "queue_full":
+            try:
+                self._on_drop(self._signal, count)
+            except Exception:
+                log_once("batch-queue-drop-count", "otel-perf: cannot count an item the SDK's batch processor "
+                         "dropped", exc_info=True)
+        return self.otel_perf_inner.drop_items(count, *args, **kwargs)
+
+    def finish_items(self, count: int, *args: Any, **kwargs: Any) -> Any:  # once per exported batch
+        return self.otel_perf_inner.finish_items(count, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # register_queue_size, anything newer
+        return getattr(self.otel_perf_inner, name)
+
+
+def count_batch_queue_drops(queue: Any, signal: str, on_drop: Callable[[str, int], None]) -> bool:
+    """Report what ``queue`` (a ``BatchProcessor``) drops on a full queue to ``on_drop(signal, count)``,
+    once per queue (again: no change). False when it has no metrics object to wrap."""
+    metrics = getattr(queue, "_metrics", None)
+    if metrics is None or not callable(getattr(metrics, "drop_items", None)):
+        return False
+    if not isinstance(metrics, _CountingProcessorMetrics):
+        queue._metrics = _CountingProcessorMetrics(metrics, signal, on_drop)
+    return True
+
+
+class _QueueFullFilter(logging.Filter):
+    """Counts the SDK's "Queue full, dropping ..." warnings; lets every record through."""
+
+    def __init__(self, on_drop: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self.on_drop = on_drop
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _QUEUE_FULL_MESSAGE and record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            signal = _EXPORTING_SIGNAL.get(str(args[0]))
+            if signal is not None:
+                try:
+                    self.on_drop(signal, 1)
+                except Exception:
+                    log_once("batch-queue-drop-count", "otel-perf: cannot count an item the SDK's batch "
+                             "processor dropped", exc_info=True)
+        return True
+
+
+def count_batch_queue_drops_from_log(on_drop: Callable[[str, int], None]) -> None:
+    """Count every batch queue's drops from the SDK's "Queue full" warnings (mechanism ``"log"``): one
+    filter, placed first on the SDK's logger (before its duplicate filter) and installed once."""
+    from opentelemetry.sdk._shared_internal import BatchProcessor
+
+    logger = logging.getLogger(BatchProcessor.__module__)
+    for existing in logger.filters:
+        if isinstance(existing, _QueueFullFilter):
+            existing.on_drop = on_drop
+            return
+    logger.filters.insert(0, _QueueFullFilter(on_drop))
+
+
+__all__ += [  # the names of this block, kept with it (merges apart from the list above)
+    "batch_queue_drop_mechanism", "batch_queues", "count_batch_queue_drops", "count_batch_queue_drops_from_log",
+]
+
+
+# === end of the batch queues' block ========================================================================

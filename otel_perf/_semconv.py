@@ -1,7 +1,7 @@
 """Every metric, span and attribute name otel-perf emits, in one place.
 
 Why this module exists: names are the contract with dashboards, alert rules and users' queries
-(DESIGN.md, "Names"). Instrumentations import them from here and never spell a name inline, so a
+(listed in ``docs/telemetry.md``). Instrumentations import them from here and never spell a name inline, so a
 rename is one edit and the reference docs (generated from this module) cannot drift.
 
 Semantic-convention names are used where a convention exists; GenAI names are defined locally because
@@ -187,7 +187,8 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
     _m("parsers", "otel_perf.parse.size", "histogram", "By", "Size of the parsed input.", PARSER_NAME),
     # Exporters
     _m("exporters", "otel_perf.exporter.dropped", "counter", "{item}",
-       "Telemetry items durable export had to drop.", EXPORTER_SIGNAL, EXPORTER_DROP_REASON),
+       "Telemetry items lost on the way out: dropped by durable export, or by the SDK's batch processor "
+       "on a full queue.", EXPORTER_SIGNAL, EXPORTER_DROP_REASON),
 )
 
 METRICS_BY_NAME: Final = {spec.name: spec for spec in METRICS}
@@ -212,6 +213,18 @@ GROUP_NOTES: Final[dict[str, str]] = {
         "loky's executor (joblib's default backend, named `loky`) and joblib's other backends, and "
         "`otel_perf.job(...)`. Submissions made while instrumentation is suppressed are not counted, and "
         "pools that only the OpenTelemetry SDK and exporters use are left out."),
+    "exporters": (
+        "`otel_perf.exporter.drop.reason`: `spool_full`, `rejected` and `spool_error` are durable export's "
+        "(docs/durable-export.md); `queue_full` counts the spans (signal `traces`) and log records (`logs`) the "
+        "SDK's batch processor dropped because its queue was full: they never reached the exporter, while "
+        "otel-perf's metrics stay complete. A non-zero `queue_full` means the program ends spans faster than "
+        "they are exported: raise `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048; `OTEL_BLRP_MAX_QUEUE_SIZE` for "
+        "logs) for bursts, and for busy pools make fewer spans with `OTEL_PERF_POOL_SPANS=slow` "
+        "(docs/troubleshooting.md, \"Spans are missing\"). Counted for the SDK batch processors of the "
+        "providers `configure()` or the launcher set up or found set, the user's own included, from start-up "
+        "on; the SDK checks its queue and inserts without a lock, so under a sustained overflow the count "
+        "can run up to about 1 % above the spans actually lost (a span counted as it found the queue full "
+        "gets in when the export thread takes a batch out at that instant)."),
 }
 
 
@@ -267,6 +280,8 @@ METRICS = METRICS + _BUFFER_POOL_METRICS  # type: ignore[misc]  # Final re-bound
 EXPORTER_DROP_REASON_SPOOL_FULL: Final = "spool_full"
 EXPORTER_DROP_REASON_REJECTED: Final = "rejected"
 EXPORTER_DROP_REASON_SPOOL_ERROR: Final = "spool_error"
+#: The SDK's batch span or log record processor found its queue full (exporters/_batch_drops.py).
+EXPORTER_DROP_REASON_QUEUE_FULL: Final = "queue_full"
 EXPORTER_SPOOL_CORRUPT: Final = "otel_perf.exporter.spool.corrupt"
 
 _DURABLE_METRICS: tuple[MetricSpec, ...] = (

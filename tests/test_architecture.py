@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "otel_perf"
 CORE = frozenset({
     "otel_perf", "otel_perf.version", "otel_perf.errors", "otel_perf.environment_variables",
     "otel_perf._config", "otel_perf._safety", "otel_perf._semconv", "otel_perf._error_type",
-    "otel_perf._context", "otel_perf._sdk_internals", "otel_perf._process", "otel_perf._aggregate",
+    "otel_perf._context", "otel_perf._sdk_internals", "otel_perf._sdk_internals_storage", "otel_perf._process",
+    "otel_perf._aggregate",
     "otel_perf._inplace", "otel_perf._patching", "otel_perf._otlpjson", "otel_perf._objectives",
 })
 #: Layer 1: the features, each a package of its own that imports only the core and itself.

@@ -16,7 +16,7 @@ within seconds (seen on the 2-core development machines), so the ``instrumented`
 four variants interleaved (A B C D D C B A blocks, the calling thread's CPU time) and stores the median
 per-block ratios and min/min ratios in its ``extra_info`` (``--benchmark-json``), printed at the end of
 the run as well. Those are the numbers to read; the sequential pytest-benchmark table is for trends.
-Budgets (issue 5): json.loads 1 KB +15%, 100 KB +1%, argparse 10 options +3%, shlex.split of 200
+Budgets (``benchmarks/budgets.toml``): json.loads 1 KB +15%, 100 KB +1%, argparse 10 options +3%, shlex.split of 200
 characters +3% on the hot path; the total must stay below the sdk-direct twin. A collection costs
 otel-perf's publication about 0.2-0.3 ms more than the SDK's own, the price of roughly 10-15 pairs of SDK
 ``record`` calls, so ``n`` is chosen per case so that a round lasts at least about 10 ms (a real export

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_runtime.py --benchmark-enable``.
 
-Budgets (issue 6):
+Budgets (``benchmarks/budgets.toml``):
 
 * one full collection of the runtime metrics (and the memory metrics, when ``otel_perf_memory`` is
   installed) costs no more than contrib's ``SystemMetricsInstrumentor`` configured for its ``process.*``

@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python -m pytest benchmarks/instrumentations/test_tools.py --benchmark-enable``.
 
-Budgets (issue 4), read from one run:
+Budgets (``benchmarks/budgets.toml``), read from one run:
 
 * ``tool-noop`` / ``tool-1ms``: ``decorated - bare`` at most ``span_direct - bare`` plus half of
   ``histogram_record`` (an SDK ``Histogram.record`` with the metric's two attributes);

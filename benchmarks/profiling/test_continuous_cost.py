@@ -1,5 +1,5 @@
-"""Cost of continuous CPU profiling (issue 21's budget: process CPU <= 1.02x no profiling at 100 Hz,
-including encoding and export; ddtrace's published goal is 1.01x).
+"""Cost of continuous CPU profiling (budget in ``benchmarks/budgets.toml``: process CPU <= 1.02x no profiling
+at 100 Hz, including encoding and export; ddtrace's published goal is 1.01x).
 
 The set-up of ``test_sampler.py``: a CPU-bound main thread about 30 frames deep, 4 idle threads parked
 about 30 deep. Each block runs the same work, either bare or with a :class:`ContinuousProfiler` (CPU

@@ -1,4 +1,4 @@
-"""Cost of turning a tracemalloc snapshot into a heap profile's samples (issue 17, point 11).
+"""Cost of turning a tracemalloc snapshot into a heap profile's samples.
 
 A busy program has millions of live blocks. Group ``profiling.heap.grouping`` takes one snapshot of
 2,000 live records (about 6,000 blocks) with tracemalloc still running, as it does when

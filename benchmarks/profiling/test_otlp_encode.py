@@ -1,4 +1,5 @@
-"""Cost of encoding a profile for OTLP (issue 21's budget: a 60 s profile of 6 000 samples in under 50 ms).
+"""Cost of encoding a profile for OTLP (budget in ``benchmarks/budgets.toml``: a 60 s profile of 6 000 samples
+in under 50 ms).
 
 The snapshot is what 60 s of a busy thread at 100 Hz gives in the worst case for the encoder: 6 000
 samples that all differ (600 spans of 100 ms, 10 distinct stacks each, 30 frames deep over 200 functions

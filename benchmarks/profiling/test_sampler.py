@@ -1,7 +1,8 @@
-"""Cost of the sampling profiler on a CPU-bound thread (issue 7's budget: at most 2% in CPU mode at 100 Hz).
+"""Cost of the sampling profiler on a CPU-bound thread (budget in ``benchmarks/budgets.toml``:
+at most 2% in CPU mode at 100 Hz).
 
-Set-up, as in /work/shared/reference/sdk-overhead-here.md section 7: the main thread runs a CPU-bound
-loop about 30 frames deep while 4 idle threads are parked about 30 frames deep. Group
+Set-up: the main thread runs a CPU-bound loop about 30 frames deep while 4 idle threads are parked about
+30 frames deep. Group
 ``profiling.sampler`` has the bare loop and the same loop with a 100 Hz sampler in CPU mode and in wall
 mode, in the same run; each sampled case also records the sampler's per-tick cost and achieved rate in
 ``extra_info``. Run: ``.venv/bin/python -m pytest benchmarks/profiling --benchmark-enable``.

@@ -1,4 +1,4 @@
-"""Cost of span tracking (issue 21's budget: span start and end with tracking <= 1.02x without).
+"""Cost of span tracking (budget in ``benchmarks/budgets.toml``: span start and end with tracking <= 1.02x without).
 
 The span is the cheapest a user makes, so the ratio is the strictest: ``start_as_current_span`` and its
 end, no attributes, on an SDK tracer provider with a BatchSpanProcessor exporting to a no-op exporter.

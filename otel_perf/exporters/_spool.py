@@ -7,17 +7,10 @@ can share without sending an entry twice, and which stays within a byte bound by
 entries, saying how many items it dropped. The exporter (``durable.py``) owns the network; this module
 owns the files.
 
-Layout under the spool directory (``OTEL_PERF_SPOOL_DIR``)::
+The files (the directory's layout, an entry's format and name) are ``_spool_format.py``'s; the byte bound
+(a cached listing, eviction of the oldest entries) is ``_spool_bound.py``'s.
 
-    <signal>/<time_ns>-<pid>-<seq>-<size>.otlp   one entry: header + one encoded OTLP export request
-                                                 (signal: traces, metrics, logs, profiles)
-    <signal>/.tmp-<pid>-<name>                   an entry being written (renamed into place when complete)
-    <signal>/.replay.lock                        flock'd by the one process replaying this signal right now
-    <signal>/corrupt/                            entries that failed their checks, moved aside (the
-                                                 newest _CORRUPT_KEEP per signal, kept for diagnosis)
-
-Entry names sort by time, then pid, then a per-process sequence number, so a plain sort is the replay
-order. An entry file is ``flock``'d while it is being sent, so eviction never removes an entry that is in
+An entry file is ``flock``'d while it is being sent, so eviction never removes an entry that is in
 flight, and the directory's ``.replay.lock`` lets exactly one process at a time send a signal's entries.
 An entry becomes visible by a rename, and the directory is fsynced after it, so that a power loss cannot
 lose an entry the exporter already reported as kept.
@@ -34,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import struct
 import threading
 import time
 import weakref
@@ -44,21 +36,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_perf._safety import log_once
+from otel_perf.exporters._spool_bound import evict
+from otel_perf.exporters._spool_format import (
+    ALL_SIGNALS,
+    CLOEXEC,
+    ENTRY_FLAGS,
+    HEADER,
+    SIGNALS,
+    TMP_PREFIX,
+    SpoolCorruptError,
+    check_directory,
+    encode_header,
+    is_entry,
+    log_skipped,
+    next_name,
+    pid_alive,
+    read_header,
+    read_payload,
+    reason,
+)
 
 __all__ = ["ALL_SIGNALS", "SIGNALS", "Entry", "Spool", "SpoolCorruptError", "check_directory"]
 
-#: The signals whose directories every spool has (made and checked up front).
-SIGNALS = ("traces", "metrics", "logs")
-#: Every signal a spool holds: profiles (continuous profiling, off by default) get their directory when
-#: their exporter starts.
-ALL_SIGNALS = (*SIGNALS, "profiles")
-
-_MAGIC = b"OPSP"
-_VERSION = 1
-# magic, version, item count, crc32 of the payload, payload length
-_HEADER = struct.Struct(">4sBIIQ")
-_SUFFIX = ".otlp"
-_TMP_PREFIX = ".tmp-"
 _LOCK_NAME = ".replay.lock"
 _CORRUPT_DIR = "corrupt"
 #: Corrupt entries kept per signal: enough to diagnose a cause, never a disk filled by a recurring fault
@@ -67,20 +66,8 @@ _CORRUPT_KEEP = 16
 #: A temporary file this old, or whose writer is gone, is the remains of a crash mid-write.
 _STALE_TMP_SECONDS = 300.0
 
-_BUSY = object()  # an entry another sender holds right now
-_GONE = object()  # an entry that no longer exists
-_SKIP = object()  # not an entry this process can drop (not a regular file, no permission): left alone
-
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-# Never follow a symlink out of the spool, never block on a FIFO named like an entry.
-_ENTRY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
 DropCallback = Callable[[str, int, str], None]
 """``on_drop(signal, items, reason)``: called for every entry the spool removes undelivered."""
-
-
-class SpoolCorruptError(ValueError):
-    """An entry failed its checks (bad magic, truncated, checksum mismatch)."""
 
 
 @dataclass
@@ -107,124 +94,10 @@ class Entry:
         self._spool._close_fd(self._fd)
 
 
-_last_ns = 0
-_seq = 0
-_name_lock = threading.Lock()
-
-
-def _next_name(size: int) -> str:
-    """A name that sorts after every name this process made before (even if the wall clock steps back).
-
-    It ends with the entry's size in bytes, so the bound can be kept from a directory listing alone.
-    """
-    global _last_ns, _seq
-    with _name_lock:
-        now = max(time.time_ns(), _last_ns + 1)
-        _last_ns = now
-        _seq += 1
-        return f"{now:020d}-{os.getpid():010d}-{_seq:010d}-{size}{_SUFFIX}"
-
-
-def _size_from_name(name: str) -> int | None:
-    parts = name[:-len(_SUFFIX)].split("-")
-    if len(parts) != 4 or not parts[3].isdigit():
-        return None
-    return int(parts[3])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_entry(item: os.DirEntry[str]) -> bool:
-    """Whether a directory item is a complete entry: named like one and a regular file.
-
-    Anything else named like an entry (a directory, a symlink, a FIFO) is skipped, and logged once.
-    """
-    name = item.name
-    if not name.endswith(_SUFFIX) or name.startswith("."):
-        return False
-    try:
-        regular = item.is_file(follow_symlinks=False)
-    except OSError:
-        regular = False
-    if not regular:
-        _log_skipped(item.path, "it is not a regular file")
-    return regular
-
-
-def _log_skipped(path: str | os.PathLike[str], why: str) -> None:
-    log_once(("spool-skipped", os.fspath(path)),
-             "otel-perf: %s in the spool is skipped (%s): it is neither sent nor counted toward the spool's "
-             "bound. Move it out of the spool directory.", os.fspath(path), why)
-
-
-def _reason(exc: OSError) -> str:
-    """A one-line reason for a failed file-system operation, naming the path."""
-    where = f": {exc.filename}" if exc.filename else ""
-    if isinstance(exc, FileExistsError):
-        return f"exists and is not a directory{where}"
-    return f"{exc.strerror or exc}{where}"
-
-
-def check_directory(root: str | os.PathLike[str], *, create: bool = True) -> str | None:
-    """Why ``root`` cannot hold a spool, or None when it can.
-
-    Args:
-        root: the spool directory (``OTEL_PERF_SPOOL_DIR``).
-        create: make the directory and its signal subdirectories and write (then remove) a file in each,
-            as the spool will; without it, only look (``otel-perf doctor`` changes nothing).
-    """
-    directory = Path(root)
-    if create:
-        try:
-            for signal in SIGNALS:
-                (directory / signal).mkdir(parents=True, exist_ok=True)
-                probe = directory / signal / f"{_TMP_PREFIX}{os.getpid()}-probe"
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600))
-                os.unlink(probe)
-        except OSError as exc:
-            return _reason(exc)
-        return None
-    paths = [directory, *(directory / signal for signal in SIGNALS)]
-    existing = [path for path in paths if os.path.lexists(path)]
-    if not existing:  # it would be made: the nearest existing ancestor must be a writable directory
-        parent = directory.absolute().parent
-        while not os.path.lexists(parent) and parent != parent.parent:
-            parent = parent.parent
-        existing = [parent]
-    for path in existing:
-        if not path.is_dir():
-            return f"not a directory: {path}"
-        if not os.access(path, os.W_OK | os.X_OK):
-            return f"not writable: {path}"
-    return None
-
-
-def read_header(data: bytes) -> tuple[int, int, int]:
-    """(items, crc32, payload length) of an entry's first bytes. Raises SpoolCorruptError."""
-    if len(data) < _HEADER.size:
-        raise SpoolCorruptError("truncated header")
-    magic, version, items, crc, length = _HEADER.unpack_from(data)
-    if magic != _MAGIC or version != _VERSION:
-        raise SpoolCorruptError("not a spool entry")
-    return items, crc, length
-
-
 _spools: weakref.WeakSet[Spool] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    global _listings_lock
-    # Another thread may have held these locks at fork time: the child starts with fresh ones.
-    _listings_lock = threading.Lock()
-    _listings.clear()
     # flock belongs to the open file description, which a forked child shares: close the child's copies
     # so the parent's locks end when the parent lets go, not when the child exits.
     for spool in list(_spools):
@@ -233,51 +106,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Listing:
-    """The cached listing of one spool directory, shared by this process's spools of that directory."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.entries: list[tuple[str, str, int]] | None = None  # (name, signal, size), oldest first
-        self.total = 0
-        self.listed_at = 0.0
-
-    def rescan(self, root: Path) -> None:
-        entries: list[tuple[str, str, int]] = []
-        total = 0
-        for signal in ALL_SIGNALS:
-            try:
-                with os.scandir(root / signal) as scan:
-                    items = [item for item in scan if _is_entry(item)]
-            except OSError:  # gone, or not a directory: nothing of this signal counts
-                continue
-            for item in items:
-                size = _size_from_name(item.name)
-                if size is None:  # not named by us: ask the file system
-                    try:
-                        size = item.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        continue
-                entries.append((item.name, signal, size))
-                total += size
-        entries.sort()
-        self.entries = entries
-        self.total = total
-
-
-_listings: dict[str, _Listing] = {}
-_listings_lock = threading.Lock()
-
-
-def _listing_of(root: Path) -> _Listing:
-    key = os.path.realpath(root)
-    with _listings_lock:
-        listing = _listings.get(key)
-        if listing is None:
-            listing = _listings[key] = _Listing()
-        return listing
 
 
 class Spool:
@@ -325,10 +153,10 @@ class Spool:
         Raises:
             OSError: the entry could not be written (nothing was left behind).
         """
-        header = _HEADER.pack(_MAGIC, _VERSION, items, zlib.crc32(payload), len(payload))
-        name = _next_name(len(header) + len(payload))
-        tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{name}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        header = encode_header(items, payload)
+        name = next_name(len(header) + len(payload))
+        tmp = self.directory / f"{TMP_PREFIX}{os.getpid()}-{name}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "OCLOEXEC", 0)
         try:
             fd = os.open(tmp, flags, 0o600)
         except FileNotFoundError:  # the directory was removed under us (a cleanup): make it again
@@ -356,17 +184,17 @@ class Spool:
         if self._fsync:
             self._fsync_directory()
         try:
-            self.enforce_bound((name, _HEADER.size + len(payload)))
+            self.enforce_bound((name, HEADER.size + len(payload)))
         except OSError as exc:
             log_once(("spool-bound", str(self.root), type(exc).__name__),
                      "otel-perf: cannot keep the spool %s within its bound right now (%s); retried at the "
-                     "next write", self.root, _reason(exc))
+                     "next write", self.root, reason(exc))
         return name
 
     def _fsync_directory(self) -> None:
         """Make the rename durable: a power loss must not take back an entry reported as kept."""
         try:
-            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
@@ -374,15 +202,14 @@ class Spool:
         except OSError as exc:
             log_once(("spool-dir-fsync", str(self.directory), type(exc).__name__),
                      "otel-perf: cannot fsync the spool directory %s (%s); entries survive a killed "
-                     "program but perhaps not a power loss", self.directory, _reason(exc))
+                     "program but perhaps not a power loss", self.directory, reason(exc))
 
     def enforce_bound(self, added: tuple[str, int] | None = None) -> int:
         """Drop the oldest entries of all signals until the spool fits ``max_bytes``.
 
         The listing of the spool is shared by the process's spools of the same directory and cached
         for ``rescan_seconds``, so that a long outage with many entries does not cost a scan of them all
-        at every write: within one process the bound is exact; entries other processes wrote count from
-        the next scan on.
+        at every write (``_spool_bound.py``).
 
         Args:
             added: (name, size) of the entry this process just wrote, for the cached listing.
@@ -390,74 +217,12 @@ class Spool:
         Returns:
             How many entries were dropped.
         """
-        listing = _listing_of(self.root)
-        with listing.lock:
-            now = time.monotonic()
-            if listing.entries is None or now - listing.listed_at > self.rescan_seconds:
-                listing.rescan(self.root)
-                listing.listed_at = now
-            elif added is not None:
-                listing.entries.append((added[0], self.signal, added[1]))
-                listing.total += added[1]
-            entries = listing.entries
-            assert entries is not None
-            if listing.total <= self.max_bytes:
-                return 0
-            dropped: list[tuple[str, int]] = []
-            kept: list[tuple[str, str, int]] = []
-            for index, (name, signal, size) in enumerate(entries):
-                if listing.total <= self.max_bytes:
-                    kept.extend(entries[index:])
-                    break
-                outcome = self._drop(self.root / signal / name)
-                if outcome is _BUSY:
-                    kept.append((name, signal, size))
-                    continue
-                listing.total -= size
-                if isinstance(outcome, int):  # else gone (delivered or dropped elsewhere) or skipped
-                    dropped.append((signal, outcome))
-            listing.entries = kept
+        dropped = evict(self.root, self.max_bytes, self.rescan_seconds,
+                        None if added is None else (added[0], self.signal, added[1]))
         if self._on_drop is not None:
             for signal, items in dropped:
                 self._on_drop(signal, items, "spool_full")
         return len(dropped)
-
-    def _drop(self, path: Path) -> int | object:
-        """Delete one entry unless it is being sent.
-
-        Returns:
-            Its items (0 if its header is unreadable), _BUSY, _GONE, or _SKIP when it is not an entry this
-            process can delete (it is then neither deleted nor counted).
-        """
-        try:
-            fd = os.open(path, _ENTRY_FLAGS)
-        except FileNotFoundError:
-            return _GONE
-        except OSError as exc:
-            _log_skipped(path, _reason(exc))
-            return _SKIP
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                _log_skipped(path, "it is not a regular file")
-                return _SKIP
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return _BUSY
-            try:
-                items = read_header(os.pread(fd, _HEADER.size, 0))[0]
-            except (SpoolCorruptError, OSError):
-                items = 0
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return _GONE
-            except OSError as exc:
-                _log_skipped(path, _reason(exc))
-                return _SKIP
-            return items
-        finally:
-            os.close(fd)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -465,7 +230,7 @@ class Spool:
         """Names of the complete entries, oldest first (objects that are no entries are skipped)."""
         try:
             with os.scandir(self.directory) as scan:
-                names = [item.name for item in scan if _is_entry(item)]
+                names = [item.name for item in scan if is_entry(item)]
         except OSError:
             return []
         skipped = self._skipped
@@ -475,7 +240,7 @@ class Spool:
         """Whether any complete entry is waiting (stops at the first one: cheap with a long queue)."""
         try:
             with os.scandir(self.directory) as scan:
-                return any(_is_entry(item) and item.name not in self._skipped for item in scan)
+                return any(is_entry(item) and item.name not in self._skipped for item in scan)
         except OSError:
             return False
 
@@ -500,11 +265,11 @@ class Spool:
         """
         path = self.directory / name
         try:
-            fd = os.open(path, _ENTRY_FLAGS)
+            fd = os.open(path, ENTRY_FLAGS)
         except FileNotFoundError:
             return None
         except OSError as exc:  # a symlink, no permission, ...: not something this process can send
-            self._skip(name, _reason(exc))
+            self._skip(name, reason(exc))
             return None
         self._track_fd(fd)
         claimed = False
@@ -520,10 +285,10 @@ class Spool:
             except FileNotFoundError:
                 return None  # removed between open and lock (sent or dropped by another process)
             try:
-                items, crc, length = read_header(os.pread(fd, _HEADER.size, 0))
-                if info.st_size != _HEADER.size + length:
+                items, crc, length = read_header(os.pread(fd, HEADER.size, 0))
+                if info.st_size != HEADER.size + length:
                     raise SpoolCorruptError("the file's size does not match its header")
-                payload = self._read_payload(fd, length)
+                payload = read_payload(fd, length)
                 if zlib.crc32(payload) != crc:
                     raise SpoolCorruptError("payload checksum mismatch")
             except SpoolCorruptError:
@@ -535,23 +300,9 @@ class Spool:
             if not claimed:
                 self._close_fd(fd)
 
-    @staticmethod
-    def _read_payload(fd: int, length: int) -> bytes:
-        chunks = []
-        offset = _HEADER.size
-        remaining = length
-        while remaining > 0:
-            chunk = os.pread(fd, min(remaining, 1 << 20), offset)
-            if not chunk:
-                raise SpoolCorruptError("truncated payload")
-            chunks.append(chunk)
-            offset += len(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-
     def _skip(self, name: str, why: str) -> None:
         self._skipped.add(name)
-        _log_skipped(self.directory / name, why)
+        log_skipped(self.directory / name, why)
 
     def _move_aside(self, path: Path) -> None:
         """Keep a corrupt entry in ``corrupt/`` for diagnosis, or delete it when that cannot be done."""
@@ -565,7 +316,7 @@ class Spool:
             else:
                 return  # gone meanwhile: handled by another process
         except OSError as exc:
-            self._delete_corrupt(path, target_dir, _reason(exc))
+            self._delete_corrupt(path, target_dir, reason(exc))
         else:
             self._prune_corrupt(target_dir)
             log_once(("spool-corrupt", str(target_dir)),
@@ -583,7 +334,7 @@ class Spool:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            self._skip(path.name, _reason(exc))
+            self._skip(path.name, reason(exc))
 
     @staticmethod
     def _prune_corrupt(target_dir: Path) -> None:
@@ -607,12 +358,12 @@ class Spool:
         except OSError:
             return 0
         for name in names:
-            if not name.startswith(_TMP_PREFIX):
+            if not name.startswith(TMP_PREFIX):
                 continue
             path = self.directory / name
             try:
-                pid = int(name[len(_TMP_PREFIX):].split("-", 1)[0])
-                stale = not _pid_alive(pid) or now - path.stat().st_mtime > _STALE_TMP_SECONDS
+                pid = int(name[len(TMP_PREFIX):].split("-", 1)[0])
+                stale = not pid_alive(pid) or now - path.stat().st_mtime > _STALE_TMP_SECONDS
                 if stale:
                     os.unlink(path)
                     removed += 1
@@ -628,7 +379,7 @@ class Spool:
             return True
         lock_path = self.directory / _LOCK_NAME
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except FileNotFoundError:
             return False  # the directory is gone: nothing to replay
         except OSError as exc:
@@ -636,9 +387,9 @@ class Spool:
             # itself, which every process can open, rather than stop replaying.
             log_once(("spool-lock", str(lock_path)),
                      "otel-perf: %s cannot be used as the spool's lock (%s); locking %s instead",
-                     lock_path, _reason(exc), self.directory)
+                     lock_path, reason(exc), self.directory)
             try:
-                fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+                fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | CLOEXEC)
             except OSError:
                 return False
         try:

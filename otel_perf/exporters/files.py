@@ -3,7 +3,7 @@
 Why this module exists: ``otel-perf run`` and ``make demo`` must work with no backend, and what they write
 must be readable by ``otel-perf report``, by the collector's ``otlpjsonfile`` receiver and by a person.
 ``opentelemetry-exporter-otlp-json-file`` exists, but it pins an ``exporter-otlp-common`` release that breaks
-the coherent OpenTelemetry set we depend on (``../shared/reference/real-backends-here.md``) and writes one
+the coherent OpenTelemetry set we depend on (the releases ``pyproject.toml`` pins) and writes one
 file for every process, so this small module encodes with the standard OTLP protobuf encoders and writes
 protobuf JSON (camelCase fields, hex trace and span ids, enums as integers, 64-bit integers as strings).
 

@@ -28,7 +28,7 @@ import os
 import random
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from otel_perf._config import Settings
 from otel_perf._safety import log_once
@@ -39,6 +39,9 @@ from otel_perf.exporters.otlp import (
     resolve_target,
     spooled_exporter_names,
 )
+
+if TYPE_CHECKING:
+    from otel_perf.exporters._transport import Transport
 
 __all__ = ["OTLPProfileExporter", "ProfileExporter", "exporter_kind", "profile_exporter"]
 
@@ -69,25 +72,25 @@ class OTLPProfileExporter:
     """
 
     def __init__(self, target: OTLPTarget | None = None, min_backoff: float = 0.5) -> None:
-        from otel_perf.exporters.durable import _GrpcTransport, _HttpTransport
+        # Imported here: the files and durable kinds need no HTTP or TLS stack.
+        from otel_perf.exporters._transport import open_transport
 
         self.target = target or resolve_target("profiles")
         self._min_backoff = min_backoff
         self.retry = True  # off for the last profile, at shutdown
-        self._transport: Any = (_GrpcTransport(self.target, max_backoff=5.0) if self.target.protocol == "grpc"
-                                else _HttpTransport(self.target))
+        self._transport: Transport = open_transport(self.target, max_backoff=5.0)
 
     def export(self, request: Any, samples: int) -> bool:
-        from otel_perf.exporters.durable import _Outcome
+        from otel_perf.exporters._transport import Outcome
 
         payload = request.SerializeToString()
         deadline = time.monotonic() + self.target.timeout
         delay = self._min_backoff
         while True:
             result = self._transport.send(payload)
-            if result.outcome is _Outcome.OK:
+            if result.outcome is Outcome.OK:
                 return True
-            if result.outcome is _Outcome.REJECT:
+            if result.outcome is Outcome.REJECT:
                 log_once(("profiles-rejected", self.target.endpoint),
                          "otel-perf: %s rejected a profile (%s); it is dropped. Not logged again.",
                          self.target.endpoint, result.detail)

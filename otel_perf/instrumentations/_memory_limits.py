@@ -127,16 +127,32 @@ class Cgroup(CgroupDirectory):
 
     def usage(self) -> int | None:
         """The working set: usage minus inactive file cache (what the OOM killer weighs), >= 0."""
-        if self.version == 2:
-            current = read_file_int(os.path.join(self.path, "memory.current"))
-            inactive = _stat_value(os.path.join(self.path, "memory.stat"), "inactive_file")
-        else:
-            current = read_file_int(os.path.join(self.path, "memory.usage_in_bytes"))
-            inactive = _stat_value(os.path.join(self.path, "memory.stat"),
-                                   "total_inactive_file", "inactive_file")
+        current = self.current()
         if current is None:
             return None
-        return max(0, current - (inactive or 0))
+        return max(0, current - (self.inactive_file() or 0))
+
+    def current(self) -> int | None:
+        """The usage before the inactive file cache is taken off (``memory.current``; v1
+        ``memory.usage_in_bytes``): the one file a memory check reads each time, with one ``os.open`` and
+        ``os.read`` (half the cost of ``open()``)."""
+        name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        try:
+            fd = os.open(os.path.join(self.path, name), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return int(os.read(fd, 64))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
+    def inactive_file(self) -> int | None:
+        """The inactive file cache of ``memory.stat``: usage the kernel reclaims before it kills."""
+        if self.version == 2:
+            return _stat_value(os.path.join(self.path, "memory.stat"), "inactive_file")
+        return _stat_value(os.path.join(self.path, "memory.stat"), "total_inactive_file", "inactive_file")
 
     def psi_path(self) -> str | None:
         """This cgroup's ``memory.pressure`` (v2 only)."""

@@ -14,15 +14,17 @@ collections in progress to finish, holding their locks across the fork (as CPyth
 locks), and releases them in the parent and in the child. The wait is bounded (:data:`WAIT` in total per
 fork, and no wait at all on a lock that was still busy at the previous fork: a backend that is down keeps
 an export running for the exporter's whole timeout): a worker forked without one of the locks does not
-flush that signal at exit (:data:`unsafe`): it loses what it had not exported rather than hang.
+flush that signal at exit (:data:`unsafe`): it loses what it had not exported rather than hang. The locks
+are SDK internals: ``otel_perf._sdk_internals.export_locks`` finds them (and says once when it cannot).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
+
+from otel_perf._sdk_internals import export_locks
 
 __all__ = ["WAIT", "unsafe"]
 
@@ -46,30 +48,12 @@ def activate(on: bool) -> None:
     _active = on
 
 
-def _locks() -> Iterator[tuple[str, Any]]:
-    """(signal, lock) held while the global SDK providers export or collect (SDK internals: none found,
-    nothing to wait for)."""
-    from opentelemetry import metrics, trace
-    from opentelemetry._logs import get_logger_provider
-
-    multi = getattr(trace.get_tracer_provider(), "_active_span_processor", None)
-    for processor in getattr(multi, "_span_processors", ()):
-        yield "traces", getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
-    multi = getattr(get_logger_provider(), "_multi_log_record_processor", None)
-    for processor in getattr(multi, "_log_record_processors", ()):
-        yield "logs", getattr(getattr(processor, "_batch_processor", None), "_export_lock", None)
-    consumer = getattr(metrics.get_meter_provider(), "_measurement_consumer", None)
-    for reader in list(getattr(consumer, "_reader_storages", {})):
-        yield "metrics", getattr(reader, "_export_lock", None)
-    yield "metrics", getattr(consumer, "_lock", None)
-
-
 def _before_fork() -> None:
     if not _active:
         return
     try:
         deadline = time.monotonic() + WAIT
-        for signal, lock in _locks():
+        for signal, lock in export_locks():
             if lock is None or not hasattr(lock, "acquire"):
                 continue
             wait = 0.0 if id(lock) in _busy else max(0.0, deadline - time.monotonic())

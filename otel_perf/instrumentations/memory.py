@@ -22,7 +22,7 @@ Usage::
     from otel_perf.instrumentations.memory import MemoryInstrumentor
     MemoryInstrumentor().instrument(meter_provider=provider)
 
-Emits (DESIGN.md, "Memory pressure"): ``otel_perf.memory.limit`` (By, with
+Emits (``docs/telemetry.md``): ``otel_perf.memory.limit`` (By, with
 ``otel_perf.memory.limit.source`` = config, cgroup or system), ``otel_perf.memory.usage`` (By),
 ``otel_perf.memory.pressure`` (1), ``otel_perf.memory.pressure.events`` ({event}, with
 ``otel_perf.memory.pressure.state`` = high or recovered), ``otel_perf.memory.cleanup.freed`` (By),
@@ -98,6 +98,27 @@ DEFAULT_HYSTERESIS: Final = 0.05
 #: collection reads the cgroup files once, not once per metric.
 _OBSERVATION_MAX_AGE: Final = 0.2
 
+#: What ``check()`` caches, so that it costs about one file read (the README offers it per request): the
+#: limit and the cgroup that sets it are resolved again by a check at most this often (seconds), and by
+#: every ``read()`` and metric collection; ``set_limit()`` drops them at once.
+_LIMIT_MAX_AGE: Final = 5.0
+
+#: ...and the slow-moving parts of the usage a check weighs, read again at most this often (seconds): the
+#: descendants' RSS (this process's own is read at every check) and the cgroup's inactive file cache
+#: (``memory.current`` is read at every check). The root process's tree peak is sampled then too.
+_SLOW_USAGE_MAX_AGE: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowUsage:
+    """The parts of the usage ``check()`` reads at most every ``_SLOW_USAGE_MAX_AGE`` seconds."""
+
+    pid: int  # the process that read them (a forked child reads its own)
+    cgroup: Cgroup | None  # the binding cgroup they belong to
+    inactive: int  # the cgroup's inactive file cache (0 without a cgroup)
+    descendants: int | None  # the descendants' RSS, None where the check does not need it
+    time: float
+
 
 @dataclass(frozen=True)
 class MemoryReading:
@@ -163,12 +184,19 @@ def _own_rss() -> int:
     return int(_this_process().memory_info().rss)
 
 
-def _statm_rss(pid: int) -> int | None:
+def _statm_rss(pid: int | str) -> int | None:
+    """Resident size of ``pid`` (or ``"self"``) in bytes, from ``statm``: one ``os.open``/``os.read``, about
+    half the cost of ``open()`` (benchmarks/instrumentations/test_memory.py, group memory-check)."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    except OSError:
         return None  # exited, or not Linux
+    try:
+        return int(os.read(fd, 256).split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _status_rss_and_peak(pid: int) -> tuple[int, int] | None:
@@ -221,13 +249,21 @@ def process_tree_memory() -> tuple[int, int]:
     ``children(recursive=True)`` reads every process's ``stat``: 3.8 ms against 0.06 ms on the build
     machine with ~100 processes). Elsewhere, psutil (live descendants' peaks are then not known).
     """
+    own, descendants, peak = _tree_parts()
+    return own + descendants, peak
+
+
+def _tree_parts() -> tuple[int, int, int]:
+    """``(own rss, descendants' rss, member peak)``: :func:`process_tree_memory` with this process's own
+    share apart (``check()`` reads it afresh and the descendants' less often)."""
     global _fast_tree
     if _fast_tree is None:
         _fast_tree = _have_children_files()
     peak = _own_and_reaped_peak()
     if _fast_tree:
         me = os.getpid()
-        total = _statm_rss(me) or 0
+        own = _statm_rss(me) or 0
+        descendants = 0
         pending, seen = _proc_children(me), {me}
         while pending:
             pid = pending.pop()
@@ -236,11 +272,13 @@ def process_tree_memory() -> tuple[int, int]:
             seen.add(pid)
             found = _status_rss_and_peak(pid)
             if found is not None:
-                total += found[0]
+                descendants += found[0]
                 peak = max(peak, found[1])
                 pending.extend(_proc_children(pid))
-        return total, peak
-    return _psutil_tree_rss(), peak
+        return own, descendants, peak
+    total = _psutil_tree_rss()
+    own = _own_rss()
+    return own, max(0, total - own), peak
 
 
 def _own_and_reaped_peak() -> int:
@@ -355,6 +393,9 @@ class MemoryMonitor:
         self._interval = current.memory_check_interval
         self._v2, self._v1 = find_cgroups(root)
         self._physical = system_memory(root)
+        self._limit_cache: tuple[int | None, str, Cgroup | None] | None = None
+        self._limit_time = 0.0
+        self._slow: _SlowUsage | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A monitor pickles as its configuration (for process pools); the copy starts unbound and idle.
@@ -367,7 +408,7 @@ class MemoryMonitor:
         value = _validate_limit(limit)
         with self._lock:
             self._configured_limit = value
-            self._last = None
+            self._last = self._limit_cache = self._slow = None
 
     @property
     def high(self) -> bool:
@@ -411,6 +452,7 @@ class MemoryMonitor:
             self._sequence += 1
             sequence = self._sequence
         limit, source, cgroup = self._limit()
+        self._limit_cache, self._limit_time = (limit, source, cgroup), self._clock()  # fresh for check()
         tree: int | None = None
         usage: int | None = None
         if cgroup is not None:
@@ -447,6 +489,61 @@ class MemoryMonitor:
                 self._last, self._last_time, self._last_sequence = reading, self._clock(), sequence
         return reading
 
+    def _check_reading(self) -> tuple[MemoryReading, int]:
+        """The reading a check decides on, and its sequence number: the fast-moving usage read afresh (one
+        file: the cgroup's ``memory.current``, or this process's ``statm``), the limit and the slow-moving
+        parts of the usage as cached (``_LIMIT_MAX_AGE``, ``_SLOW_USAGE_MAX_AGE``). No PSI (a check does not
+        use it). With a cgroup's usage, ``process_tree_usage`` is None (the tree is sampled with the
+        slow-moving parts)."""
+        now = self._clock()
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
+        cached = self._limit_cache
+        if cached is None or now - self._limit_time >= _LIMIT_MAX_AGE:
+            cached = self._limit_cache = self._limit()
+            self._limit_time = now
+        limit, source, cgroup = cached
+        slow = self._slow
+        if (slow is None or now - slow.time >= _SLOW_USAGE_MAX_AGE or slow.cgroup is not cgroup
+                or slow.pid != os.getpid()):
+            slow = self._slow = self._read_slow_usage(cgroup, now)
+        usage: int | None = None
+        tree: int | None = None
+        if cgroup is not None:
+            current = cgroup.current()
+            if current is not None:
+                usage = max(0, current - slow.inactive)
+        if usage is None:
+            if cgroup is not None:
+                log_once(("memory-usage-unreadable", cgroup.path),
+                         "otel-perf: cannot read the memory usage of cgroup %s; using the process tree's "
+                         "RSS instead", cgroup.path)
+            descendants = slow.descendants
+            own = _statm_rss("self") if descendants is not None else None
+            if own is None or descendants is None:  # not Linux, or not read: the whole tree now
+                tree, member_peak = process_tree_memory()
+                with self._lock:
+                    self._tree_peak = max(self._tree_peak, member_peak)
+            else:
+                tree = own + descendants
+            usage = tree
+            with self._lock:
+                self._tree_peak = max(self._tree_peak, tree)
+        pressure = usage / limit if limit else None
+        return MemoryReading(limit, source, usage, pressure, None, tree), sequence
+
+    def _read_slow_usage(self, cgroup: Cgroup | None, now: float) -> _SlowUsage:
+        """Read what ``check()`` caches for ``_SLOW_USAGE_MAX_AGE``; the root process samples its tree's
+        peak here (with a cgroup's usage, its checks read no RSS)."""
+        inactive = (cgroup.inactive_file() or 0) if cgroup is not None else 0
+        descendants: int | None = None
+        if cgroup is None or is_root_process():
+            own, descendants, member_peak = _tree_parts()
+            with self._lock:
+                self._tree_peak = max(self._tree_peak, own + descendants, member_peak)
+        return _SlowUsage(os.getpid(), cgroup, inactive, descendants, now)
+
     # policy
     def check(self) -> bool:
         """Read the state, count a crossing (with a warning) or a recovery, clean up if enabled.
@@ -454,8 +551,11 @@ class MemoryMonitor:
         Returns:
             True while pressure is high: from the check that finds it at or above the threshold until
             one that finds it below ``threshold - hysteresis``.
+
+        Cost: about one file read (``memory.current``, or this process's ``statm``); what it caches, and
+        for how long, is in docs/memory.md ("What a check reads").
         """
-        reading, sequence = self._read()
+        reading, sequence = self._check_reading()
         crossed = recovered = False
         with self._lock:
             if reading.pressure is None or sequence < self._decided:
@@ -550,7 +650,7 @@ class MemoryMonitor:
     def _after_fork_in_child(self) -> None:
         # The child is its own process: fresh lock, its own tree's peak, its own check thread.
         self._lock = threading.Lock()
-        self._last = None
+        self._last = self._slow = None
         self._sequence = self._decided = self._last_sequence = 0
         self._tree_peak = 0
         self._high = False

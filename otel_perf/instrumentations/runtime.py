@@ -12,7 +12,7 @@ Usage::
     ...
     RuntimeInstrumentor().uninstrument()
 
-Emits (DESIGN.md, "Runtime"): ``process.cpu.time``, ``process.cpu.utilization`` (``cpu.mode``),
+Emits (``docs/telemetry.md``): ``process.cpu.time``, ``process.cpu.utilization`` (``cpu.mode``),
 ``process.memory.usage``, ``process.memory.virtual``, ``process.thread.count``,
 ``process.unix.file_descriptor.count``, ``process.context_switches`` (``process.context_switch.type``),
 ``process.uptime``, ``cpython.gc.collections``, ``cpython.gc.collected_objects``,
@@ -102,6 +102,24 @@ class _Reading:
     tasks: int
 
 
+def _process_start_time() -> float:
+    """When this process started, on the ``time.time()`` clock.
+
+    psutil's ``create_time()`` adds the start (in clock ticks since boot) to ``btime`` of /proc/stat, which the
+    kernel truncates to whole seconds: up to a second early, so ``process.uptime`` of a young process was
+    up to a second too long. Measured against the boot clock itself (``CLOCK_BOOTTIME``, what the start
+    ticks count on), the age is exact to a tick.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rfind(b")") + 2:].split()[19])  # field 22, starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - max(0.0, age)
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux: psutil's reading
+        return psutil.Process().create_time()
+
+
 class _Collector:
     """Takes readings for one instrumentation session and keeps the baselines deltas need."""
 
@@ -117,7 +135,7 @@ class _Collector:
         self.yielded: frozenset[str] = frozenset()  # names system-metrics reports (to this meter's provider)
         self._limit = cpu_limit(root)
         self._limit_read = time.monotonic()
-        self.start_time = psutil.Process().create_time()
+        self.start_time = _process_start_time()
         self._gc_base: list[tuple[int, int, int]] = [(0, 0, 0) for _ in GENERATIONS]
         self._previous: ProcessSample = self.sampler.sample()
         self.reading: _Reading | None = None

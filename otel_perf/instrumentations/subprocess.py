@@ -4,7 +4,7 @@ Why this module exists: an agent-like program spends much of its time in the pro
 often programs). Each run becomes a span that starts at launch and ends when the process is reaped, with
 its exit code and, where the way of waiting reports them, the child's peak memory and CPU times; and the
 child's environment carries ``TRACEPARENT``/``TRACESTATE``, so a child program run under otel-perf (or
-any OpenTelemetry SDK that reads them) continues the same trace (DESIGN.md, "Tool calls and programs").
+any OpenTelemetry SDK that reads them) continues the same trace (``docs/tools.md``).
 
 Usage::
 

@@ -3,7 +3,7 @@
 Why this module exists: the plan's "tool execution p99 < 1 s" objective needs every tool call measured,
 whether the tool is a function the user decorated, a block of code, or a function in someone else's
 module that the user can only name by dotted path. All three produce the same span and metric
-(DESIGN.md, "Tool calls and programs").
+(``docs/tools.md``).
 
 Usage::
 

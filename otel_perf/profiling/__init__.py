@@ -1,6 +1,6 @@
 """Profiling: a pprof debug server for Python, read by ``go tool pprof``, and continuous profiling into OTLP.
 
-Why this package exists: DESIGN.md's "Profiling" section. :mod:`.sampler` samples stacks (CPU or wall
+Why this package exists: ``docs/profiling.md``. :mod:`.sampler` samples stacks (CPU or wall
 clock), :mod:`.spans` tells which span each thread and asyncio task is in (the samples' span labels),
 :mod:`.heap` turns tracemalloc snapshots into heap profiles, :mod:`.threads` dumps every thread and
 asyncio task, :mod:`.pprof` writes and reads ``profile.proto`` by hand, :mod:`.server` serves them over HTTP

@@ -6,7 +6,7 @@ This sampler reads every thread's stack with ``sys._current_frames()`` at a fixe
 as Go does) and aggregates the stacks as it goes, so a long profile costs memory in proportion to the
 number of distinct stacks, not to its length.
 
-Costs were measured on this machine (``/work/shared/reference/sdk-overhead-here.md`` section 7): walking
+Costs measured on a 2-core development machine (the set-up of ``benchmarks/profiling/test_sampler.py``): walking
 and aggregating every stack of 5 threads about 30 deep costs 70-235 µs per sample, 2.5-3.5% of a CPU-bound
 thread at 100 Hz. These keep this sampler far below that:
 
@@ -47,18 +47,12 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from types import CodeType, FrameType
 from typing import Any
 
 from otel_perf._safety import log_once, raise_internal_errors
 from otel_perf.profiling import spans as span_tracking
-from otel_perf.profiling._threadclock import (
-    _choose_cpu_clock,
-    _cpu_ns_clock,
-    _native_ids_after_fork,
-    _thread_clock_id,
-)
-from otel_perf.profiling.pprof import python_function_name
+from otel_perf.profiling._stackwalk import RESUMABLE, Locations, ThreadState, walk
+from otel_perf.profiling._threadclock import _choose_cpu_clock, _cpu_ns_clock, _native_ids_after_fork
 from otel_perf.profiling.snapshot import Labels, Mode, Snapshot, encode_pprof
 
 __all__ = ["Mode", "Sampler", "SamplerStats", "Snapshot", "encode_pprof", "profile"]
@@ -68,10 +62,6 @@ MAX_DEPTH = 256
 #: Distinct (labels, stack) pairs kept; further new stacks are counted under one "(other stacks)" stack.
 MAX_STACKS = 50_000
 
-# CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR (Include/cpython/code.h)
-_RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
-#: (name, file name, first line): what identifies a function in the profile
-_FunctionKey = tuple[str, str, int]
 _NO_TASKS: dict[int, Any] = {}
 _NO_SPAN = span_tracking.NO_SPAN
 _current_frames = sys._current_frames
@@ -104,44 +94,6 @@ class SamplerStats:
     @property
     def achieved_hz(self) -> float:
         return self.ticks * 1e9 / self.duration_ns if self.duration_ns else 0.0
-
-
-class _ThreadState:
-    __slots__ = ("cells", "clock_id", "clock_ok", "frames", "index", "last_cpu", "lastis", "name",
-                 "native_id", "span", "span_labels", "stack", "task", "task_object", "thread")
-
-    def __init__(self, thread: threading.Thread | None, native_id: int | None) -> None:
-        self.thread = thread
-        self.native_id = native_id
-        self.clock_ok = native_id is not None
-        self.clock_id = _thread_clock_id(native_id) if native_id is not None else 0
-        self.last_cpu = 0
-        # The previous walk, outermost first: frames, their instruction offsets, location ids, and
-        # id(frame) -> position (stale entries are caught by the identity check). The frames are kept
-        # until the next walk so that their ids cannot be reused meanwhile.
-        self.frames: list[FrameType] = []
-        self.lastis: list[int] = []
-        self.stack: list[int] = []
-        self.index: dict[int, int] = {}
-        # The count cells of the stacks that differ from the previous walk only in the innermost location
-        # (innermost location id -> [count, value]), valid while the outer frames and the labels
-        # (thread name and task name) stay the same: a sample then costs no stack tuple and no hashing.
-        self.cells: dict[int, list[int]] = {}
-        self.name = ""
-        self.task = ""
-        self.task_object: Any = None
-        self.span: Any = None
-        self.span_labels = _NO_SPAN
-
-    def forget_locations(self) -> None:
-        """Drop what refers to location ids (a new window numbers them afresh); keep the CPU clock."""
-        self.frames.clear()
-        self.lastis.clear()
-        self.stack.clear()
-        self.index.clear()
-        self.cells.clear()
-        self.span = None
-        self.span_labels = _NO_SPAN
 
 
 class Sampler:
@@ -190,23 +142,13 @@ class Sampler:
         self._comments: list[str] = []
         if mode == "cpu" and self._cpu_clock is None:
             self._comments.append("per-thread CPU clocks unavailable: every thread was sampled")
-        # Locations are numbered here, in the order they are first seen, and given to the builder only by
-        # encode(): the builder encodes a record per function and location as it goes, which made the
-        # first tick of a profile (every frame new) cost as much as ten later ones. The numbering is the
-        # builder's own: one id per (function name, file, first line) and line, so the ids it gives back
-        # are these, and the stacks counted are the same.
-        # Code objects are looked up by id, never hashed: a code object's hash is computed from its
-        # constants, names and line table each time (recursively through nested code objects), which cost
-        # more than the rest of a frame's walk. _codes keeps every code seen alive, so its id stays its own
-        # until the window ends (take()).
-        self._locations: dict[int, dict[int, int]] = {}  # id(code) -> {instruction: location id}
-        self._functions: dict[int, _FunctionKey] = {}  # id(code) -> function
-        self._codes: list[CodeType] = []
-        self._location_ids: dict[tuple[_FunctionKey, int], int] = {}  # (function, line) -> location id
-        self._location_keys: list[tuple[_FunctionKey, int]] = []  # location id - 1 -> (function, line)
+        # Locations are numbered here (_stackwalk.Locations), in the order they are first seen, and given to
+        # the builder only by encode(): the builder encodes a record per function and location as it goes,
+        # which made the first tick of a profile (every frame new) cost as much as ten later ones.
+        self._locations = Locations()
         # (labels, stack) -> [count, value]
         self._counts: dict[tuple[Labels, tuple[int, ...]], list[int]] = {}
-        self._threads: dict[int, _ThreadState] = {}
+        self._threads: dict[int, ThreadState] = {}
         # asyncio's loop -> running task dict, found once asyncio.tasks is imported (it is never rebound)
         self._current_tasks: dict[Any, Any] | None = None
         self._stop = threading.Event()
@@ -325,7 +267,7 @@ class Sampler:
                 else:
                     state.last_cpu = value
 
-    def _state(self, ident: int, active: dict[int, threading.Thread]) -> _ThreadState:
+    def _state(self, ident: int, active: dict[int, threading.Thread]) -> ThreadState:
         """The state of thread ``ident``; a new one when the ident now belongs to another thread (pthread
         idents are reused as soon as a thread ends)."""
         thread = active.get(ident)
@@ -333,7 +275,7 @@ class Sampler:
         if state is None or state.thread is not thread:
             native_id = _native_ids_after_fork.get(ident) or (
                 getattr(thread, "native_id", None) if thread is not None else None)
-            state = self._threads[ident] = _ThreadState(thread, native_id)
+            state = self._threads[ident] = ThreadState(thread, native_id)
         return state
 
     def _running_tasks(self) -> dict[int, Any]:
@@ -383,6 +325,9 @@ class Sampler:
         stats = self.stats
         tracker = self._spans
         active_span = tracker.active_span if tracker is not None else None
+        locations = self._locations
+        by_code = locations.by_code
+        limit = self._max_depth
         active: dict[int, threading.Thread] = getattr(threading, "_active", {})
         for ident, frame in frames.items():
             state = states.get(ident)
@@ -413,21 +358,21 @@ class Sampler:
             # frame object: it is still running, so its callers and their instructions are unchanged
             # and only its own instruction can differ.
             walked = state.frames
-            if walked and frame is walked[-1] and not frame.f_code.co_flags & _RESUMABLE:
+            if walked and frame is walked[-1] and not frame.f_code.co_flags & RESUMABLE:
                 lasti = frame.f_lasti
                 if lasti == state.lastis[-1]:
                     location = state.stack[-1]
                 else:
                     code = frame.f_code
-                    by_lasti = self._locations.get(id(code))
+                    by_lasti = by_code.get(id(code))
                     location = by_lasti.get(lasti) if by_lasti is not None else None  # type: ignore[assignment]
                     if location is None:
-                        location = self._new_location(code, lasti, frame.f_lineno or code.co_firstlineno)
+                        location = locations.new_location(code, lasti, frame.f_lineno or code.co_firstlineno)
                     state.lastis[-1] = lasti
                     state.stack[-1] = location
                     stats.frames_walked += 1
             else:
-                location = self._walk(frame, state)
+                location = walk(frame, state, locations, limit, stats)
             thread = state.thread
             name = thread.name if thread is not None else f"thread-{ident}"
             task = tasks.get(ident) if tasks else None
@@ -471,7 +416,7 @@ class Sampler:
         except Exception:  # a foreign span type: no labels rather than no sample
             return _NO_SPAN
 
-    def _cell(self, state: _ThreadState) -> list[int]:
+    def _cell(self, state: ThreadState) -> list[int]:
         """The [count, value] cell of the state's current (labels, stack)."""
         counts = self._counts
         stack = state.stack
@@ -481,95 +426,11 @@ class Sampler:
         cell = counts.get(key)
         if cell is None:
             if len(counts) >= self._max_stacks:
-                key = (key[0], (self._overflow_location(),))
+                key = (key[0], (self._locations.overflow_location(),))
                 cell = counts.get(key)
             if cell is None:
                 cell = counts[key] = [0, 0]
         return cell
-
-    def _walk(self, frame: FrameType, state: _ThreadState) -> int:
-        """Update the state's stack (location ids, outermost first) to that of ``frame``; return the
-        innermost location.
-
-        Walking (from the innermost frame) stops at the first frame that is the same object at the same
-        instruction as in this thread's previous walk: everything below it is unchanged (a frame's callers
-        are fixed while it runs), so the previous walk is cut there and the new frames appended, in
-        place. A parked thread costs one comparison; a busy one the frames that changed. Generator and
-        coroutine frames are never such anchors: resumed, they can have another caller at the same
-        instruction.
-        """
-        locations = self._locations
-        frames = state.frames
-        lastis = state.lastis
-        index = state.index
-        new_frames: list[FrameType] = []
-        new_lastis: list[int] = []
-        new_stack: list[int] = []
-        keep = 0
-        limit = self._max_depth
-        f: FrameType | None = frame
-        while f is not None:
-            code = f.f_code
-            lasti = f.f_lasti
-            position = index.get(id(f))
-            if (position is not None and position < len(frames) and frames[position] is f
-                    and lastis[position] == lasti and not code.co_flags & _RESUMABLE):
-                keep = position + 1
-                break
-            if len(new_frames) >= limit:
-                keep = 0  # deeper than kept: the outermost frames are left out
-                break
-            # Keyed by instruction, not line: f_lasti is a field read, f_lineno a line-table search that
-            # is done once per new location only.
-            by_lasti = locations.get(id(code))
-            location = by_lasti.get(lasti) if by_lasti is not None else None
-            if location is None:
-                location = self._new_location(code, lasti, f.f_lineno or code.co_firstlineno)
-            new_frames.append(f)
-            new_lastis.append(lasti)
-            new_stack.append(location)
-            f = f.f_back
-        stack = state.stack
-        if not new_frames and keep == len(frames):
-            return stack[-1]  # nothing changed since the previous walk
-        self.stats.frames_walked += len(new_frames)
-        state.cells.clear()  # the outer frames changed
-        del frames[keep:], lastis[keep:], stack[keep:]
-        new_frames.reverse()
-        new_lastis.reverse()
-        new_stack.reverse()
-        for position, f in enumerate(new_frames, keep):
-            index[id(f)] = position
-        frames += new_frames
-        lastis += new_lastis
-        stack += new_stack
-        if len(index) > 2 * len(frames) + 64:
-            state.index = {id(x): i for i, x in enumerate(frames)}
-        return stack[-1]
-
-    def _new_location(self, code: CodeType, lasti: int, line: int) -> int:
-        key = id(code)
-        function = self._functions.get(key)
-        if function is None:
-            qualname = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
-            filename = code.co_filename
-            function = self._functions[key] = (python_function_name(qualname, filename), filename,
-                                                code.co_firstlineno)
-            self._codes.append(code)
-            self._locations[key] = {}
-        location = self._locations[key][lasti] = self._location_id(function, line)
-        return location
-
-    def _location_id(self, function: _FunctionKey, line: int) -> int:
-        key = (function, line)
-        location = self._location_ids.get(key)
-        if location is None:
-            self._location_keys.append(key)
-            location = self._location_ids[key] = len(self._location_keys)
-        return location
-
-    def _overflow_location(self) -> int:
-        return self._location_id(("(other stacks)", "", 0), 0)
 
     # --- output ----------------------------------------------------------------------------------------
 
@@ -605,7 +466,7 @@ class Sampler:
         end = self._window_end_ns if self._window_end_ns is not None else now
         snapshot = Snapshot(
             mode=self.mode, period_ns=self.interval_ns, start_unix_ns=self._window_unix_ns,
-            duration_ns=max(0, end - self._window_ns), locations=list(self._location_keys),
+            duration_ns=max(0, end - self._window_ns), locations=self._locations.keys,
             counts=self._counts, comments=list(self._comments),
         )
         self._window_ns = now
@@ -613,11 +474,7 @@ class Sampler:
         self._counts = {}
         # Code objects are released with the window: a long-running sampler does not keep every code
         # object it ever saw alive, at the price of walking stacks afresh once per window.
-        self._locations = {}
-        self._functions = {}
-        self._codes = []
-        self._location_ids = {}
-        self._location_keys = []
+        self._locations = Locations()
         self._span_labels = {}
         for state in list(self._threads.values()):
             state.forget_locations()

@@ -3,8 +3,8 @@
 The names are not derived by hand: a program records every metric of the catalogue (``_semconv.METRICS``,
 with its instrument kind, unit and attributes) through the real SDK, exposes them with
 ``PrometheusMetricReader`` (the ``prometheus`` extra) and ``prometheus_client``, and this test scrapes its
-``/metrics`` text. The collector's variant differs only by ``_ratio`` on gauges of unit "1" (DESIGN.md,
-"Prometheus names"), which is applied to the scraped names.
+``/metrics`` text. The collector's variant differs only by ``_ratio`` on gauges of unit "1" (docs/deploy.md,
+"Without a collector"), which is applied to the scraped names.
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def test_lowering_the_limit_below_usage_fires_an_event(instrumentor: MemoryInstr
 def test_instrumentor_reports_every_memory_metric_with_unit_and_attributes(
     instrumentor: MemoryInstrumentor, cgroup: FakeCgroup, metric_reader: Any,
 ) -> None:
-    """All eight metrics of DESIGN.md's table, with their units, attributes and the fixture's values."""
+    """All eight metrics of docs/telemetry.md's table, with their units, attributes and the fixture's values."""
     monitor = instrumentor.monitor
     assert monitor is not None
     monitor.cleanup_enabled = True
@@ -300,7 +300,11 @@ def test_tree_peak_includes_the_root_processes_own_peak() -> None:
         block = bytearray(b"x") * (160 * 1024 * 1024)  # written, so resident
         del block  # a large block goes straight back to the system: RSS falls again
         reading = monitor.read()
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        try:  # this image's own peak: ru_maxrss also holds what a large parent (the test runner) had
+            status = open("/proc/self/status").read()
+            own = int(status.split("VmHWM:")[1].split()[0]) * 1024
+        except OSError:
+            own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps({{"peak": monitor.process_tree_peak, "usage": reading.process_tree_usage, "own": own}}))
     """)
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
@@ -466,3 +470,61 @@ def test_configure_starts_the_monitor_and_shutdown_stops_it(otel_globals: None, 
         provider.shutdown()
     assert MemoryInstrumentor().monitor is None
     assert not [t for t in threading.enumerate() if t.name == "otel-perf-memory"]
+
+
+def test_check_takes_up_a_changed_cgroup_limit_within_the_cache_age(cgroup: FakeCgroup, clock: FakeClock) -> None:
+    """A cgroup limit lowered while the program runs (an in-place resize) decides the checks at most
+    ``_LIMIT_MAX_AGE`` seconds later; ``read()`` (and so every collection) sees it at once."""
+    from otel_perf.instrumentations.memory import _LIMIT_MAX_AGE
+
+    monitor = make_monitor(cgroup, clock=clock)
+    cgroup.set_pressure(0.5)
+    assert monitor.check() is False
+    (cgroup.root / LEAF / "memory.max").write_text(f"{LIMIT // 4}\n")
+    clock.advance(_LIMIT_MAX_AGE / 2)
+    assert monitor.check() is False  # the limit found by the first check, still fresh
+    clock.advance(_LIMIT_MAX_AGE / 2)
+    assert monitor.check() is True
+    assert monitor.read().limit == LIMIT // 4
+
+
+def test_check_reads_the_cgroup_usage_afresh_each_time(cgroup: FakeCgroup, clock: FakeClock) -> None:
+    """The usage a check weighs is read at every check, even while the clock stands still (only the
+    limit and the slow-moving parts are cached)."""
+    monitor = make_monitor(cgroup, clock=clock)
+    cgroup.set_pressure(0.5)
+    assert monitor.check() is False
+    cgroup.set_pressure(0.85)
+    assert monitor.check() is True
+    cgroup.set_pressure(0.7)
+    assert monitor.check() is False
+
+
+def test_check_counts_a_new_childs_memory_within_the_cache_age(tmp_path: Path, clock: FakeClock) -> None:
+    """With a configured limit, a check weighs this process's RSS (read each time) plus its descendants'
+    (read again after ``_SLOW_USAGE_MAX_AGE``): a child holding 192 MiB tips the pressure over."""
+    from otel_perf.instrumentations.memory import _SLOW_USAGE_MAX_AGE
+
+    before = process_tree_rss()
+    monitor = MemoryMonitor(limit=before + 128 * 1024 * 1024, threshold=0.9, settings=load_settings({}),
+                            root=str(FIXTURES / "empty"), clock=clock)
+    assert monitor.check() is False
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, pathlib
+        hold = bytearray(b"x") * (192 * 1024 * 1024)
+        pathlib.Path({str(ready)!r}).write_text("1")
+        time.sleep(30)
+    """)])
+    try:
+        for _ in range(400):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+        clock.advance(_SLOW_USAGE_MAX_AGE)
+        assert monitor.check() is True
+    finally:
+        child.kill()
+        child.wait(10)
+    clock.advance(_SLOW_USAGE_MAX_AGE)
+    assert monitor.check() is False

@@ -171,3 +171,32 @@ def _summary(reader: InMemoryMetricReader) -> dict[str, Any]:
         "pause2": by_generation("otel_perf.gc.pause.duration", "count"),
         "thread_peak": metric_points(data, "otel_perf.thread.peak")[0].value,
     }
+
+
+def test_uptime_of_a_young_process_counts_from_its_start(tmp_path: Any) -> None:
+    """A program's process.uptime starts when the program started, not up to a second earlier (psutil's
+    creation time rests on /proc/stat's btime, truncated to whole seconds: on a machine booted at x.6 s
+    a new process looked 0.6 s old)."""
+    import subprocess
+    import sys
+    import time
+
+    program = (
+        "import json, time\n"
+        "from opentelemetry.sdk.metrics import MeterProvider\n"
+        "from opentelemetry.sdk.metrics.export import InMemoryMetricReader\n"
+        "from otel_perf.instrumentations.runtime import RuntimeInstrumentor\n"
+        "reader = InMemoryMetricReader()\n"
+        "RuntimeInstrumentor().instrument(meter_provider=MeterProvider(metric_readers=[reader]))\n"
+        "now = time.time()\n"
+        "for m in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics:\n"
+        "    if m.name == 'process.uptime':\n"
+        "        point = m.data.data_points[0]\n"
+        "        print(json.dumps({'start': point.time_unix_nano / 1e9 - point.value, 'now': now}))\n"
+    )
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    after = time.time()
+    start = json.loads(out)["start"]
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before - 2 * tick <= start <= after, (before, start, after)

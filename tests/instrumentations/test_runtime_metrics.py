@@ -1,4 +1,4 @@
-"""RuntimeInstrumentor: every runtime metric of DESIGN.md, one reading per collection, GC pauses, peaks."""
+"""RuntimeInstrumentor: every runtime metric of docs/telemetry.md, one reading per collection, GC pauses, peaks."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _by_attr(points: list[Any], key: str) -> dict[Any, Any]:
 def test_every_runtime_metric_has_its_name_instrument_unit_and_attributes(
     runtime: RuntimeInstrumentor, metric_reader: InMemoryMetricReader
 ) -> None:
-    """Each metric of DESIGN.md's Runtime table arrives with its instrument type, unit and attribute keys."""
+    """Each metric of docs/telemetry.md's Runtime table arrives with its instrument type, unit and attribute keys."""
     gc.collect()
     metrics = _metrics(metric_reader)
     heap = ("otel_perf.heap.allocated", "otel_perf.heap.reserved")

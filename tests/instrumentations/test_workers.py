@@ -571,7 +571,7 @@ def test_a_call_item_reducer_registered_by_someone_else_is_kept(instrument: Any)
 
 @needs_fork
 def test_forked_child_reports_only_its_own_pools(instrumented: Any) -> None:
-    """After fork, the parent's pools are not reported again by the child (DESIGN.md, "Processes")."""
+    """After fork, the parent's pools are not reported again by the child (docs/workers.md, "Worker processes")."""
     with otel_perf.name_pool(cf.ThreadPoolExecutor(1), unique("parent-pool")) as pool:
         pool.submit(work, 1).result()
         assert _workers_state.live_states()
