@@ -20,9 +20,7 @@ from time import perf_counter
 from types import FunctionType
 from typing import Any
 
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-
-from otel_perf._context import get_current
+from otel_perf._context import SUPPRESSION_KEYS, get_current_or_suppressed
 from otel_perf._safety import guarded
 from otel_perf._semconv import POOL_KIND_THREAD
 from otel_perf.instrumentations import _workers_contrib
@@ -45,13 +43,15 @@ __all__ = ["FUTURE_MARK", "future_cancel", "mp_apply_async", "mp_imap", "mp_map_
            "process_map", "process_submit", "suppressed", "thread_submit"]
 
 FUTURE_MARK = "_otel_perf_pool"
-#: The context key of ``suppress_instrumentation()``; read from the current context directly (one C call
-#: and a dict lookup on the submit path, benchmark group ``workers.thread.roundtrip.paired``).
-_SUPPRESSED = _SUPPRESS_INSTRUMENTATION_KEY
+#: The context keys of ``suppress_instrumentation()``, read from the current context directly (one C call and
+#: dictionary lookups on the submit path, benchmark group ``workers.thread.roundtrip.paired``), with the
+#: checked binding and public fallback of ``otel_perf._context``.
+_SUPPRESSED, _SUPPRESSED_PLAIN = SUPPRESSION_KEYS
 
 
 def suppressed() -> bool:
-    return bool(get_current().get(_SUPPRESSED))
+    current = get_current_or_suppressed()
+    return bool(current.get(_SUPPRESSED) or current.get(_SUPPRESSED_PLAIN))
 
 
 # --- concurrent.futures --------------------------------------------------------------------------------
@@ -79,7 +79,8 @@ def thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active or get_current().get(_SUPPRESSED):
+        if not runtime.active or (current := get_current_or_suppressed()).get(_SUPPRESSED) or current.get(
+                _SUPPRESSED_PLAIN):
             return call(self, fn, *args, **kwargs)
         try:
             state = self.__dict__["_otel_perf_pool"]
@@ -130,7 +131,8 @@ def process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active or get_current().get(_SUPPRESSED):
+        if not runtime.active or (current := get_current_or_suppressed()).get(_SUPPRESSED) or current.get(
+                _SUPPRESSED_PLAIN):
             return call(self, fn, *args, **kwargs)
         try:
             state = self.__dict__["_otel_perf_pool"]
