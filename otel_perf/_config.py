@@ -44,6 +44,15 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("true or false")
 
 
+def _parse_pool_spans(raw: str) -> bool | str:
+    if raw.strip().lower() == "slow":
+        return "slow"
+    try:
+        return _parse_bool(raw)
+    except ValueError:
+        raise ValueError("true, false or slow") from None
+
+
 def _parse_seconds(raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -243,8 +252,13 @@ _EIB = 1024**6
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("enabled", "OTEL_PERF_ENABLED", True, _parse_bool, "Master switch: false turns otel-perf off.",
             range_doc=_BOOL),
-    Setting("pool_spans", "OTEL_PERF_POOL_SPANS", True, _parse_bool,
-            "A span per pool job (pool metrics are always on).", range_doc=_BOOL),
+    Setting("pool_spans", "OTEL_PERF_POOL_SPANS", True, _parse_pool_spans,
+            "A span per pool job (pool metrics are always on); `slow`: a span only for a job slower than "
+            "OTEL_PERF_POOL_SPAN_MIN_DURATION or failed, made after it with its real start and end.",
+            range_doc=f"{_BOOL}, or `slow`"),
+    Setting("pool_span_min_duration", "OTEL_PERF_POOL_SPAN_MIN_DURATION", 0.01, _parse_seconds,
+            "Seconds; with OTEL_PERF_POOL_SPANS=slow, jobs at least this slow get a span.",
+            range_doc="0 to 3600 seconds", low=0.0, high=3600.0),
     Setting("tools", "OTEL_PERF_TOOLS", (), _parse_dotted,
             "Dotted paths `pkg.mod:func,pkg.mod:Class.method` of callables to treat as tools.",
             range_doc=_DOTTED),
@@ -324,7 +338,8 @@ class Settings:
     """The effective configuration. Build it with :func:`load_settings`; it pickles (spawn workers)."""
 
     enabled: bool = True
-    pool_spans: bool = True
+    pool_spans: bool | str = True  # True, False or "slow"
+    pool_span_min_duration: float = 0.01
     tools: tuple[str, ...] = ()
     tool_capture_content: bool = False
     subprocess_capture_args: bool = False

@@ -25,6 +25,7 @@ from otel_perf._config import (
 MALFORMED = {
     "OTEL_PERF_ENABLED": "maybe",
     "OTEL_PERF_POOL_SPANS": "2x",
+    "OTEL_PERF_POOL_SPAN_MIN_DURATION": "slowish",
     "OTEL_PERF_TOOLS": "not a path",
     "OTEL_PERF_TOOL_CAPTURE_CONTENT": "yes please",
     "OTEL_PERF_SUBPROCESS_CAPTURE_ARGS": "nah",
@@ -51,6 +52,12 @@ MALFORMED = {
 # Any text is a well-formed path; whether the spool directory can be used is checked where it is used
 # (tests/exporters/test_spool_choice.py).
 CHECKED_WHERE_USED = {"OTEL_PERF_SPOOL_DIR"}
+
+
+@pytest.mark.parametrize(("raw", "mode"), [("slow", "slow"), (" SLOW ", "slow"), ("on", True), ("0", False)])
+def test_pool_spans_takes_slow_besides_true_and_false(raw: str, mode: bool | str) -> None:
+    assert load_settings({"OTEL_PERF_POOL_SPANS": raw}).pool_spans == mode
+    assert load_settings({}, pool_spans="slow").pool_spans == "slow"
 
 
 def test_every_variable_has_a_malformed_case() -> None:
@@ -192,6 +199,8 @@ OUT_OF_RANGE = [
     ("OTEL_PERF_EVENTLOOP_LAG_INTERVAL", "0", 0.01),
     ("OTEL_PERF_EVENTLOOP_LAG_INTERVAL", "86400", 3600.0),
     ("OTEL_PERF_PARSE_SPAN_MIN_DURATION", "-1", 0.0),
+    ("OTEL_PERF_POOL_SPAN_MIN_DURATION", "-0.5", 0.0),
+    ("OTEL_PERF_POOL_SPAN_MIN_DURATION", "86400", 3600.0),
     ("OTEL_PERF_PARSE_SPAN_MIN_BYTES", "-5", 0),
     ("OTEL_PERF_PARSE_SPAN_MIN_BYTES", "99999999999999999999", 1024**4),
     ("OTEL_PERF_MEMORY_THRESHOLD", "1.5", 1.0),

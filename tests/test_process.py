@@ -16,7 +16,7 @@ from tests.conftest import PYTHON, clean_env
 WORKER = textwrap.dedent("""
     import sys
     from otel_perf import _process
-    from otel_perf.instrumentations import _workers_run  # what a pool worker imports first
+    from otel_perf.instrumentations import _workers_trampoline  # what a pool worker imports first
     before = ("otel_perf._sdk" in sys.modules, _process._worker_bootstrap is not None)
     _process.bootstrap_worker(bytes.fromhex(sys.argv[1]))
     handle = _process.current_handle()

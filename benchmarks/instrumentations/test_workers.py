@@ -41,7 +41,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_perf._config import load_settings
 from otel_perf._semconv import CODE_FUNCTION_NAME, JOB_WAIT_DURATION, POOL_KIND, POOL_NAME
-from otel_perf.instrumentations._workers_run import compact_call_items
+from otel_perf.instrumentations._workers_trampoline import compact_call_items
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import reset_otel_globals
 

@@ -5,8 +5,8 @@ Why this module exists: joblib, the most used way to run pools in data and ML co
 ``multiprocessing`` pools in a ``_TracebackCapturingWrapper``. Seen as pool jobs, every batch would be one
 job named ``_TracebackCapturingWrapper`` and its tasks would be invisible. So a batch submitted to an
 instrumented pool has each of its tasks wrapped as a job of that pool (the wrapper the pool would give a
-single job: :func:`~otel_perf.instrumentations._workers_run.local_job` for threads,
-:func:`~otel_perf.instrumentations._workers_run.process_job` for processes, whose results travel back with
+single job: :func:`~otel_perf.instrumentations._workers_thread.local_job` for threads,
+:func:`~otel_perf.instrumentations._workers_trampoline.process_job` for processes, whose results travel back with
 the batch's list of results as the items of a ``map`` chunk do), and the batch itself is submitted bare.
 
 joblib dispatches most batches from callbacks, in the pool's result thread, not in the thread that called

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from otel_perf._process import current_handle
-from otel_perf.instrumentations import _workers_run
+from otel_perf.instrumentations import _workers_bootstrap, _workers_carrier, _workers_trampoline
+from otel_perf.instrumentations._workers_state import fault
 
 __all__ = ["SET_UP", "set_up_workers", "worker_initializer"]
 
@@ -40,10 +41,10 @@ def worker_initializer(snapshot: bytes | None, initializer: Callable[..., Any] |
         initargs: its arguments.
     """
     try:
-        if _workers_run._worker_pid != _workers_run._my_pid:
-            _workers_run._ensure_worker_sdk(snapshot)
+        if _workers_bootstrap.worker_pid != _workers_carrier.my_pid:
+            _workers_bootstrap.ensure_worker_sdk(snapshot)
     except Exception as exc:
-        _workers_run._fault("setting up a pool worker process", exc)
+        fault("setting up a pool worker process", exc)
     if initializer is not None:
         initializer(*initargs)
 
@@ -77,7 +78,7 @@ def set_up_workers(pool: Any, context: Any, started: bool) -> bool:
     handle = current_handle()
     snapshot = None
     if handle is not None and _start_method(context) != "fork":
-        snapshot = _workers_run._snapshot(handle)
+        snapshot = _workers_trampoline.snapshot(handle)
     pool._initializer = functools.partial(worker_initializer, snapshot, pool._initializer, pool._initargs)
     pool._initargs = ()
     pool.__dict__[SET_UP] = True

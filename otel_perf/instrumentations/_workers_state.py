@@ -1,11 +1,10 @@
-"""What otel-perf knows about each worker pool: its name, its job histograms and how to read its state.
+"""What otel-perf knows about each worker pool: its name, its job log and how to read its state.
 
 Why this module exists: pool metrics are recorded by the process that owns the pool (DESIGN.md,
-"Processes"). Job wait and run durations are hot-path measurements, so they go into
-:class:`~otel_perf._aggregate.AggregatedHistogram` series held here, created once per pool and outcome.
-Queue depth, busy workers, the worker limit and worker memory are not counted on the hot path at all:
-observable instruments read them from the pool's own state (its work queue, its pending work items, its
-worker processes) at collection time, through :meth:`PoolState.depth` and friends.
+"Processes"). Each pool's :class:`PoolState` holds its name and kind, its job log
+(``_workers_joblog``: the hot path's raw timings, folded into the histograms in bulk), and the readers of
+its queue depth, busy workers, worker limit and worker memory, which the observable instruments call at
+collection time (``_workers_metrics``) rather than counting anything on the hot path.
 
 A pool's jobs outlive the pool: a pool made in a function (``with ThreadPoolExecutor() as p: ...``), a pool
 per request, or asyncio's default executor is usually gone before the next collection. Its state is
@@ -22,76 +21,57 @@ re-exports its parent's pools.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.metrics import CallbackOptions, Counter, Meter, Observation
+from opentelemetry.metrics import Counter
 from opentelemetry.trace import Tracer
 
-from otel_perf._aggregate import AggregatedHistogram, Series, take
+from otel_perf._aggregate import Series
 from otel_perf._error_type import error_type_of
-from otel_perf._safety import guarded
+from otel_perf._safety import log_once, raise_internal_errors
 from otel_perf._semconv import (
-    DURATION_BOUNDARIES,
-    ERROR_TYPE,
     JOB_OUTCOME,
     OUTCOME_CANCELLED,
-    OUTCOME_ERROR,
-    OUTCOME_OK,
-    POOL_JOB_DURATION,
-    POOL_JOB_REJECTED,
-    POOL_JOB_RETRIES,
-    POOL_JOB_WAIT_DURATION,
     POOL_KIND,
     POOL_KIND_CUSTOM,
-    POOL_KIND_PROCESS,
-    POOL_KIND_THREAD,
     POOL_NAME,
-    POOL_QUEUE_DEPTH,
-    POOL_WORKER_BUSY,
-    POOL_WORKER_LIMIT,
-    POOL_WORKER_MEMORY_MAX,
-    metric,
+)
+from otel_perf.instrumentations import _workers_joblog
+from otel_perf.instrumentations._workers_joblog import JOB_DURATION, JOB_WAIT, JobLog, orphans
+from otel_perf.instrumentations._workers_sources import (
+    SOURCE_CUSTOM,
+    SOURCE_LOKY,
+    SOURCE_MP,
+    SOURCE_MP_THREAD,
+    SOURCE_PPE,
+    SOURCE_TPE,
+    created_internally,
+    default_name,
+    source_of,
 )
 
 __all__ = [
-    "FOLD_AT",
-    "JOB_DURATION",
-    "JOB_WAIT",
-    "JobLog",
-    "PoolState",
+        "PoolState",
     "Runtime",
     "custom_state",
     "error_type",
+    "fault",
     "live_states",
-    "orphans",
     "runtime",
     "state_for",
     "states_by_id",
     "unpublished",
 ]
 
-#: Where a pool's state is read from (one reader per stdlib pool family).
-SOURCE_TPE = "concurrent.futures.thread"
-SOURCE_PPE = "concurrent.futures.process"
-SOURCE_MP = "multiprocessing.pool"
-SOURCE_MP_THREAD = "multiprocessing.pool.ThreadPool"
-SOURCE_LOKY = "loky"  # loky's ProcessPoolExecutor (joblib's default backend): read like SOURCE_PPE
-SOURCE_CUSTOM = "custom"
 _EXECUTOR_SOURCES = (SOURCE_TPE, SOURCE_PPE, SOURCE_LOKY)
 _PROCESS_EXECUTOR_SOURCES = (SOURCE_PPE, SOURCE_LOKY)
-
 _STATE_ATTR = "_otel_perf_pool"
-_GENERATED_PREFIX = re.compile(r"^ThreadPoolExecutor-\d+$")
 
-JOB_WAIT = AggregatedHistogram(POOL_JOB_WAIT_DURATION, "s", metric(POOL_JOB_WAIT_DURATION).description,
-                               DURATION_BOUNDARIES)
-JOB_DURATION = AggregatedHistogram(POOL_JOB_DURATION, "s", metric(POOL_JOB_DURATION).description,
-                                   DURATION_BOUNDARIES)
+
 
 
 class Runtime:
@@ -101,11 +81,12 @@ class Runtime:
     ``submit`` kept in a variable) then pass straight through.
     """
 
-    __slots__ = ("active", "rejected", "retries", "spans", "tracer")
+    __slots__ = ("active", "rejected", "retries", "slow", "spans", "tracer")
 
     def __init__(self) -> None:
         self.active = False
-        self.spans = False
+        self.spans = False  # a span for every job
+        self.slow: float | None = None  # OTEL_PERF_POOL_SPANS=slow: a span for jobs at least this slow
         self.tracer: Tracer | None = None
         self.rejected: Counter | None = None
         self.retries: Counter | None = None
@@ -113,16 +94,11 @@ class Runtime:
 
 runtime = Runtime()
 
-#: A pool's log of finished jobs is folded into its series when it holds this many entries (about 30 KB).
-FOLD_AT = 256
-
 #: pool id -> weak reference to its state. A plain dict of references rather than a WeakValueDictionary:
 #: the owner looks a process job's pool up for every result, and ``WeakValueDictionary.get`` is Python code
 #: (so is a lookup function: the owner reads this dict inline).
 states_by_id: dict[int, weakref.ref[PoolState]] = {}
 
-#: Logs of pools that are gone, waiting for the next publication to fold them (see the module docstring).
-orphans: list[JobLog] = []
 
 
 def _register(state: PoolState) -> None:
@@ -132,10 +108,21 @@ def _register(state: PoolState) -> None:
     def gone(_: object) -> None:
         # May run inside the garbage collector, in any thread: no lock, no allocation beyond the append.
         states_by_id.pop(pool_id, None)
-        if log.done:
+        if log.done or log.chunks:
             orphans.append(log)
 
     states_by_id[pool_id] = weakref.ref(state, gone)
+
+
+
+def fault(where: str, exc: Exception) -> None:
+    """The guard's behaviour, inline: ``guarded()`` (a generator context manager) costs about 1.5 µs,
+    a visible share of a process pool's round trip (benchmark group workers.process.roundtrip)."""
+    if raise_internal_errors():
+        raise exc
+    log_once(("fault", where, type(exc).__name__),
+             "otel-perf internal error in %s (%s: %s); the program continues, this measurement is skipped.",
+             where, type(exc).__name__, exc, exc_info=True)
 
 
 _custom: dict[str, PoolState] = {}
@@ -143,86 +130,8 @@ _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()
 
 
-class JobLog:
-    """A pool's finished jobs, logged raw, and the series they are folded into.
-
-    Separate from :class:`PoolState` so that it can outlive its pool: when the pool is gone, its log
-    waits in :data:`orphans` for the next publication, which folds it (:meth:`fold`) and publishes it.
-    """
-
-    __slots__ = ("_begun_total", "_done_total", "_errors", "_fold_lock", "attrs", "begun", "done", "ok",
-                 "wait")
-
-    def __init__(self) -> None:
-        self.begun: list[float] = []
-        self.done: list[tuple[Any, ...]] = []
-        self._begun_total = 0
-        self._done_total = 0
-        self._fold_lock = threading.Lock()
-        self.attrs: dict[str, str] = {}
-        self.wait: Series
-        self.ok: Series
-        self._errors: dict[str, Series] = {}
-
-    def use(self, attrs: dict[str, str]) -> None:
-        """Fold into the series of ``attrs`` from now on (a pool named or renamed)."""
-        self.attrs = attrs
-        self.wait = JOB_WAIT.series(attrs)
-        self.ok = JOB_DURATION.series({**attrs, JOB_OUTCOME: OUTCOME_OK})
-        self._errors = {}
-
-    def error_series(self, error: str) -> Series:
-        """The job-duration series of outcome ``error`` for ``error.type`` = ``error``."""
-        found = self._errors.get(error)
-        if found is None:
-            found = JOB_DURATION.series({**self.attrs, JOB_OUTCOME: OUTCOME_ERROR, ERROR_TYPE: error})
-            self._errors[error] = found
-        return found
-
-    def fold(self, wait: bool = True) -> None:
-        """Record the logged jobs into the series and count them off.
-
-        Args:
-            wait: wait for a fold running in another thread (publication, to publish everything logged
-                before it). The hot path passes False: a worker never waits for another, and one that
-                finds a fold running leaves the log to it or to the next job.
-        """
-        lock = self._fold_lock
-        if not lock.acquire(wait):
-            return
-        try:
-            batch = take(self.done)
-            self._done_total += len(batch)
-            self._begun_total += len(take(self.begun))
-        finally:
-            lock.release()
-        if not batch:
-            return
-        global _folded
-        _folded = True
-        self.wait.record_many([entry[0] for entry in batch])
-        runs = [entry[1] for entry in batch if len(entry) == 2]
-        self.ok.record_many(runs)
-        if len(runs) < len(batch):
-            for entry in batch:
-                if len(entry) == 3:
-                    self.error_series(entry[2]).record(entry[1])
-
-    def forget(self) -> None:
-        """In a forked child: the log is the parent's, and its lock may have been held by a parent thread
-        (replace it rather than acquire it)."""
-        self._fold_lock = threading.Lock()
-        self.done = []
-        self.begun = []
-        self._done_total = self._begun_total = 0
-
-    def running(self) -> int:
-        """Jobs begun and not done (thread pools)."""
-        with self._fold_lock:
-            # done before begun: a job logs its start before its end, so this never goes below zero.
-            done = self._done_total + len(self.done)
-            begun = self._begun_total + len(self.begun)
-        return max(0, begun - done)
+def _always() -> bool:
+    return True
 
 
 class PoolState:
@@ -242,11 +151,11 @@ class PoolState:
     submitted and not yet finished for ``multiprocessing`` pools, whose own state counts tasks (chunks)
     rather than jobs. ``snapshot_per_job``: the pool's worker processes were started before otel-perf saw
     the pool, so they did not get the ``configure()`` snapshot through their initializer and its jobs
-    carry it (see ``_workers_run.job_info``); ``ready``: that was decided (at the pool's first use).
+    carry it (see ``_workers_trampoline.job_info``); ``ready``: that was decided (at the pool's first use).
     """
 
     __slots__ = ("__weakref__", "_lock", "_pool", "begun", "done", "id", "ignored", "kind", "log", "name",
-                 "outstanding", "queues", "ready", "running", "snapshot_per_job", "source")
+                 "outstanding", "queue_empty", "queues", "ready", "running", "snapshot_per_job", "source")
 
     def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
         self.id = next(_ids)
@@ -262,6 +171,9 @@ class PoolState:
         self.done = self.log.done
         self.outstanding = 0
         self.queues: list[Callable[[], Any]] = []
+        #: Whether no job waits for a worker now: a C call for a ThreadPoolExecutor (its work queue's
+        #: ``empty``), read by its workers before folding (``_workers_joblog.FOLD_BUSY_AT``); else always.
+        self.queue_empty: Callable[[], bool] = getattr(getattr(pool, "_work_queue", None), "empty", _always)
         self._lock = threading.Lock()
         self.name = ""
         self.rename(name)
@@ -415,68 +327,6 @@ def _thread_executor_depth(pool: Any) -> int:
     return max(0, queued - sentinels)
 
 
-def _default_name(pool: Any, source: str) -> str:
-    if source == SOURCE_TPE:
-        prefix = getattr(pool, "_thread_name_prefix", "")
-        if prefix and not _GENERATED_PREFIX.match(prefix):
-            return str(prefix)
-    if source == SOURCE_LOKY:
-        return "loky"  # its classes (_ReusablePoolExecutor, joblib's MemmappingExecutor) are internal names
-    return type(pool).__name__
-
-
-def _source_of(pool: Any) -> tuple[str, str]:
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
-    if isinstance(pool, ThreadPoolExecutor):
-        return POOL_KIND_THREAD, SOURCE_TPE
-    if isinstance(pool, ProcessPoolExecutor):
-        return POOL_KIND_PROCESS, SOURCE_PPE
-    for module in _LOKY_MODULES:
-        loky = sys.modules.get(module)
-        if loky is not None and isinstance(pool, loky.ProcessPoolExecutor):
-            return POOL_KIND_PROCESS, SOURCE_LOKY
-    mp_pool = sys.modules.get("multiprocessing.pool")
-    if mp_pool is not None and isinstance(pool, mp_pool.ThreadPool):
-        return POOL_KIND_THREAD, SOURCE_MP_THREAD
-    if mp_pool is not None and isinstance(pool, mp_pool.Pool):
-        return POOL_KIND_PROCESS, SOURCE_MP
-    return POOL_KIND_CUSTOM, SOURCE_CUSTOM
-
-
-#: Modules whose frames only pass a pool call through: the pools' own code, wrappers (otel-perf's, wrapt,
-#: contrib instrumentations such as opentelemetry-instrumentation-threading, which wraps ``submit`` too)
-#: and asyncio's ``run_in_executor``. The first frame outside them is the code that uses the pool.
-_PASS_THROUGH_MODULES = ("concurrent.futures", "multiprocessing", "functools", "asyncio", "wrapt",
-                         "otel_perf.instrumentations.", "opentelemetry.instrumentation.")
-#: The code whose pools are OpenTelemetry's own plumbing: the SDK (resource detection, concurrent span and
-#: log processors) and exporters. Not ``opentelemetry.*`` as a whole (contrib instrumentations are
-#: wrappers around the user's calls) nor ``otel_perf.*`` (the demo is a user program).
-_INTERNAL_MODULES = ("opentelemetry.sdk.", "opentelemetry.exporter.", "otel_perf.exporters.")
-_INTERNAL_PACKAGES = ("opentelemetry.sdk", "opentelemetry.exporter", "otel_perf.exporters")
-_LOKY_MODULES = ("joblib.externals.loky.process_executor", "loky.process_executor")
-
-
-def _created_internally() -> bool:
-    """Whether the pool used for the first time is OpenTelemetry's own: the code that uses it (the first
-    frame outside the pools and the wrappers around them) is the SDK's or an exporter's.
-
-    The SDK runs resource detectors and concurrent span processors on thread pools that it
-    makes and uses itself; spans and metrics for those pools would be noise in the user's data (and a
-    recursion risk), so they are left alone. A pool used by any other code, including a program shipped
-    in otel-perf such as its demo, is the user's.
-    """
-    frame = sys._getframe(2)
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if not isinstance(module, str):
-            return False
-        if not module.startswith(_PASS_THROUGH_MODULES):
-            return module.startswith(_INTERNAL_MODULES) or module in _INTERNAL_PACKAGES
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
-
-
 def state_for(pool: Any, *, by_user: bool = False) -> PoolState:
     """The state of ``pool``, created (and registered) at its first use.
 
@@ -489,12 +339,12 @@ def state_for(pool: Any, *, by_user: bool = False) -> PoolState:
         return found
     except KeyError:
         pass
-    internal = False if by_user else _created_internally()
+    internal = False if by_user else created_internally()
     with _lock:
         found = pool.__dict__.get(_STATE_ATTR)
         if found is None:
-            kind, source = _source_of(pool)
-            found = PoolState(pool, kind, source, _default_name(pool, source))
+            kind, source = source_of(pool)
+            found = PoolState(pool, kind, source, default_name(pool, source))
             found.ignored = internal
             pool.__dict__[_STATE_ATTR] = found
             if not internal:
@@ -519,15 +369,11 @@ def live_states() -> list[PoolState]:
     return [state for ref in list(states_by_id.values()) if (state := ref()) is not None]
 
 
-#: Jobs were folded into the series since the last publication (see :func:`unpublished`).
-_folded = False
-
-
 def unpublished() -> bool:
     """Whether this process holds pool jobs it has not published yet (a pool worker flushes its metrics
     after a job that ran pools of its own): logged, handed over by a pool that is gone, or folded since the
     last publication."""
-    return _folded or bool(orphans) or any(state.done for state in live_states())
+    return _workers_joblog.folded or bool(orphans) or any(state.done or state.log.chunks for state in live_states())
 
 
 def _fold_all() -> None:
@@ -541,8 +387,7 @@ def _fold_all() -> None:
         except IndexError:  # another publication took the last one
             break
         log.fold()
-    global _folded
-    _folded = False  # the publication that called this follows at once
+    _workers_joblog.folded = False  # the publication that called this follows at once
 
 
 JOB_WAIT.add_drain(_fold_all)
@@ -551,77 +396,6 @@ JOB_DURATION.add_drain(_fold_all)
 
 #: ``error.type`` of an exception (``otel_perf._error_type``): the one spelling of every instrumentation.
 error_type = error_type_of
-
-
-# --- observable instruments -----------------------------------------------------------------------
-
-
-def _observations(read: Callable[[PoolState], int | None]) -> Iterable[Observation]:
-    out: list[Observation] = []
-    if not runtime.active:
-        return out  # uninstrumented: the instruments stay on the meter but report nothing
-    for state in live_states():
-        with guarded(f"reading {read.__name__} of pool {state.name}"):
-            value = read(state)
-            if value is not None:
-                out.append(Observation(value, state.attrs))
-    return out
-
-
-def _observe_depth(options: CallbackOptions) -> Iterable[Observation]:
-    return _observations(PoolState.depth)
-
-
-def _observe_busy(options: CallbackOptions) -> Iterable[Observation]:
-    return _observations(PoolState.busy)
-
-
-def _observe_limit(options: CallbackOptions) -> Iterable[Observation]:
-    return _observations(PoolState.limit)
-
-
-def _max_rss(state: PoolState) -> int | None:
-    pids = state.worker_pids()
-    if not pids:
-        return None
-    import psutil
-
-    largest = None
-    for pid in pids:
-        try:
-            rss = int(psutil.Process(pid).memory_info().rss)
-        except (psutil.Error, OSError):
-            continue  # the worker ended between listing and reading
-        largest = rss if largest is None else max(largest, rss)
-    return largest
-
-
-def _observe_memory(options: CallbackOptions) -> Iterable[Observation]:
-    return _observations(_max_rss)
-
-
-def create_instruments(meter: Meter) -> None:
-    """Create the pool instruments on ``meter`` and bind the job histograms to it."""
-    for name, callback in ((POOL_QUEUE_DEPTH, _observe_depth), (POOL_WORKER_BUSY, _observe_busy),
-                           (POOL_WORKER_LIMIT, _observe_limit)):
-        spec = metric(name)
-        meter.create_observable_up_down_counter(name, callbacks=[callback], unit=spec.unit,
-                                                description=spec.description)
-    spec = metric(POOL_WORKER_MEMORY_MAX)
-    meter.create_observable_gauge(POOL_WORKER_MEMORY_MAX, callbacks=[_observe_memory], unit=spec.unit,
-                                  description=spec.description)
-    for name, attr in ((POOL_JOB_REJECTED, "rejected"), (POOL_JOB_RETRIES, "retries")):
-        spec = metric(name)
-        setattr(runtime, attr, meter.create_counter(name, unit=spec.unit, description=spec.description))
-    JOB_WAIT.bind(meter)
-    JOB_DURATION.bind(meter)
-
-
-def release_instruments(meter: Meter) -> None:
-    JOB_WAIT.unbind(meter)
-    JOB_DURATION.unbind(meter)
-    runtime.rejected = None
-    runtime.retries = None
 
 
 def _after_fork_in_child() -> None:
@@ -633,8 +407,7 @@ def _after_fork_in_child() -> None:
     states_by_id.clear()
     orphans.clear()
     _custom.clear()
-    global _folded
-    _folded = False
+    _workers_joblog.folded = False
 
 
 if hasattr(os, "register_at_fork"):

@@ -34,8 +34,8 @@ collection), ``.job.rejected`` and ``.job.retries``.
 
 **Reads**: ``OTEL_PERF_ENABLED``, ``OTEL_PERF_POOL_SPANS``.
 
-Thread pools use plain closures, not wrapt, on ``submit``: ``benchmarks/instrumentations/test_workers.py``
-(group ``workers.thread.roundtrip``): wrapt costs about 1 µs a call, a large share of the budget there.
+The patched methods are in ``_workers_submit``; how a job runs, in ``_workers_thread`` (threads) and
+``_workers_trampoline`` (worker processes).
 """
 
 from __future__ import annotations
@@ -45,349 +45,60 @@ import inspect
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import copy_context
+from collections.abc import Callable
 from time import perf_counter
-from types import FunctionType, TracebackType
+from types import TracebackType
 from typing import Any, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.trace import SpanKind
 
 from otel_perf._config import get_settings
-from otel_perf._context import get_current
 from otel_perf._patching import Patcher
 from otel_perf._safety import guard, guarded, log_once
 from otel_perf._semconv import (
     CODE_FUNCTION_NAME,
     INSTRUMENTATION_SCOPE,
     JOB_WAIT_DURATION,
-    POOL_KIND_THREAD,
     SCHEMA_URL,
 )
-from otel_perf.instrumentations import PerfInstrumentor, _workers_contrib, _workers_fork
-from otel_perf.instrumentations._workers_contrib import find_contrib_wrapper, job_target
-from otel_perf.instrumentations._workers_joblib import batch_of, expand_batch, parallel_call, parallel_dispatch
-from otel_perf.instrumentations._workers_run import (
-    _end_span,
-    compact_call_items,
-    function_names,
-    is_process_job,
-    job_info,
-    local_job,
-    process_job,
-    run_thread_job,
-    trampoline,
-)
-from otel_perf.instrumentations._workers_setup import SET_UP, set_up_workers
+from otel_perf.instrumentations import PerfInstrumentor, _workers_fork, _workers_submit
+from otel_perf.instrumentations._workers_contrib import find_contrib_wrapper
+from otel_perf.instrumentations._workers_joblib import parallel_call, parallel_dispatch
+from otel_perf.instrumentations._workers_joblog import JOB_DURATION, JOB_WAIT
+from otel_perf.instrumentations._workers_metrics import create_instruments, release_instruments
 from otel_perf.instrumentations._workers_state import (
-    JOB_DURATION,
-    JOB_WAIT,
-    SOURCE_MP_THREAD,
     PoolState,
-    create_instruments,
     custom_state,
     error_type,
-    release_instruments,
     runtime,
     state_for,
+)
+from otel_perf.instrumentations._workers_thread import end_span, function_names
+from otel_perf.instrumentations._workers_trampoline import (
+    compact_call_items,
 )
 
 __all__ = ["WorkerPoolInstrumentor", "job", "name_pool", "track_queue"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-_FUTURE_MARK = "_otel_perf_pool"
-#: The context key of ``suppress_instrumentation()``; read from the current context directly (one C call
-#: and a dict lookup on the submit path, benchmark group ``workers.thread.roundtrip.paired``).
-_SUPPRESSED = _SUPPRESS_INSTRUMENTATION_KEY
-
-
-def _suppressed() -> bool:
-    return bool(get_current().get(_SUPPRESSED))
-
-
-# --- concurrent.futures --------------------------------------------------------------------------------
-
-
-def _callable_original(original: Any) -> Callable[..., Any]:
-    """``original(self, ...)`` for the raw class attribute we replaced.
-
-    A plain function is called as is (the hot path). Anything else, such as another instrumentation's
-    wrapt wrapper (contrib's threading instrumentation wraps ``submit`` too), must be bound through the
-    descriptor protocol first, or it would take ``self`` for the first argument.
-    """
-    if type(original) is FunctionType:  # not isinstance: a wrapt proxy claims its wrapped class
-        return original
-
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return original.__get__(self, type(self))(*args, **kwargs)
-
-    return call
-
-
-
-def _thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active or get_current().get(_SUPPRESSED):
-            return call(self, fn, *args, **kwargs)
-        try:
-            state = self.__dict__["_otel_perf_pool"]
-        except KeyError:
-            state = state_for(self)
-        if state.ignored:
-            return call(self, fn, *args, **kwargs)
-        if _workers_contrib._contrib_wrapper is not None:  # contrib's threading instrumentation is imported
-            fn = job_target(fn)
-        # The job runs as ctx.run(run_thread_job, ...) in a copy of the submitter's context: no extra
-        # Python frame or closure per job.
-        try:
-            future = call(self, copy_context().run, run_thread_job, state, fn, perf_counter(), args,
-                              kwargs)
-        except BaseException:
-            state.record_rejected()
-            raise
-        future.__dict__[_FUTURE_MARK] = state
-        return future
-
-    return submit
-
-
-def _is_job_chunk(fn: Any) -> bool:
-    return isinstance(fn, functools.partial) and bool(fn.args) and is_process_job(fn.args[0])
-
-
-def _set_up(pool: Any, state: PoolState, context: Any, started: bool) -> None:
-    """At a process pool's first instrumented use: set up the worker processes it starts from now on
-    (``set_up_workers``: the initializer they start with)."""
-    state.ready = True
-    with guarded("setting up a process pool's workers"):
-        state.snapshot_per_job = set_up_workers(pool, context, started)
-
-
-def _executor_context(pool: Any) -> Any:
-    return getattr(pool, "_mp_context", None) or getattr(pool, "_context", None)  # stdlib, loky
-
-
-def _process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``submit`` of ``ProcessPoolExecutor`` and of loky's executor."""
-    call = _callable_original(original)
-    stdlib = getattr(original, "__module__", "") == "concurrent.futures.process"
-    if stdlib:
-        compact_call_items(True)  # concurrent.futures.process is imported: this patch is being applied
-    # loky pickles results its own way: its jobs' results go back as chunk items do (_workers_run).
-    chunked = not stdlib
-
-    @functools.wraps(original)
-    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active or get_current().get(_SUPPRESSED):
-            return call(self, fn, *args, **kwargs)
-        try:
-            state = self.__dict__["_otel_perf_pool"]
-        except KeyError:
-            state = state_for(self)
-        if state.ignored:
-            return call(self, fn, *args, **kwargs)
-        if not state.ready:
-            _set_up(self, state, _executor_context(self), bool(self._processes))
-        try:
-            # ProcessPoolExecutor.map submits partial(_process_chunk, <our job>)
-            if isinstance(fn, functools.partial) and _is_job_chunk(fn):
-                future = call(self, fn, *args, **kwargs)
-            elif (batch := batch_of(fn)) is not None:  # joblib (loky backend): a job per task
-                expand_batch(batch, functools.partial(_batch_job, state))
-                future = call(self, fn, *args, **kwargs)
-            else:
-                future = call(self, trampoline, fn, job_info(state, chunked), *args, **kwargs)
-        except BaseException:
-            state.record_rejected()
-            raise
-        future.__dict__[_FUTURE_MARK] = state
-        return future
-
-    return submit
-
-
-def _process_map(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def map(self: Any, fn: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
-        if not runtime.active or _suppressed():
-            return call(self, fn, *iterables, **kwargs)
-        state = state_for(self)
-        if state.ignored:
-            return call(self, fn, *iterables, **kwargs)
-        if not state.ready:
-            _set_up(self, state, _executor_context(self), bool(self._processes))
-        return call(self, process_job(state, fn), *iterables, **kwargs)
-
-    return map
-
-
-def _future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def cancel(self: Any) -> bool:
-        state: PoolState | None = self.__dict__.get(_FUTURE_MARK)
-        if state is None:
-            return bool(call(self))
-        pending = self._state == "PENDING"
-        cancelled = bool(call(self))
-        if cancelled and pending and runtime.active:
-            state.record_cancelled()
-        return cancelled
-
-    return cancel
-
-
-# --- multiprocessing.pool ----------------------------------------------------------------------------
-
-
-def _mp_state(pool: Any) -> PoolState | None:
-    """The state of a ``multiprocessing`` pool for a submission now; None when it goes to the pool bare
-    (uninstrumented, suppressed, or one of OpenTelemetry's own pools)."""
-    if not runtime.active or _suppressed():
-        return None
-    try:
-        state: PoolState = pool.__dict__["_otel_perf_pool"]
-    except KeyError:
-        state = state_for(pool)
-    if state.ignored:
-        return None
-    if not state.ready:
-        if state.source == SOURCE_MP_THREAD:
-            state.ready = True
-        else:  # set up by _repopulate_pool unless the pool was made before instrumentation
-            _set_up(pool, state, getattr(pool, "_ctx", None), True)
-    return state
-
-
-def _job_for(state: PoolState, func: Callable[..., Any]) -> functools.partial[Any]:
-    return local_job(state, func) if state.source == SOURCE_MP_THREAD else process_job(state, func)
-
-
-def _batch_job(state: PoolState, func: Callable[..., Any], last: bool) -> functools.partial[Any]:
-    """A task of a joblib batch as a job of the pool of ``state``; a process job flushes after the
-    batch's ``last`` task only (``_workers_joblib.expand_batch``)."""
-    if state.kind == POOL_KIND_THREAD:
-        return local_job(state, func)
-    return process_job(state, func, flush=last)
-
-
-def _mp_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def apply_async(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        state = _mp_state(self)
-        if state is None:
-            return call(self, func, *args, **kwargs)
-        batch = batch_of(func)
-        if batch is not None:  # joblib (threading and multiprocessing backends): a job per task
-            count = expand_batch(batch, functools.partial(_batch_job, state))
-            job: Callable[..., Any] = func
-        else:
-            count, job = 1, _job_for(state, func)
-        state.add_outstanding(count)
-        try:
-            return call(self, job, *args, **kwargs)
-        except BaseException:
-            state.add_outstanding(-count)
-            state.record_rejected()
-            raise
-
-    return apply_async
-
-
-def _mp_map_async(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def _map_async(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any,
-                   **kwargs: Any) -> Any:
-        state = _mp_state(self)
-        if state is None:
-            return call(self, func, iterable, *args, **kwargs)
-        try:
-            self._check_running()
-        except ValueError:
-            state.record_rejected()
-            raise
-        # Pool._map_async does the same conversion itself; done here to count the jobs.
-        if not hasattr(iterable, "__len__"):
-            iterable = list(iterable)
-        count = len(iterable)  # type: ignore[arg-type]
-        state.add_outstanding(count)
-        try:
-            return call(self, _job_for(state, func), iterable, *args, **kwargs)
-        except BaseException:
-            state.add_outstanding(-count)
-            raise
-
-    return _map_async
-
-
-def _counted(state: PoolState, iterable: Iterable[Any]) -> Iterator[Any]:
-    for item in iterable:
-        state.add_outstanding(1)
-        yield item
-
-
-def _mp_imap(original: Callable[..., Any]) -> Callable[..., Any]:
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def imap(self: Any, func: Callable[..., Any], iterable: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
-        state = _mp_state(self)
-        if state is None:
-            return call(self, func, iterable, *args, **kwargs)
-        try:
-            self._check_running()
-        except ValueError:
-            state.record_rejected()
-            raise
-        return call(self, _job_for(state, func), _counted(state, iterable), *args, **kwargs)
-
-    return imap
-
-
-def _mp_repopulate(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``Pool._repopulate_pool``, called by ``Pool.__init__`` to start its workers: set them up first."""
-    call = _callable_original(original)
-
-    @functools.wraps(original)
-    def _repopulate_pool(self: Any) -> Any:
-        if runtime.active and not self.__dict__.get(SET_UP):
-            with guarded("setting up a process pool's workers"):
-                mp_pool = sys.modules.get("multiprocessing.pool")
-                if mp_pool is None or not isinstance(self, mp_pool.ThreadPool):
-                    set_up_workers(self, getattr(self, "_ctx", None), False)
-        return call(self)
-
-    return _repopulate_pool
-
 
 _LOKY = ("joblib.externals.loky.process_executor", "loky.process_executor")
 
 _PATCHES: tuple[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
-    ("concurrent.futures._base:Future.cancel", _future_cancel),
-    ("concurrent.futures.thread:ThreadPoolExecutor.submit", _thread_submit),
-    ("concurrent.futures.process:ProcessPoolExecutor.submit", _process_submit),
-    ("concurrent.futures.process:ProcessPoolExecutor.map", _process_map),
-    ("multiprocessing.pool:Pool.apply_async", _mp_apply_async),
-    ("multiprocessing.pool:Pool._map_async", _mp_map_async),
-    ("multiprocessing.pool:Pool.imap", _mp_imap),
-    ("multiprocessing.pool:Pool.imap_unordered", _mp_imap),
-    ("multiprocessing.pool:Pool._repopulate_pool", _mp_repopulate),
-    *((f"{module}:ProcessPoolExecutor.submit", _process_submit) for module in _LOKY),
-    *((f"{module}:ProcessPoolExecutor.map", _process_map) for module in _LOKY),
+    ("concurrent.futures._base:Future.cancel", _workers_submit.future_cancel),
+    ("concurrent.futures.thread:ThreadPoolExecutor.submit", _workers_submit.thread_submit),
+    ("concurrent.futures.process:ProcessPoolExecutor.submit", _workers_submit.process_submit),
+    ("concurrent.futures.process:ProcessPoolExecutor.map", _workers_submit.process_map),
+    ("multiprocessing.pool:Pool.apply_async", _workers_submit.mp_apply_async),
+    ("multiprocessing.pool:Pool._map_async", _workers_submit.mp_map_async),
+    ("multiprocessing.pool:Pool.imap", _workers_submit.mp_imap),
+    ("multiprocessing.pool:Pool.imap_unordered", _workers_submit.mp_imap),
+    ("multiprocessing.pool:Pool._repopulate_pool", _workers_submit.mp_repopulate),
+    *((f"{module}:ProcessPoolExecutor.submit", _workers_submit.process_submit) for module in _LOKY),
+    *((f"{module}:ProcessPoolExecutor.map", _workers_submit.process_map) for module in _LOKY),
     ("joblib.parallel:Parallel.__call__", parallel_call),
     ("joblib.parallel:Parallel._dispatch", parallel_dispatch),
 )
@@ -413,7 +124,9 @@ class WorkerPoolInstrumentor(PerfInstrumentor):
     def _start(self, **kwargs: Any) -> None:
         create_instruments(self.meter)
         runtime.tracer = self.tracer
-        runtime.spans = bool(self.settings.pool_spans)
+        mode = self.settings.pool_spans
+        runtime.spans = mode is True
+        runtime.slow = self.settings.pool_span_min_duration if mode == "slow" else None
         runtime.active = True
         self._patcher = Patcher("otel_perf_workers")
         for path, factory in _PATCHES:
@@ -480,7 +193,7 @@ class _JobScope:
     """What ``otel_perf.job(...)`` returns: a context manager for one job, or a decorator (each call of
     the decorated function is one job)."""
 
-    __slots__ = ("_key", "_span", "_start", "_state", "_token", "attempt", "enqueued_at", "function",
+    __slots__ = ("_key", "_slow", "_span", "_start", "_state", "_token", "attempt", "enqueued_at", "function",
                  "name", "pool")
 
     def __init__(self, pool: str, name: str | None, attempt: int, enqueued_at: float | None,
@@ -495,6 +208,7 @@ class _JobScope:
         self._state: PoolState | None = None
         self._start = 0.0
         self._key = 0
+        self._slow: float | None = None  # OTEL_PERF_POOL_SPANS=slow: the span is made at exit, if slow
 
     def __enter__(self) -> _JobScope:
         self._enter()
@@ -524,26 +238,35 @@ class _JobScope:
 
     @guard
     def _enter(self) -> None:
-        if _suppressed():
+        if _workers_submit.suppressed():
             return  # suppress_instrumentation(): no span, no metrics (_exit finds no state)
         state = self._state = custom_state(self.pool)
         self._key = id(self)
         state.running[self._key] = True
         if self.attempt > 1 and runtime.retries is not None:
             runtime.retries.add(1, state.attrs)
-        spans = runtime.spans if runtime.active else get_settings().pool_spans
+        if runtime.active:
+            spans, self._slow = runtime.spans, runtime.slow
+        else:
+            settings = get_settings()
+            spans = settings.pool_spans is True
+            self._slow = settings.pool_span_min_duration if settings.pool_spans == "slow" else None
         if spans:
-            tracer = runtime.tracer if runtime.active and runtime.tracer is not None else trace.get_tracer(
-                INSTRUMENTATION_SCOPE, schema_url=SCHEMA_URL)
-            attributes: dict[str, Any] = dict(state.attrs)
-            if self.function:
-                attributes[CODE_FUNCTION_NAME] = self.function
-            if self.enqueued_at is not None:
-                attributes[JOB_WAIT_DURATION] = max(0.0, time.monotonic() - self.enqueued_at)
-            self._span = tracer.start_span(f"{state.name} {self.name or 'job'}", kind=SpanKind.INTERNAL,
-                                           attributes=attributes)
+            self._span = self._start_span(state, max(0.0, time.monotonic() - self.enqueued_at)
+                                          if self.enqueued_at is not None else None)
             self._token = otel_context.attach(trace.set_span_in_context(self._span))
         self._start = perf_counter()
+
+    def _start_span(self, state: PoolState, wait: float | None, start_time: int | None = None) -> Any:
+        tracer = runtime.tracer if runtime.active and runtime.tracer is not None else trace.get_tracer(
+            INSTRUMENTATION_SCOPE, schema_url=SCHEMA_URL)
+        attributes: dict[str, Any] = dict(state.attrs)
+        if self.function:
+            attributes[CODE_FUNCTION_NAME] = self.function
+        if wait is not None:
+            attributes[JOB_WAIT_DURATION] = wait
+        return tracer.start_span(f"{state.name} {self.name or 'job'}", kind=SpanKind.INTERNAL,
+                                 attributes=attributes, start_time=start_time)
 
     @guard
     def _exit(self, exc: BaseException | None) -> None:
@@ -563,8 +286,14 @@ class _JobScope:
             otel_context.detach(self._token)
             self._token = None
         if self._span is not None:
-            _end_span(self._span, exc, etype)
+            end_span(self._span, exc, etype)
             self._span = None
+        elif self._slow is not None and (run >= self._slow or exc is not None):
+            # Slow mode: the span now, with the job's real start and end (as _workers_thread.slow_span).
+            end_time = time.time_ns()
+            wait = (max(0.0, time.monotonic() - self.enqueued_at - run) if self.enqueued_at is not None
+                    else None)
+            end_span(self._start_span(state, wait, end_time - int(run * 1e9)), exc, etype, end_time)
 
 
 def job(pool: str, *, name: str | None = None, attempt: int = 1,

@@ -39,8 +39,8 @@ from otel_perf._semconv import (
     POOL_WORKER_LIMIT,
     POOL_WORKER_MEMORY_MAX,
 )
-from otel_perf.instrumentations import _workers_state
-from otel_perf.instrumentations._workers_run import job_info, process_job, trampoline
+from otel_perf.instrumentations import _workers_joblog, _workers_state
+from otel_perf.instrumentations._workers_trampoline import job_info, process_job, trampoline
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import metric_points
 
@@ -228,7 +228,7 @@ def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_r
     workers folding while others log, and a collection in the middle, every job is counted exactly once,
     with its outcome, and busy workers come back to zero."""
     name = unique("many")
-    jobs = 3 * _workers_state.FOLD_AT + 17
+    jobs = 3 * _workers_joblog.FOLD_AT + 17
     with otel_perf.name_pool(cf.ThreadPoolExecutor(4), name) as pool:
         first = [pool.submit(fail if i % 10 == 0 else work, i) for i in range(jobs // 2)]
         metric_points(metric_reader, POOL_JOB_WAIT_DURATION)  # a collection while jobs run
@@ -245,12 +245,13 @@ def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_r
 
 
 def test_log_of_failing_jobs_stays_bounded_without_collections(instrumented: Any, metric_reader: Any) -> None:
-    """A pool whose jobs all fail still folds its log every FOLD_AT jobs, and counts every failure."""
+    """A pool whose jobs all fail still folds its log (at FOLD_AT jobs once its queue is empty), and counts
+    every failure."""
     name = unique("failing")
-    jobs = _workers_state.FOLD_AT + 40
+    jobs = _workers_joblog.FOLD_AT + 40
     with otel_perf.name_pool(cf.ThreadPoolExecutor(2), name) as pool:
         cf.wait([pool.submit(fail, i) for i in range(jobs)])
-        assert len(_workers_state.state_for(pool).done) < _workers_state.FOLD_AT
+        assert len(_workers_state.state_for(pool).done) < _workers_joblog.FOLD_AT
     (errors,) = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "error"})
     assert errors.count == jobs
 
@@ -518,18 +519,18 @@ def test_a_result_item_pickles_compact_once_and_unpickles_as_the_stdlib_item(ins
     from concurrent.futures.process import _ResultItem
     from multiprocessing.reduction import ForkingPickler
 
-    from otel_perf.instrumentations import _workers_run as run
+    from otel_perf.instrumentations import _workers_pickle as run
 
     plain = _ResultItem(4, result=5)
     stdlib_bytes = bytes(ForkingPickler.dumps(plain))
     reducers = ForkingPickler._extra_reducers
-    saved = run._compact_results
-    run._compact_results = (reducers, _ResultItem)  # as a set-up worker has it
+    saved = run.compact_results
+    run.compact_results = (reducers, _ResultItem)  # as a set-up worker has it
     try:
         with cf.ThreadPoolExecutor(1) as pool:
             state = _workers_state.state_for(pool)
-        envelope = run._Envelope((run._deliver, ([1, 2], os.getpid(), state.id, (0.5, 0.25))))
-        reducers.setdefault(_ResultItem, run._reduce_result_item)  # what the trampoline does
+        envelope = run.Envelope((run.deliver, ([1, 2], os.getpid(), state.id, (0.5, 0.25))))
+        reducers.setdefault(_ResultItem, run.reduce_result_item)  # what the trampoline does
         item = _ResultItem(3, result=envelope)
         if sys.version_info >= (3, 11):
             item.exit_pid = 99  # type: ignore[attr-defined]
@@ -544,8 +545,8 @@ def test_a_result_item_pickles_compact_once_and_unpickles_as_the_stdlib_item(ins
         assert state.done[-1] == (0.5, 0.25)  # logged by the owner
         assert bytes(ForkingPickler.dumps(plain)) == stdlib_bytes
     finally:
-        run._compact_results = saved
-        if reducers.get(_ResultItem) is run._reduce_result_item:
+        run.compact_results = saved
+        if reducers.get(_ResultItem) is run.reduce_result_item:
             del reducers[_ResultItem]
 
 
@@ -608,7 +609,8 @@ def test_process_context_carrier_keeps_trace_state_and_baggage(tracer_provider: 
     from opentelemetry import context as otel_context
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-    from otel_perf.instrumentations._workers_run import _carrier, _context_from
+    from otel_perf.instrumentations._workers_carrier import carrier_of as _carrier
+    from otel_perf.instrumentations._workers_carrier import context_from as _context_from
 
     tracer = tracer_provider.get_tracer("t")
     with tracer.start_as_current_span("plain") as span:

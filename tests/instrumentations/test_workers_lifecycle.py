@@ -435,7 +435,7 @@ def test_a_worker_forked_during_an_export_flushes_at_exit_without_hanging(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    from otel_perf.instrumentations import _workers_fork, _workers_run
+    from otel_perf.instrumentations import _workers_bootstrap, _workers_fork
 
     reader = PeriodicExportingMetricReader(
         OTLPMetricExporter(endpoint=otlp_receiver.grpc_endpoint, insecure=True), export_interval_millis=600_000)
@@ -455,7 +455,7 @@ def test_a_worker_forked_during_an_export_flushes_at_exit_without_hanging(
         if pid == 0:  # the worker: record and flush, as a pool worker does when it ends
             try:
                 counter.add(1, {"in": "worker"})
-                _workers_run._flush(metrics=True)
+                _workers_bootstrap.flush(metrics=True)
                 os._exit(10 + len(_workers_fork.unsafe))
             finally:
                 os._exit(1)

@@ -229,7 +229,7 @@ def test_samples_of_an_asyncio_task_carry_its_span_name_label() -> None:
 def test_uninstall_restores_the_runtime_context_and_the_pool_fast_path(tracer_provider: Any) -> None:
     """install() twice is harmless; uninstall() puts back the runtime context's own methods and the
     ContextVar methods otel_perf._context (and modules importing from it) use."""
-    import otel_perf.instrumentations._workers_run as run
+    import otel_perf.instrumentations._workers_trampoline as run
 
     runtime = context_api._RUNTIME_CONTEXT
     fast = (_context.attach, _context.detach, run.attach, run.detach)
