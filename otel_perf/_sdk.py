@@ -16,6 +16,7 @@ explicitly (``OTEL_TRACES_EXPORTER`` and friends), so a user's own pipeline is n
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -41,6 +42,7 @@ from otel_perf._config import Settings, load_settings, set_settings
 from otel_perf._process import ROOT_MARKER, current_handle, is_root_process, mark_root
 from otel_perf._safety import guarded, log_once, raise_internal_errors
 from otel_perf._sdk_internals import check_at_startup, exporter_name_resolver, sdk_configurator
+from otel_perf.exporters.lazy import is_standard_otlp, lazy_exporter
 from otel_perf.exporters.otlp import default_exporter, spooled_exporter_names
 
 __all__ = [
@@ -101,9 +103,12 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
     return spooled_exporter_names(names, settings)
 
 
-def _exporter_classes(signal: str, names: list[str]) -> list[type]:
+def _exporter_factories(signal: str, names: list[str]) -> list[Callable[[], Any]]:
+    """What makes each named exporter (or metric reader). The standard OTLP exporters are made lazy
+    (``exporters/lazy.py``): their modules, gRPC or ``requests`` load on the first export, in the export
+    thread, so start-up does not wait for them; any other exporter is loaded now, as the SDK does."""
     resolve = exporter_name_resolver()
-    classes = []
+    factories: list[Callable[[], Any]] = []
     for name in names:
         resolved = resolve(name, signal)
         found = list(entry_points(group=_ENTRY_POINT_GROUP[signal], name=resolved))
@@ -112,8 +117,11 @@ def _exporter_classes(signal: str, names: list[str]) -> list[type]:
                      "otel-perf: no %s exporter named %r is installed (from %s); %s are not exported there",
                      signal, name, _EXPORTER_ENV[signal], signal)
             continue
-        classes.append(found[0].load())
-    return classes
+        if is_standard_otlp(found[0].value):
+            factories.append(functools.partial(lazy_exporter, signal, found[0].load))
+        else:
+            factories.append(found[0].load())
+    return factories
 
 
 @dataclass(frozen=True)
@@ -196,11 +204,14 @@ _lock = threading.RLock()
 
 #: Feature modules with a ``_startup(settings, is_root)`` function, run at process start-up by both ways in
 #: (a module that is not installed or has no such function is skipped), and optionally a ``_shutdown()``
-#: function, run by ``Handle.shutdown()`` when the module was imported.
-_STARTUP_MODULES = (
-    "otel_perf.profiling.server",
-    "otel_perf.exporters.durable",
-    "otel_perf.profiling",  # continuous profiling (imports nothing more while off)
+#: function, run by ``Handle.shutdown()`` when the module was imported. Each is imported only when its
+#: feature is asked for (the predicate): every instrumented Python, child Pythons included, pays for the
+#: import of what it loads, and the profiler, the debug server and the spool cost tens of milliseconds.
+_STARTUP_MODULES: tuple[tuple[str, Callable[[Settings, bool], bool]], ...] = (
+    ("otel_perf.profiling.server",  # the debug server and tracemalloc, root process only
+     lambda settings, root: root and (bool(settings.debug_addr) or settings.tracemalloc > 0)),
+    ("otel_perf.exporters.durable", lambda settings, root: bool(settings.spool_dir)),
+    ("otel_perf.profiling", lambda settings, root: settings.profiling != "off"),  # continuous profiling
 )
 
 
@@ -209,7 +220,9 @@ def _run_startup_hooks(settings: Settings) -> None:
 
     root = is_root_process()
     hooks = []
-    for module_name in _STARTUP_MODULES:
+    for module_name, wanted in _STARTUP_MODULES:
+        if not wanted(settings, root):
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -224,7 +237,7 @@ def _run_startup_hooks(settings: Settings) -> None:
 
 def _run_shutdown_hooks() -> None:
     """Each imported feature module's ``_shutdown()`` (a module never imported has nothing to stop)."""
-    for module_name in _STARTUP_MODULES:
+    for module_name, _ in _STARTUP_MODULES:
         module = sys.modules.get(module_name)
         hook = getattr(module, "_shutdown", None) if module is not None else None
         if hook is not None:
@@ -292,8 +305,8 @@ def _make_resource(service_name: str | None) -> Resource:
     return Resource.create(attributes)
 
 
-def _metric_reader(cls: type) -> MetricReader:
-    instance: Any = cls()
+def _metric_reader(make: Callable[[], Any]) -> MetricReader:
+    instance: Any = make()
     if isinstance(instance, MetricReader):
         return instance
     return PeriodicExportingMetricReader(instance)
@@ -308,49 +321,49 @@ class _SignalSetUp(NamedTuple):
     provider_type: type
     get_global: Callable[[], Any]
     set_global: Callable[[Any], None]
-    add_exporter: Callable[[Any, type], None]  # feed an exporter class to an existing provider
-    make: Callable[[Resource, list[type]], Any]  # a new provider fed these exporter classes
+    add_exporter: Callable[[Any, Callable[[], Any]], None]  # feed an exporter to an existing provider
+    make: Callable[[Resource, list[Callable[[], Any]]], Any]  # a new provider fed these exporters
 
 
-def _add_metric_exporter(provider: MeterProvider, cls: type) -> None:
+def _add_metric_exporter(provider: MeterProvider, make: Callable[[], Any]) -> None:
     add = getattr(provider, "add_metric_reader", None)  # MeterProvider.add_metric_reader: SDK 1.43+
     if add is None:
         log_once("metric-reader-add",
                  "otel-perf: this OpenTelemetry SDK cannot add a metric reader to a MeterProvider already made; "
                  "metrics go to the readers it was made with, not to OTEL_METRICS_EXPORTER")
         return
-    add(_metric_reader(cls))
+    add(_metric_reader(make))
 
 
-def _new_tracer_provider(resource: Resource, classes: list[type]) -> TracerProvider:
+def _new_tracer_provider(resource: Resource, factories: list[Callable[[], Any]]) -> TracerProvider:
     provider = TracerProvider(resource=resource)
-    for cls in classes:
-        provider.add_span_processor(BatchSpanProcessor(cls()))
+    for make in factories:
+        provider.add_span_processor(BatchSpanProcessor(make()))
     return provider
 
 
-def _new_logger_provider(resource: Resource, classes: list[type]) -> LoggerProvider:
+def _new_logger_provider(resource: Resource, factories: list[Callable[[], Any]]) -> LoggerProvider:
     provider = LoggerProvider(resource=resource)
-    for cls in classes:
-        provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
+    for make in factories:
+        provider.add_log_record_processor(BatchLogRecordProcessor(make()))
     return provider
 
 
 _SIGNAL_SET_UPS = (
     _SignalSetUp(
         "traces", "tracer_provider", TracerProvider, trace.get_tracer_provider, trace.set_tracer_provider,
-        lambda provider, cls: provider.add_span_processor(BatchSpanProcessor(cls())),
+        lambda provider, make: provider.add_span_processor(BatchSpanProcessor(make())),
         _new_tracer_provider,
     ),
     _SignalSetUp(
         "metrics", "meter_provider", MeterProvider, metrics.get_meter_provider, metrics.set_meter_provider,
-        lambda provider, cls: _add_metric_exporter(provider, cls),
-        lambda resource, classes: MeterProvider(resource=resource,
-                                                metric_readers=[_metric_reader(cls) for cls in classes]),
+        lambda provider, make: _add_metric_exporter(provider, make),
+        lambda resource, factories: MeterProvider(resource=resource,
+                                                  metric_readers=[_metric_reader(make) for make in factories]),
     ),
     _SignalSetUp(
         "logs", "logger_provider", LoggerProvider, get_logger_provider, set_logger_provider,
-        lambda provider, cls: provider.add_log_record_processor(BatchLogRecordProcessor(cls())),
+        lambda provider, make: provider.add_log_record_processor(BatchLogRecordProcessor(make())),
         _new_logger_provider,
     ),
 )
@@ -368,10 +381,11 @@ def _set_up_signal(signal: _SignalSetUp, resource: Resource, settings: Settings,
         return given, False
     existing = signal.get_global()
     if isinstance(existing, signal.provider_type):
-        for cls in _exporter_classes(signal.signal, _exporter_names(signal.signal, True, settings)):
-            signal.add_exporter(existing, cls)
+        for make in _exporter_factories(signal.signal, _exporter_names(signal.signal, True, settings)):
+            signal.add_exporter(existing, make)
         return existing, False
-    provider = signal.make(resource, _exporter_classes(signal.signal, _exporter_names(signal.signal, False, settings)))
+    factories = _exporter_factories(signal.signal, _exporter_names(signal.signal, False, settings))
+    provider = signal.make(resource, factories)
     signal.set_global(provider)
     return provider, True
 

@@ -45,7 +45,7 @@ def launcher_path() -> str | None:
 def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
     """The environment ``otel-perf run`` gives the program; the second item is the output directory
     when local files are written (no OTLP endpoint configured), else None."""
-    from otel_perf._sdk import default_exporter
+    from otel_perf.exporters.otlp import default_exporter
 
     out = dict(os.environ if env is None else env)
     # `python` in CMD means this environment's interpreter, the one otel-perf is installed in.
@@ -64,13 +64,19 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
     for signal in ("traces", "metrics", "logs"):
         variable = f"OTEL_{signal.upper()}_EXPORTER"
         if not (out.get(variable) or "").strip():
-            out[variable] = default_exporter(signal, out, settings)
+            chosen = default_exporter(signal, out, settings)
+            # otel-perf's pick of OTLP is the lazy one: its modules and gRPC load on the first export, in
+            # the export thread, not in the start-up of every Python the program launches.
+            out[variable] = LAZY_OTLP if chosen == "otlp" else chosen
         if "otel_perf_file" in out[variable]:
             # Absolute, so that child processes that change directory write beside their parent.
             files_dir = str(Path(settings.output_dir).resolve())
             out["OTEL_PERF_OUTPUT_DIR"] = files_dir
     return out, files_dir
 
+
+#: The exporter name of the standard OTLP exporters made on their first export (``exporters/lazy.py``).
+LAZY_OTLP = "otel_perf_otlp"
 
 #: Exit statuses of ``otel-perf run`` itself (else the program's own status): the shell's conventions.
 EXIT_USAGE = 2  # no program given, or no launcher installed
@@ -120,10 +126,10 @@ def _entry_point_names(group: str) -> list[str]:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from otel_perf._sdk import default_exporter
     from otel_perf.exporters._spool import check_directory
     from otel_perf.exporters.otlp import (
         check_endpoint,
+        default_exporter,
         endpoint_configured,
         otlp_protocol,
         resolved_endpoint,
