@@ -23,7 +23,6 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
@@ -42,7 +41,7 @@ from otel_perf._config import Settings, load_settings, set_settings
 from otel_perf._process import ROOT_MARKER, current_handle, is_root_process, mark_root
 from otel_perf._safety import guarded, log_once, raise_internal_errors
 from otel_perf._sdk_internals import check_at_startup, exporter_name_resolver, sdk_configurator
-from otel_perf.exporters.lazy import is_standard_otlp, lazy_exporter
+from otel_perf.exporters.lazy import STANDARD_OTLP_NAMES, lazy_exporter
 from otel_perf.exporters.otlp import default_exporter, spooled_exporter_names
 
 __all__ = [
@@ -105,22 +104,24 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
 
 def _exporter_factories(signal: str, names: list[str]) -> list[Callable[[], Any]]:
     """What makes each named exporter (or metric reader). The standard OTLP exporters are made lazy
-    (``exporters/lazy.py``): their modules, gRPC or ``requests`` load on the first export, in the export
-    thread, so start-up does not wait for them; any other exporter is loaded now, as the SDK does."""
-    resolve = exporter_name_resolver()
+    (``exporters/lazy.py``): their entry point is looked up and their modules, gRPC or ``requests`` load
+    on the first export, in the export thread, so start-up does not wait for them; any other exporter is
+    loaded now, as the SDK does."""
     factories: list[Callable[[], Any]] = []
     for name in names:
-        resolved = resolve(name, signal)
+        if name in STANDARD_OTLP_NAMES:
+            factories.append(functools.partial(lazy_exporter, signal, name))
+            continue
+        from importlib.metadata import entry_points
+
+        resolved = exporter_name_resolver()(name, signal)
         found = list(entry_points(group=_ENTRY_POINT_GROUP[signal], name=resolved))
         if not found:
             log_once(("exporter-missing", signal, name),
                      "otel-perf: no %s exporter named %r is installed (from %s); %s are not exported there",
                      signal, name, _EXPORTER_ENV[signal], signal)
             continue
-        if is_standard_otlp(found[0].value):
-            factories.append(functools.partial(lazy_exporter, signal, found[0].load))
-        else:
-            factories.append(found[0].load())
+        factories.append(found[0].load())
     return factories
 
 
@@ -263,6 +264,8 @@ def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
     """Whether ``opentelemetry-instrument`` loaded a configurator, by its own rule: the one
     ``OTEL_PYTHON_CONFIGURATOR`` names if it is installed, else (unset) the first one installed."""
     environ = os.environ if env is None else env
+    from importlib.metadata import entry_points
+
     selected = environ.get("OTEL_PYTHON_CONFIGURATOR")
     names = {ep.name for ep in entry_points(group="opentelemetry_configurator")}
     return bool(names) if selected is None else selected in names
@@ -390,18 +393,33 @@ def _set_up_signal(signal: _SignalSetUp, resource: Resource, settings: Settings,
     return provider, True
 
 
+#: otel-perf's instrumentors: the ``opentelemetry_instrumentor`` entry points of pyproject.toml (the launcher
+#: finds them there; tests/test_sdk.py checks the two agree). ``configure()`` reads this table instead of
+#: scanning every installed distribution's entry points, a cost of every Python that calls it.
+INSTRUMENTORS = {
+    "otel_perf_memory": ("otel_perf.instrumentations.memory", "MemoryInstrumentor"),
+    "otel_perf_parsers": ("otel_perf.instrumentations.parsers", "ParserInstrumentor"),
+    "otel_perf_runtime": ("otel_perf.instrumentations.runtime", "RuntimeInstrumentor"),
+    "otel_perf_subprocess": ("otel_perf.instrumentations.subprocess", "SubprocessInstrumentor"),
+    "otel_perf_tools": ("otel_perf.instrumentations.tools", "ToolInstrumentor"),
+    "otel_perf_workers": ("otel_perf.instrumentations.workers", "WorkerPoolInstrumentor"),
+}
+
+
 def load_instrumentors() -> list[tuple[str, Any]]:
-    """otel-perf's registered instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
+    """otel-perf's instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
+    import importlib
+
     disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     if "*" in disabled:
         return []
     found = []
-    for ep in entry_points(group="opentelemetry_instrumentor"):
-        if not ep.name.startswith("otel_perf_") or ep.name in disabled:
+    for name, (module_name, class_name) in sorted(INSTRUMENTORS.items()):
+        if name in disabled:
             continue
-        with guarded(f"loading instrumentor {ep.name}"):
-            found.append((ep.name, ep.load()()))
-    return sorted(found, key=lambda item: item[0])
+        with guarded(f"loading instrumentor {name}"):
+            found.append((name, getattr(importlib.import_module(module_name), class_name)()))
+    return found
 
 
 def configure(

@@ -49,16 +49,17 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from otel_perf._safety import log_once, raise_internal_errors
 
 __all__ = [
+    "STANDARD_OTLP_NAMES",
     "LazyOTLPLogExporter",
     "LazyOTLPMetricExporter",
     "LazyOTLPSpanExporter",
-    "is_standard_otlp",
     "lazy_exporter",
+    "load_otlp_class",
     "otlp_metric_preferences",
 ]
 
-#: Where the standard OTLP exporters live (``opentelemetry-exporter-otlp-proto-grpc`` and ``-http``).
-_STANDARD_OTLP_PREFIX = "opentelemetry.exporter.otlp.proto."
+#: The names of the standard OTLP exporters (``opentelemetry-exporter-otlp``, a dependency of otel-perf).
+STANDARD_OTLP_NAMES = frozenset({"otlp", "otlp_proto_grpc", "otlp_proto_http"})
 
 _DELTA, _CUMULATIVE = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
 #: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, as the OTLP metric exporter reads it (its mixin in
@@ -92,22 +93,23 @@ def otlp_metric_preferences(
     return temporality, aggregation
 
 
-def is_standard_otlp(entry_point_value: str) -> bool:
-    """Whether an exporter entry point (``module:Class``) is one of the standard OTLP exporters."""
-    return entry_point_value.startswith(_STANDARD_OTLP_PREFIX)
+def load_otlp_class(signal: str, name: str = "otlp") -> type:
+    """The class the SDK's configurator loads for the exporter ``name`` of ``signal`` (for ``otlp``, by
+    its protocol rule, the variables read now).
 
-
-def _otlp_class_loader(signal: str) -> Callable[[], type]:
-    """Loads the class the SDK's configurator would load for ``otlp`` (its protocol rule, read now)."""
+    Raises:
+        ImportError: no such exporter is installed.
+    """
     from importlib.metadata import entry_points
 
     from otel_perf._sdk_internals import exporter_name_resolver
 
-    name = exporter_name_resolver()("otlp", signal)
-    found = list(entry_points(group=f"opentelemetry_{signal}_exporter", name=name))
+    resolved = exporter_name_resolver()(name, signal)
+    found = list(entry_points(group=f"opentelemetry_{signal}_exporter", name=resolved))
     if not found:
-        raise ImportError(f"no {signal} exporter named {name!r} is installed (opentelemetry-exporter-otlp)")
-    return found[0].load
+        raise ImportError(f"no {signal} exporter named {resolved!r} is installed (opentelemetry-exporter-otlp)")
+    cls: type = found[0].load()
+    return cls
 
 
 class _Deferred:
@@ -148,7 +150,7 @@ class LazyOTLPSpanExporter(SpanExporter):
     """A span exporter that builds the real one (by default the standard OTLP one) on its first export."""
 
     def __init__(self, build: Callable[[], SpanExporter] | None = None) -> None:
-        self._deferred = _Deferred("traces", build or (lambda: _otlp_class_loader("traces")()()))
+        self._deferred = _Deferred("traces", build or (lambda: load_otlp_class("traces")()))
 
     @property
     def exporter(self) -> SpanExporter | None:
@@ -177,7 +179,7 @@ class LazyOTLPLogExporter(LogRecordExporter):
     """A log record exporter that builds the real one (by default the standard OTLP one) on its first export."""
 
     def __init__(self, build: Callable[[], LogRecordExporter] | None = None) -> None:
-        self._deferred = _Deferred("logs", build or (lambda: _otlp_class_loader("logs")()()))
+        self._deferred = _Deferred("logs", build or (lambda: load_otlp_class("logs")()))
 
     @property
     def exporter(self) -> LogRecordExporter | None:
@@ -214,7 +216,7 @@ class LazyOTLPMetricExporter(MetricExporter):
                  preferred_aggregation: dict[type, Aggregation] | None = None) -> None:
         temporality, aggregation = otlp_metric_preferences(preferred_temporality, preferred_aggregation)
         super().__init__(preferred_temporality=temporality, preferred_aggregation=aggregation)
-        make = build or (lambda **kwargs: _otlp_class_loader("metrics")()(**kwargs))
+        make = build or (lambda **kwargs: load_otlp_class("metrics")(**kwargs))
         self._deferred = _Deferred(
             "metrics", lambda: make(preferred_temporality=temporality, preferred_aggregation=aggregation))
 
@@ -241,13 +243,11 @@ class LazyOTLPMetricExporter(MetricExporter):
             real.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
-_LAZY_CLASSES: dict[str, type] = {
-    "traces": LazyOTLPSpanExporter, "metrics": LazyOTLPMetricExporter, "logs": LazyOTLPLogExporter,
-}
-
-
-def lazy_exporter(signal: str, load_class: Callable[[], type]) -> Any:
-    """A lazy exporter for ``signal`` whose real exporter is ``load_class()()``, made on the first export."""
+def lazy_exporter(signal: str, name: str = "otlp") -> Any:
+    """A lazy exporter for ``signal`` whose real exporter is the standard one named ``name``: the name is
+    resolved, its entry point found and its module imported on the first export."""
     if signal == "metrics":
-        return LazyOTLPMetricExporter(lambda **kwargs: load_class()(**kwargs))
-    return _LAZY_CLASSES[signal](lambda: load_class()())
+        return LazyOTLPMetricExporter(lambda **kwargs: load_otlp_class(signal, name)(**kwargs))
+    if signal == "traces":
+        return LazyOTLPSpanExporter(lambda: load_otlp_class(signal, name)())
+    return LazyOTLPLogExporter(lambda: load_otlp_class(signal, name)())

@@ -16,9 +16,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from otel_perf import _safety
 from otel_perf.exporters.lazy import (
+    STANDARD_OTLP_NAMES,
     LazyOTLPMetricExporter,
     LazyOTLPSpanExporter,
-    is_standard_otlp,
+    load_otlp_class,
     otlp_metric_preferences,
 )
 
@@ -108,11 +109,16 @@ def _fail_twice(caplog: pytest.LogCaptureFixture) -> None:
     PeriodicExportingMetricReader(lazy, export_interval_millis=60_000).shutdown()
 
 
-def test_only_the_standard_otlp_exporters_are_made_lazy() -> None:
-    assert is_standard_otlp("opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter")
-    assert is_standard_otlp("opentelemetry.exporter.otlp.proto.http.metric_exporter:OTLPMetricExporter")
-    assert not is_standard_otlp("opentelemetry.exporter.prometheus:PrometheusMetricReader")
-    assert not is_standard_otlp("otel_perf.exporters.files:FileSpanExporter")
+@pytest.mark.parametrize("signal", ["traces", "metrics", "logs"])
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_the_standard_names_load_the_standard_otlp_exporters(
+        monkeypatch: pytest.MonkeyPatch, signal: str, protocol: str) -> None:
+    """Each name made lazy loads, on the first export, the class the SDK's configurator loads for it."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    transport = "grpc" if protocol == "grpc" else "http"
+    assert load_otlp_class(signal, "otlp").__module__.startswith(f"opentelemetry.exporter.otlp.proto.{transport}.")
+    for name in STANDARD_OTLP_NAMES - {"otlp"}:
+        assert load_otlp_class(signal, name).__module__.startswith(f"opentelemetry.exporter.{name.replace('_', '.')}.")
 
 
 def test_importing_the_lazy_exporters_loads_no_exporter_stack() -> None:
