@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -71,6 +71,10 @@ def extract_environment_context(env: Mapping[str, str] | None = None) -> otel_co
     carrier = {key.lower(): environ[key] for key in ("TRACEPARENT", "TRACESTATE", "BAGGAGE") if environ.get(key)}
     if "traceparent" not in carrier:
         return None
+    # Imported here: the propagators (an entry-point scan of OTEL_PROPAGATORS) matter only to a child that
+    # was handed a trace.
+    from opentelemetry import propagate
+
     return propagate.extract(carrier)
 
 

@@ -3,7 +3,8 @@ records before then still arrives.
 
 The launcher is run as a subprocess against ``otel_perf.testing``'s real OTLP receiver. The program lists,
 as its first statement, which of the modules that are deferred are loaded: profiling, durable export and
-its spool, the report, the demo, and the OTLP exporter modules with gRPC or ``requests``. With profiling and
+its spool, the report, the demo, and the OTLP exporter modules and encoders with gRPC, ``requests`` or
+protobuf. With profiling and
 durable export off, none may be; then it records a span, a metric and a log, and the receiver must get all
 three (the export, at the latest at exit, loads the exporter in the export thread).
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from otel_perf import _otlpjson
+from otel_perf.exporters.files import iter_requests
 from otel_perf.testing import OTLPReceiver
 from tests.conftest import BIN, clean_env
 
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.e2e
 #: Module prefixes loaded only when a feature is used or on the first export.
 DEFERRED = ("otel_perf.profiling", "otel_perf.exporters.durable", "otel_perf.exporters._spool", "otel_perf.report",
             "otel_perf.demo", "otel_perf.cli", "grpc", "requests", "opentelemetry.exporter.otlp.proto.grpc",
-            "opentelemetry.exporter.otlp.proto.http")
+            "opentelemetry.exporter.otlp.proto.http", "google.protobuf")
 
 APP = textwrap.dedent("""
     import sys
@@ -85,6 +88,21 @@ def test_otel_perf_run_loads_no_deferred_module_before_the_first_export(
     loaded = json.loads((tmp_path / "loaded.json").read_text())
     assert loaded == {"at_start": [], "before_export": []}
     _assert_all_arrived(otlp_receiver, "grpc" if protocol == "grpc" else "http")
+
+
+def test_otel_perf_run_writing_files_loads_no_encoder_before_the_first_export(tmp_path: Path) -> None:
+    """Without an endpoint ``otel-perf run`` writes OTLP JSON lines: the OTLP encoders and protobuf load
+    at the first export too, and the files hold everything recorded before it."""
+    _app(tmp_path)
+    env = clean_env(OTEL_BSP_SCHEDULE_DELAY="60000", OTEL_METRIC_EXPORT_INTERVAL="60000",
+                    OTEL_PERF_OUTPUT_DIR=str(tmp_path / "data"))
+    completed = subprocess.run([str(BIN / "otel-perf"), "run", "-q", "--", "python", "app.py"], env=env,
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads((tmp_path / "loaded.json").read_text()) == {"at_start": [], "before_export": []}
+    requests = [request for _, request in iter_requests(tmp_path / "data")]
+    spans = [span.name for request in requests for span in _otlpjson.spans(request)]
+    assert spans == ["before-first-export"]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
