@@ -12,6 +12,7 @@ three (the export, at the latest at exit, loads the exporter in the export threa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -131,3 +132,18 @@ def test_profiling_and_the_debug_server_load_when_asked_for(otlp_receiver: OTLPR
     before_export = json.loads((tmp_path / "loaded.json").read_text())["before_export"]
     assert {"otel_perf.profiling.server", "otel_perf.exporters.durable"} <= set(before_export)
     _assert_all_arrived(otlp_receiver, "grpc")
+
+
+def test_otel_perf_run_gives_the_program_the_python_path_the_launcher_gives(tmp_path: Path) -> None:
+    """``otel-perf run`` starts no launcher Python: it sets ``PYTHONPATH`` itself, exactly as
+    ``opentelemetry-instrument`` does, and the program runs instrumented (its ``sitecustomize`` ran)."""
+    code = ("import os, sys; print(os.environ['PYTHONPATH']); "
+            "print('opentelemetry.instrumentation.auto_instrumentation' in sys.modules)")
+    env = clean_env(PYTHONPATH=f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b'}", OTEL_TRACES_EXPORTER="none",
+                    OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+    outputs = [subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+               for argv in ([str(BIN / "opentelemetry-instrument"), "python", "-c", code],
+                            [str(BIN / "otel-perf"), "run", "-q", "--", "python", "-c", code])]
+    assert outputs[0] == outputs[1]
+    assert outputs[1].splitlines()[1] == "True"
