@@ -55,6 +55,7 @@ __all__ = [
     "current_handle",
     "default_exporter",
     "is_root_process",
+    "sdk_providers_set",
     "shutdown",
 ]
 
@@ -275,7 +276,8 @@ def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
     return bool(names) if selected is None else selected in names
 
 
-def _sdk_providers_set() -> bool:
+def sdk_providers_set() -> bool:
+    """Whether SDK providers are already the global ones (a configurator or the program set them)."""
     return any(isinstance(signal.get_global(), signal.provider_type) for signal in _SIGNAL_SET_UPS)
 
 
@@ -283,7 +285,7 @@ def configure_sdk_from_environment(settings: Settings) -> None:
     """Set the SDK up from the ``OTEL_*`` environment as the SDK's configurator does: under the launcher
     when no configurator is installed (or ``OTEL_PYTHON_CONFIGURATOR`` names none that is). Providers a
     distro already set stay as they are. A failure is logged; the program runs on."""
-    if _sdk_providers_set():
+    if sdk_providers_set():
         return
     configurator = sdk_configurator()
     if configurator is None:
