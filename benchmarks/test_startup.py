@@ -20,6 +20,11 @@ Cases of ``startup.launcher``:
 * ``run``: ``otel-perf run -- python -c pass`` (one more Python start, the ``otel-perf`` script, which then
   replaces itself with the launcher). Budget: <= 1.05 x ``otel_perf``.
 
+``startup.first_statement``: the same four, timed until the program's first statement (it prints
+``time.time()``): what a program waits before it runs, without the exit-time export, where the lazy
+exporters load what they deferred (``python -c pass`` exports otel-perf's runtime metrics at exit). No
+budget; it shows what deferring the exporters buys a program that runs longer than it starts.
+
 ``startup.import``: ``import otel_perf`` under ``-X importtime``, the cumulative microseconds of the
 ``otel_perf`` line; budget under 15 ms (stored as the ratio to 15 ms).
 
@@ -34,8 +39,12 @@ start and exit excluded; they are the same for both):
   difference is otel-perf's own work: settings, process start-up, six instrumentors);
 * ``configure``: ``import otel_perf; otel_perf.configure()`` with ``OTEL_*_EXPORTER=otlp``.
 
+* ``configure_no_instrument``: ``configure(instrument=False)``, the set-up alone (no instrumentor).
+
 Budget: ``configure`` - ``hand_lazy`` <= 20 ms (same exporters); ``configure`` - ``hand`` (the SDK's
-own set-up as users write it) is reported beside it.
+own set-up as users write it) and ``configure_no_instrument`` - ``hand_lazy`` (the set-up without the
+instrumentations, whose share is mostly importing them and opentelemetry-instrumentation's
+``BaseInstrumentor``) are reported beside it.
 """
 
 from __future__ import annotations
@@ -225,16 +234,64 @@ def test_startup_configure_paired(benchmark: Any, receiver: OTLPReceiver, tmp_pa
         "hand": _timed_script(_HAND.replace("EXPORTERS", _STANDARD_EXPORTERS), env, tmp_path),
         "hand_lazy": _timed_script(_HAND.replace("EXPORTERS", _LAZY_EXPORTERS), env, tmp_path),
         "configure": _timed_script(_CONFIGURE, env, tmp_path),
+        "configure_no_instrument": _timed_script(_CONFIGURE.replace("configure()", "configure(instrument=False)"),
+                                                 env, tmp_path),
     }
     samples = _measure(benchmark, cases)
     added_same = statistics.median(c - h for c, h in zip(samples["configure"], samples["hand_lazy"], strict=True))
     added_sdk = statistics.median(c - h for c, h in zip(samples["configure"], samples["hand"], strict=True))
     result: dict[str, Any] = {f"{name}_ms": round(statistics.median(values) * 1e3, 1)
                               for name, values in samples.items()}
+    added_setup = statistics.median(c - h for c, h in zip(samples["configure_no_instrument"], samples["hand_lazy"],
+                                                          strict=True))
     result.update(
         configure_added_ms=round(added_same * 1e3, 1),
+        configure_no_instrument_added_ms=round(added_setup * 1e3, 1),
         configure_added_vs_20ms=round(added_same * 1e3 / CONFIGURE_BUDGET_MS, 3),
         configure_added_over_standard_exporters_ms=round(added_sdk * 1e3, 1),
         rounds=len(samples["hand"]),
     )
     _report(benchmark, capsys, "start-up, configure()", result)
+
+
+_FIRST_STATEMENT = "import time; print(time.time())"
+
+
+def _until_first_statement(argv: list[str], env: dict[str, str], cwd: Path) -> Callable[[], float]:
+    """Seconds from starting ``argv`` to the program's first statement (it prints ``time.time()``)."""
+    def run() -> float:
+        start = time.time()
+        out = subprocess.run(argv, env=env, cwd=cwd, check=True, capture_output=True, text=True, timeout=120).stdout
+        return float(out.strip().splitlines()[-1]) - start
+
+    return run
+
+
+@pytest.mark.benchmark(group="startup.first_statement")
+def test_startup_until_first_statement_paired(benchmark: Any, receiver: OTLPReceiver, tmp_path: Path,
+                                              capsys: Any) -> None:
+    """What the program waits before it runs (the exit-time export left out): ``python -c pass`` above also
+    includes the last export at exit, where the lazy exporters load what they deferred."""
+    python = str(BIN / "python")
+    launcher = str(BIN / "opentelemetry-instrument")
+    cases = {
+        "bare": _until_first_statement([python, "-c", _FIRST_STATEMENT], _env(receiver), tmp_path),
+        "stock": _until_first_statement(
+            [launcher, python, "-c", _FIRST_STATEMENT],
+            _env(receiver, OTEL_PYTHON_DISTRO="distro", OTEL_PERF_ENABLED="false",
+                 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=OTEL_PERF_INSTRUMENTORS), tmp_path),
+        "otel_perf": _until_first_statement([launcher, python, "-c", _FIRST_STATEMENT],
+                                            _env(receiver, OTEL_PYTHON_DISTRO="otel_perf"), tmp_path),
+        "run": _until_first_statement([str(BIN / "otel-perf"), "run", "-q", "--", "python", "-c", _FIRST_STATEMENT],
+                                      _env(receiver), tmp_path),
+    }
+    samples = _measure(benchmark, cases)
+    result: dict[str, Any] = {f"{name}_ms": round(statistics.median(values) * 1e3, 1)
+                              for name, values in samples.items()}
+    result.update(
+        otel_perf_vs_stock=round(_paired_ratio(samples, "otel_perf", "stock"), 3),
+        run_vs_launcher=round(_paired_ratio(samples, "run", "otel_perf"), 3),
+        run_vs_stock=round(_paired_ratio(samples, "run", "stock"), 3),
+        rounds=len(samples["bare"]),
+    )
+    _report(benchmark, capsys, "start-up, until the first statement", result)
