@@ -17,6 +17,7 @@ explicitly (``OTEL_TRACES_EXPORTER`` and friends), so a user's own pipeline is n
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -107,6 +108,17 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
     return spooled_exporter_names(names, settings)
 
 
+#: otel-perf's own exporters: its ``opentelemetry_<signal>_exporter`` entry points in pyproject.toml
+#: (tests/test_sdk.py checks the two agree), (signal, name) -> (module, class).
+OWN_EXPORTERS = {
+    (signal, name): (module, f"{prefix}{kind}Exporter")
+    for signal, kind in (("traces", "Span"), ("metrics", "Metric"), ("logs", "Log"))
+    for name, module, prefix in (("otel_perf_file", "otel_perf.exporters.files", "File"),
+                                 ("otlp_durable", "otel_perf.exporters.durable", "Durable"),
+                                 ("otel_perf_otlp", "otel_perf.exporters.lazy", "LazyOTLP"))
+}
+
+
 def _exporter_factories(signal: str, names: list[str]) -> list[Callable[[], Any]]:
     """What makes each named exporter (or metric reader). The standard OTLP exporters are made lazy
     (``exporters/lazy.py``): their entry point is looked up and their modules, gRPC or ``requests`` load
@@ -116,6 +128,10 @@ def _exporter_factories(signal: str, names: list[str]) -> list[Callable[[], Any]
     for name in names:
         if name in STANDARD_OTLP_NAMES:
             factories.append(functools.partial(lazy_exporter, signal, name))
+            continue
+        own = OWN_EXPORTERS.get((signal, name))
+        if own is not None:  # otel-perf's own: no scan of every installed package's entry points
+            factories.append(getattr(importlib.import_module(own[0]), own[1]))
             continue
         from importlib.metadata import entry_points
 
@@ -222,8 +238,6 @@ _STARTUP_MODULES: tuple[tuple[str, Callable[[Settings, bool], bool]], ...] = (
 
 
 def _run_startup_hooks(settings: Settings) -> None:
-    import importlib
-
     root = is_root_process()
     hooks = []
     for module_name, wanted in _STARTUP_MODULES:
@@ -414,8 +428,6 @@ INSTRUMENTORS = {
 
 def load_instrumentors() -> list[tuple[str, Any]]:
     """otel-perf's instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
-    import importlib
-
     disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     if "*" in disabled:
         return []

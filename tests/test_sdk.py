@@ -207,3 +207,15 @@ def test_configure_knows_every_registered_instrumentor() -> None:
     registered = {ep.name: tuple(ep.value.split(":")) for ep in entry_points(group="opentelemetry_instrumentor")
                   if ep.name.startswith("otel_perf_")}
     assert registered == _sdk.INSTRUMENTORS
+
+
+def test_configure_knows_every_exporter_otel_perf_registers() -> None:
+    """configure() makes otel-perf's own exporters from a table (no entry-point scan at start-up): the
+    table is exactly what pyproject.toml registers."""
+    from importlib.metadata import entry_points
+
+    registered = {(signal, ep.name): tuple(ep.value.split(":"))
+                  for signal in ("traces", "metrics", "logs")
+                  for ep in entry_points(group=f"opentelemetry_{signal}_exporter")
+                  if ep.value.startswith("otel_perf.")}
+    assert registered == _sdk.OWN_EXPORTERS
