@@ -127,3 +127,13 @@ def test_importing_the_lazy_exporters_loads_no_exporter_stack() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('grpc', 'google.protobuf', 'requests'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_lazy_name_spools_like_otlp(tmp_path: Any) -> None:
+    """OTEL_PERF_SPOOL_DIR makes the lazy OTLP name durable, as it does ``otlp`` (a child of `otel-perf run`
+    inherits ``otel_perf_otlp``)."""
+    from otel_perf._config import load_settings
+    from otel_perf.exporters.otlp import spooled_exporter_names
+
+    assert spooled_exporter_names(["otel_perf_otlp"], load_settings(spool_dir=str(tmp_path))) == ["otlp_durable"]
+    assert spooled_exporter_names(["otel_perf_otlp"], load_settings()) == ["otel_perf_otlp"]
