@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,6 +113,20 @@ def load_otlp_class(signal: str, name: str = "otlp") -> type:
     return cls
 
 
+_deferred: weakref.WeakSet[_Deferred] = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    """A child forked while the export thread was building an exporter (importing gRPC takes a while)
+    would wait forever for the lock that thread held: the child gets fresh locks, and builds its own."""
+    for deferred in list(_deferred):
+        deferred._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 class _Deferred:
     """The real exporter, built once by the first caller that needs it (the export thread)."""
 
@@ -122,6 +137,7 @@ class _Deferred:
         self.real: Any = None
         self._closed = False
         self._failed = False
+        _deferred.add(self)
 
     def get(self) -> Any:
         if self.real is not None or self._failed or self._closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -137,3 +138,37 @@ def test_the_lazy_name_spools_like_otlp(tmp_path: Any) -> None:
 
     assert spooled_exporter_names(["otel_perf_otlp"], load_settings(spool_dir=str(tmp_path))) == ["otlp_durable"]
     assert spooled_exporter_names(["otel_perf_otlp"], load_settings()) == ["otel_perf_otlp"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_while_the_exporter_is_being_made_makes_its_own() -> None:
+    """A fork while the export thread is making the real exporter (importing gRPC) does not leave the
+    child waiting forever for that thread's lock: the child makes its own exporter and exports."""
+    parent = os.getpid()
+    building, release = threading.Event(), threading.Event()
+
+    def build() -> InMemorySpanExporter:
+        if os.getpid() == parent:
+            building.set()
+            release.wait(30)
+        return InMemorySpanExporter()
+
+    lazy = LazyOTLPSpanExporter(build)
+    exporting = threading.Thread(target=lazy.export, args=([],))
+    exporting.start()
+    assert building.wait(30)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when its export went through
+        os._exit(0 if lazy.export([]) is SpanExportResult.SUCCESS else 1)
+    try:
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert done[0] == pid, "the forked child hung on the lock"
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        release.set()
+        exporting.join(30)
