@@ -159,6 +159,9 @@ def render(groups: dict[str, dict[str, float]], rows: list[tuple[str, str, str, 
     return "\n".join(lines) + "\n"
 
 
+#: The line in docs/overhead.md after which the page is written by hand (make bench keeps it).
+HAND_WRITTEN = "<!-- written by hand below; make bench keeps it -->"
+
 OVERHEAD_HEADER = """# Overhead
 
 What each instrumentation costs, from the last `make bench` (a copy of `benchmarks/RESULTS.md`). Every case
@@ -183,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     text = render(groups, rows)
     args.output.write_text(text)
     if args.docs:
-        args.docs.write_text(OVERHEAD_HEADER + text.split("\n", 1)[1])
+        # Sections written by hand (start-up, under load) follow HAND_WRITTEN in the page and are kept.
+        old = args.docs.read_text() if args.docs.exists() else ""
+        kept = old[old.index(HAND_WRITTEN):] if HAND_WRITTEN in old else ""
+        args.docs.write_text(OVERHEAD_HEADER + text.split("\n", 1)[1] + (f"\n{kept}" if kept else ""))
     missed = [r for r in rows if not r[3]]
     for name, measured, limit, _ in missed:
         print(f"budget missed: {name}: {measured} (limit {limit})", file=sys.stderr)

@@ -16,17 +16,18 @@ explicitly (``OTEL_TRACES_EXPORTER`` and friends), so a user's own pipeline is n
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, NamedTuple
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import metrics, trace
 from opentelemetry._logs import get_logger_provider, set_logger_provider
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -41,6 +42,7 @@ from otel_perf._config import Settings, load_settings, set_settings
 from otel_perf._process import ROOT_MARKER, current_handle, is_root_process, mark_root
 from otel_perf._safety import guarded, log_once, raise_internal_errors
 from otel_perf._sdk_internals import check_at_startup, exporter_name_resolver, sdk_configurator
+from otel_perf.exporters.lazy import STANDARD_OTLP_NAMES, lazy_exporter
 from otel_perf.exporters.otlp import default_exporter, spooled_exporter_names
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "current_handle",
     "default_exporter",
     "is_root_process",
+    "sdk_providers_set",
     "shutdown",
 ]
 
@@ -70,6 +73,10 @@ def extract_environment_context(env: Mapping[str, str] | None = None) -> otel_co
     carrier = {key.lower(): environ[key] for key in ("TRACEPARENT", "TRACESTATE", "BAGGAGE") if environ.get(key)}
     if "traceparent" not in carrier:
         return None
+    # Imported here: the propagators (an entry-point scan of OTEL_PROPAGATORS) matter only to a child that
+    # was handed a trace.
+    from opentelemetry import propagate
+
     return propagate.extract(carrier)
 
 
@@ -101,19 +108,42 @@ def _exporter_names(signal: str, explicit_only: bool, settings: Settings) -> lis
     return spooled_exporter_names(names, settings)
 
 
-def _exporter_classes(signal: str, names: list[str]) -> list[type]:
-    resolve = exporter_name_resolver()
-    classes = []
+#: otel-perf's own exporters: its ``opentelemetry_<signal>_exporter`` entry points in pyproject.toml
+#: (tests/test_sdk.py checks the two agree), (signal, name) -> (module, class).
+OWN_EXPORTERS = {
+    (signal, name): (module, f"{prefix}{kind}Exporter")
+    for signal, kind in (("traces", "Span"), ("metrics", "Metric"), ("logs", "Log"))
+    for name, module, prefix in (("otel_perf_file", "otel_perf.exporters.files", "File"),
+                                 ("otlp_durable", "otel_perf.exporters.durable", "Durable"),
+                                 ("otel_perf_otlp", "otel_perf.exporters.lazy", "LazyOTLP"))
+}
+
+
+def _exporter_factories(signal: str, names: list[str]) -> list[Callable[[], Any]]:
+    """What makes each named exporter (or metric reader). The standard OTLP exporters are made lazy
+    (``exporters/lazy.py``): their entry point is looked up and their modules, gRPC or ``requests`` load
+    on the first export, in the export thread, so start-up does not wait for them; any other exporter is
+    loaded now, as the SDK does."""
+    factories: list[Callable[[], Any]] = []
     for name in names:
-        resolved = resolve(name, signal)
+        if name in STANDARD_OTLP_NAMES:
+            factories.append(functools.partial(lazy_exporter, signal, name))
+            continue
+        own = OWN_EXPORTERS.get((signal, name))
+        if own is not None:  # otel-perf's own: no scan of every installed package's entry points
+            factories.append(getattr(importlib.import_module(own[0]), own[1]))
+            continue
+        from importlib.metadata import entry_points
+
+        resolved = exporter_name_resolver()(name, signal)
         found = list(entry_points(group=_ENTRY_POINT_GROUP[signal], name=resolved))
         if not found:
             log_once(("exporter-missing", signal, name),
                      "otel-perf: no %s exporter named %r is installed (from %s); %s are not exported there",
                      signal, name, _EXPORTER_ENV[signal], signal)
             continue
-        classes.append(found[0].load())
-    return classes
+        factories.append(found[0].load())
+    return factories
 
 
 @dataclass(frozen=True)
@@ -196,20 +226,23 @@ _lock = threading.RLock()
 
 #: Feature modules with a ``_startup(settings, is_root)`` function, run at process start-up by both ways in
 #: (a module that is not installed or has no such function is skipped), and optionally a ``_shutdown()``
-#: function, run by ``Handle.shutdown()`` when the module was imported.
-_STARTUP_MODULES = (
-    "otel_perf.profiling.server",
-    "otel_perf.exporters.durable",
-    "otel_perf.profiling",  # continuous profiling (imports nothing more while off)
+#: function, run by ``Handle.shutdown()`` when the module was imported. Each is imported only when its
+#: feature is asked for (the predicate): every instrumented Python, child Pythons included, pays for the
+#: import of what it loads, and the profiler, the debug server and the spool cost tens of milliseconds.
+_STARTUP_MODULES: tuple[tuple[str, Callable[[Settings, bool], bool]], ...] = (
+    ("otel_perf.profiling.server",  # the debug server and tracemalloc, root process only
+     lambda settings, root: root and (bool(settings.debug_addr) or settings.tracemalloc > 0)),
+    ("otel_perf.exporters.durable", lambda settings, root: bool(settings.spool_dir)),
+    ("otel_perf.profiling", lambda settings, root: settings.profiling != "off"),  # continuous profiling
 )
 
 
 def _run_startup_hooks(settings: Settings) -> None:
-    import importlib
-
     root = is_root_process()
     hooks = []
-    for module_name in _STARTUP_MODULES:
+    for module_name, wanted in _STARTUP_MODULES:
+        if not wanted(settings, root):
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError:
@@ -224,7 +257,7 @@ def _run_startup_hooks(settings: Settings) -> None:
 
 def _run_shutdown_hooks() -> None:
     """Each imported feature module's ``_shutdown()`` (a module never imported has nothing to stop)."""
-    for module_name in _STARTUP_MODULES:
+    for module_name, _ in _STARTUP_MODULES:
         module = sys.modules.get(module_name)
         hook = getattr(module, "_shutdown", None) if module is not None else None
         if hook is not None:
@@ -259,12 +292,15 @@ def configurator_loaded(env: Mapping[str, str] | None = None) -> bool:
     """Whether ``opentelemetry-instrument`` loaded a configurator, by its own rule: the one
     ``OTEL_PYTHON_CONFIGURATOR`` names if it is installed, else (unset) the first one installed."""
     environ = os.environ if env is None else env
+    from importlib.metadata import entry_points
+
     selected = environ.get("OTEL_PYTHON_CONFIGURATOR")
     names = {ep.name for ep in entry_points(group="opentelemetry_configurator")}
     return bool(names) if selected is None else selected in names
 
 
-def _sdk_providers_set() -> bool:
+def sdk_providers_set() -> bool:
+    """Whether SDK providers are already the global ones (a configurator or the program set them)."""
     return any(isinstance(signal.get_global(), signal.provider_type) for signal in _SIGNAL_SET_UPS)
 
 
@@ -272,7 +308,7 @@ def configure_sdk_from_environment(settings: Settings) -> None:
     """Set the SDK up from the ``OTEL_*`` environment as the SDK's configurator does: under the launcher
     when no configurator is installed (or ``OTEL_PYTHON_CONFIGURATOR`` names none that is). Providers a
     distro already set stay as they are. A failure is logged; the program runs on."""
-    if _sdk_providers_set():
+    if sdk_providers_set():
         return
     configurator = sdk_configurator()
     if configurator is None:
@@ -301,8 +337,8 @@ def _make_resource(service_name: str | None) -> Resource:
     return Resource.create(attributes)
 
 
-def _metric_reader(cls: type) -> MetricReader:
-    instance: Any = cls()
+def _metric_reader(make: Callable[[], Any]) -> MetricReader:
+    instance: Any = make()
     if isinstance(instance, MetricReader):
         return instance
     return PeriodicExportingMetricReader(instance)
@@ -317,49 +353,49 @@ class _SignalSetUp(NamedTuple):
     provider_type: type
     get_global: Callable[[], Any]
     set_global: Callable[[Any], None]
-    add_exporter: Callable[[Any, type], None]  # feed an exporter class to an existing provider
-    make: Callable[[Resource, list[type]], Any]  # a new provider fed these exporter classes
+    add_exporter: Callable[[Any, Callable[[], Any]], None]  # feed an exporter to an existing provider
+    make: Callable[[Resource, list[Callable[[], Any]]], Any]  # a new provider fed these exporters
 
 
-def _add_metric_exporter(provider: MeterProvider, cls: type) -> None:
+def _add_metric_exporter(provider: MeterProvider, make: Callable[[], Any]) -> None:
     add = getattr(provider, "add_metric_reader", None)  # MeterProvider.add_metric_reader: SDK 1.43+
     if add is None:
         log_once("metric-reader-add",
                  "otel-perf: this OpenTelemetry SDK cannot add a metric reader to a MeterProvider already made; "
                  "metrics go to the readers it was made with, not to OTEL_METRICS_EXPORTER")
         return
-    add(_metric_reader(cls))
+    add(_metric_reader(make))
 
 
-def _new_tracer_provider(resource: Resource, classes: list[type]) -> TracerProvider:
+def _new_tracer_provider(resource: Resource, factories: list[Callable[[], Any]]) -> TracerProvider:
     provider = TracerProvider(resource=resource)
-    for cls in classes:
-        provider.add_span_processor(BatchSpanProcessor(cls()))
+    for make in factories:
+        provider.add_span_processor(BatchSpanProcessor(make()))
     return provider
 
 
-def _new_logger_provider(resource: Resource, classes: list[type]) -> LoggerProvider:
+def _new_logger_provider(resource: Resource, factories: list[Callable[[], Any]]) -> LoggerProvider:
     provider = LoggerProvider(resource=resource)
-    for cls in classes:
-        provider.add_log_record_processor(BatchLogRecordProcessor(cls()))
+    for make in factories:
+        provider.add_log_record_processor(BatchLogRecordProcessor(make()))
     return provider
 
 
 _SIGNAL_SET_UPS = (
     _SignalSetUp(
         "traces", "tracer_provider", TracerProvider, trace.get_tracer_provider, trace.set_tracer_provider,
-        lambda provider, cls: provider.add_span_processor(BatchSpanProcessor(cls())),
+        lambda provider, make: provider.add_span_processor(BatchSpanProcessor(make())),
         _new_tracer_provider,
     ),
     _SignalSetUp(
         "metrics", "meter_provider", MeterProvider, metrics.get_meter_provider, metrics.set_meter_provider,
-        lambda provider, cls: _add_metric_exporter(provider, cls),
-        lambda resource, classes: MeterProvider(resource=resource,
-                                                metric_readers=[_metric_reader(cls) for cls in classes]),
+        lambda provider, make: _add_metric_exporter(provider, make),
+        lambda resource, factories: MeterProvider(resource=resource,
+                                                  metric_readers=[_metric_reader(make) for make in factories]),
     ),
     _SignalSetUp(
         "logs", "logger_provider", LoggerProvider, get_logger_provider, set_logger_provider,
-        lambda provider, cls: provider.add_log_record_processor(BatchLogRecordProcessor(cls())),
+        lambda provider, make: provider.add_log_record_processor(BatchLogRecordProcessor(make())),
         _new_logger_provider,
     ),
 )
@@ -377,26 +413,40 @@ def _set_up_signal(signal: _SignalSetUp, resource: Resource, settings: Settings,
         return given, False
     existing = signal.get_global()
     if isinstance(existing, signal.provider_type):
-        for cls in _exporter_classes(signal.signal, _exporter_names(signal.signal, True, settings)):
-            signal.add_exporter(existing, cls)
+        for make in _exporter_factories(signal.signal, _exporter_names(signal.signal, True, settings)):
+            signal.add_exporter(existing, make)
         return existing, False
-    provider = signal.make(resource, _exporter_classes(signal.signal, _exporter_names(signal.signal, False, settings)))
+    factories = _exporter_factories(signal.signal, _exporter_names(signal.signal, False, settings))
+    provider = signal.make(resource, factories)
     signal.set_global(provider)
     return provider, True
 
 
+#: otel-perf's instrumentors: the ``opentelemetry_instrumentor`` entry points of pyproject.toml (the launcher
+#: finds them there; tests/test_sdk.py checks the two agree). ``configure()`` reads this table instead of
+#: scanning every installed distribution's entry points, a cost of every Python that calls it.
+INSTRUMENTORS = {
+    "otel_perf_memory": ("otel_perf.instrumentations.memory", "MemoryInstrumentor"),
+    "otel_perf_parsers": ("otel_perf.instrumentations.parsers", "ParserInstrumentor"),
+    "otel_perf_runtime": ("otel_perf.instrumentations.runtime", "RuntimeInstrumentor"),
+    "otel_perf_subprocess": ("otel_perf.instrumentations.subprocess", "SubprocessInstrumentor"),
+    "otel_perf_tools": ("otel_perf.instrumentations.tools", "ToolInstrumentor"),
+    "otel_perf_workers": ("otel_perf.instrumentations.workers", "WorkerPoolInstrumentor"),
+}
+
+
 def load_instrumentors() -> list[tuple[str, Any]]:
-    """otel-perf's registered instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
+    """otel-perf's instrumentors, minus those in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
     disabled = {x.strip() for x in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     if "*" in disabled:
         return []
     found = []
-    for ep in entry_points(group="opentelemetry_instrumentor"):
-        if not ep.name.startswith("otel_perf_") or ep.name in disabled:
+    for name, (module_name, class_name) in sorted(INSTRUMENTORS.items()):
+        if name in disabled:
             continue
-        with guarded(f"loading instrumentor {ep.name}"):
-            found.append((ep.name, ep.load()()))
-    return sorted(found, key=lambda item: item[0])
+        with guarded(f"loading instrumentor {name}"):
+            found.append((name, getattr(importlib.import_module(module_name), class_name)()))
+    return found
 
 
 def configure(

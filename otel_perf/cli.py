@@ -1,9 +1,10 @@
 """The ``otel-perf`` command: run, doctor, demo, report, profile.
 
-Why this module exists: one entry point for the things a user does from a shell. ``run`` replaces itself
-with ``opentelemetry-instrument`` (``os.execve``) with otel-perf's distro and configurator selected (and
-local files when no OTLP endpoint is set), so the program gets the process, its signals and its exit
-status directly; ``doctor`` explains what the launcher would do, lists every problem with the
+Why this module exists: one entry point for the things a user does from a shell. ``run`` does what
+``opentelemetry-instrument`` does (the launcher's ``sitecustomize`` first on ``PYTHONPATH``) with otel-perf's
+distro selected (and local files when no OTLP endpoint is set), then replaces itself with the program
+(``os.execve``), so the program gets the process, its signals and its exit status directly, and no
+launcher Python is started in between; ``doctor`` explains what the launcher would do, lists every problem with the
 ``OTEL_PERF_*`` variables and whether the endpoint answers. ``demo``, ``report`` and ``profile`` live in
 their own modules, which provide ``add_arguments(parser)`` and ``run(args) -> int``; only the one asked
 for is imported.
@@ -45,7 +46,7 @@ def launcher_path() -> str | None:
 def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
     """The environment ``otel-perf run`` gives the program; the second item is the output directory
     when local files are written (no OTLP endpoint configured), else None."""
-    from otel_perf._sdk import default_exporter
+    from otel_perf.exporters.otlp import default_exporter
 
     out = dict(os.environ if env is None else env)
     # `python` in CMD means this environment's interpreter, the one otel-perf is installed in.
@@ -64,13 +65,19 @@ def launcher_environment(env: dict[str, str] | None = None) -> tuple[dict[str, s
     for signal in ("traces", "metrics", "logs"):
         variable = f"OTEL_{signal.upper()}_EXPORTER"
         if not (out.get(variable) or "").strip():
-            out[variable] = default_exporter(signal, out, settings)
+            chosen = default_exporter(signal, out, settings)
+            # otel-perf's pick of OTLP is the lazy one: its modules and gRPC load on the first export, in
+            # the export thread, not in the start-up of every Python the program launches.
+            out[variable] = LAZY_OTLP if chosen == "otlp" else chosen
         if "otel_perf_file" in out[variable]:
             # Absolute, so that child processes that change directory write beside their parent.
             files_dir = str(Path(settings.output_dir).resolve())
             out["OTEL_PERF_OUTPUT_DIR"] = files_dir
     return out, files_dir
 
+
+#: The exporter name of the standard OTLP exporters made on their first export (``exporters/lazy.py``).
+LAZY_OTLP = "otel_perf_otlp"
 
 #: Exit statuses of ``otel-perf run`` itself (else the program's own status): the shell's conventions.
 EXIT_USAGE = 2  # no program given, or no launcher installed
@@ -91,7 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "in this environment", file=sys.stderr)
         return EXIT_USAGE
     env, files_dir = launcher_environment()
-    # The launcher looks the program up on PATH and fails with a traceback if it is missing: say it here.
+    # The program is looked up on PATH as the launcher does (it fails with a traceback): say it here.
     program = shutil.which(command[0], path=env.get("PATH"))
     if program is None:
         if os.sep in command[0] and os.path.isfile(command[0]):
@@ -103,14 +110,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"otel-perf: no OTLP endpoint set; writing OTLP JSON lines under {files_dir}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
+    site_directory = _launcher_site_directory()
+    if site_directory is not None:
+        # Do what the launcher does (its sitecustomize first on PYTHONPATH, then exec the program) without
+        # starting its Python: every `otel-perf run` would pay one more interpreter start for it.
+        env["PYTHONPATH"] = launcher_python_path(env.get("PYTHONPATH"), site_directory)
+        target, argv = program, [program, *command[1:]]
+    else:  # a launcher laid out otherwise: let it do its own work
+        target, argv = launcher, [launcher, *command]
     try:
-        # Become the launcher, which becomes the program: one process, whose signals (SIGTERM from a
-        # supervisor, SIGINT from the terminal, SIGHUP) and exit status are the program's own.
-        os.execve(launcher, [launcher, *command], env)
+        # Become the program: one process, whose signals (SIGTERM from a supervisor, SIGINT from the
+        # terminal, SIGHUP) and exit status are the program's own.
+        os.execve(target, argv, env)
     except OSError as exc:
-        print(f"otel-perf run: cannot start {launcher}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"otel-perf run: cannot start {target}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
     return 0  # pragma: no cover  (execve does not return)
+
+
+def _launcher_site_directory() -> str | None:
+    """The directory of the launcher's ``sitecustomize`` (``opentelemetry.instrumentation.auto_instrumentation``),
+    which starts auto-instrumentation in every Python that has it on ``PYTHONPATH``; None if not found."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("opentelemetry.instrumentation.auto_instrumentation")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if len(locations) != 1 or not os.path.isfile(os.path.join(locations[0], "sitecustomize.py")):
+        return None
+    return os.path.abspath(locations[0])
+
+
+def launcher_python_path(python_path: str | None, site_directory: str, cwd: str | None = None) -> str:
+    """``PYTHONPATH`` as ``opentelemetry-instrument`` sets it: the launcher's ``sitecustomize`` directory
+    first, then the working directory (for programs run from their own script, as Django's), then the
+    rest as it was."""
+    paths = python_path.split(os.pathsep) if python_path else []
+    working = os.getcwd() if cwd is None else cwd
+    if working not in paths:
+        paths.insert(0, working)
+    return os.pathsep.join([site_directory, *(path for path in paths if path != site_directory)])
 
 
 def _entry_point_names(group: str) -> list[str]:
@@ -120,10 +161,10 @@ def _entry_point_names(group: str) -> list[str]:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from otel_perf._sdk import default_exporter
     from otel_perf.exporters._spool import check_directory
     from otel_perf.exporters.otlp import (
         check_endpoint,
+        default_exporter,
         endpoint_configured,
         otlp_protocol,
         resolved_endpoint,

@@ -70,12 +70,18 @@ def pre_instrument() -> None:
     """The launcher's ``opentelemetry_pre_instrument`` hook: the SDK when no configurator set it up, then
     otel-perf's process start-up. Runs under any distro and configurator."""
     with guarded("otel-perf start-up under the launcher"):
-        from otel_perf._sdk import configurator_loaded, configure_sdk_from_environment, process_startup
+        from otel_perf._sdk import (
+            configurator_loaded,
+            configure_sdk_from_environment,
+            process_startup,
+            sdk_providers_set,
+        )
 
         settings = get_settings()
         if not settings.enabled:
             return
-        if not configurator_loaded():
+        # Providers set mean a configurator ran: no need to scan the installed configurators to know it.
+        if not sdk_providers_set() and not configurator_loaded():
             configure_sdk_from_environment(settings)
         process_startup(settings)
     with guarded("otel-perf start-up under the launcher: system-metrics"):

@@ -197,3 +197,25 @@ def test_snapshot_pickles(no_otel_env: None, tmp_path: Path) -> None:
     assert snapshot.service_name == "snap"
     assert snapshot.settings.pool_spans is False
     handle.shutdown()
+
+
+def test_configure_knows_every_registered_instrumentor() -> None:
+    """configure() loads otel-perf's instrumentors from a table (no entry-point scan at start-up): the
+    table is exactly what pyproject.toml registers for the launcher."""
+    from importlib.metadata import entry_points
+
+    registered = {ep.name: tuple(ep.value.split(":")) for ep in entry_points(group="opentelemetry_instrumentor")
+                  if ep.name.startswith("otel_perf_")}
+    assert registered == _sdk.INSTRUMENTORS
+
+
+def test_configure_knows_every_exporter_otel_perf_registers() -> None:
+    """configure() makes otel-perf's own exporters from a table (no entry-point scan at start-up): the
+    table is exactly what pyproject.toml registers."""
+    from importlib.metadata import entry_points
+
+    registered = {(signal, ep.name): tuple(ep.value.split(":"))
+                  for signal in ("traces", "metrics", "logs")
+                  for ep in entry_points(group=f"opentelemetry_{signal}_exporter")
+                  if ep.value.startswith("otel_perf.")}
+    assert registered == _sdk.OWN_EXPORTERS

@@ -23,13 +23,8 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
@@ -38,6 +33,12 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from otel_perf._config import get_settings
 from otel_perf._safety import log_once
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+# The OTLP encoders and protobuf (about 40 ms of import time) are imported on the first export, in the
+# export thread: every Python under `otel-perf run` without an endpoint makes these exporters at start-up.
 
 __all__ = [
     "FileLogExporter",
@@ -63,6 +64,8 @@ def _hex_ids(value: Any) -> Any:
 
 def request_to_json(request: Message) -> str:
     """One OTLP export request as one line of OTLP JSON (no newline)."""
+    from google.protobuf.json_format import MessageToDict
+
     as_dict = MessageToDict(request, use_integers_for_enums=True)
     return json.dumps(_hex_ids(as_dict), separators=(",", ":"))
 
@@ -167,6 +170,8 @@ class FileSpanExporter(SpanExporter):
         return self._writer.path
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
         ok = self._writer.write(request_to_json(encode_spans(spans)))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
@@ -191,6 +196,8 @@ class FileMetricExporter(MetricExporter):
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
                **kwargs: Any) -> MetricExportResult:
+        from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+
         ok = self._writer.write(request_to_json(encode_metrics(metrics_data)))
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
@@ -213,6 +220,8 @@ class FileLogExporter(LogRecordExporter):
         return self._writer.path
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+
         ok = self._writer.write(request_to_json(encode_logs(batch)))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
 

@@ -281,12 +281,17 @@ def spool_directory_problem(spool_dir: str) -> str | None:
     return problem
 
 
+#: Plain OTLP as named in OTEL_<SIGNAL>_EXPORTER: the stock name, and the lazy one `otel-perf run` names.
+_PLAIN_OTLP = ("otlp", "otel_perf_otlp")
+
+
 def spooled_exporter_names(names: list[str], settings: Settings, *,
                            spool_usable: bool | None = None) -> list[str]:
     """The exporter names to use for a signal, given ``OTEL_PERF_SPOOL_DIR``.
 
-    With a usable spool directory ``otlp`` becomes ``otlp_durable``; with an unusable one ``otlp_durable``
-    becomes ``otlp``; without one, or for any other name, the names stay as given (duplicates dropped).
+    With a usable spool directory ``otlp`` (or ``otel_perf_otlp``) becomes ``otlp_durable``; with an
+    unusable one ``otlp_durable`` becomes ``otlp``; without one, or for any other name, the names stay as
+    given (duplicates dropped).
 
     Args:
         names: the exporter names ``OTEL_<SIGNAL>_EXPORTER`` gives (or otel-perf's default).
@@ -294,12 +299,12 @@ def spooled_exporter_names(names: list[str], settings: Settings, *,
         spool_usable: whether the spool directory can be used, if already known (else it is checked,
             which makes the directory).
     """
-    if not settings.spool_dir or not any(n in ("otlp", "otlp_durable") for n in names):
+    if not settings.spool_dir or not any(n in (*_PLAIN_OTLP, "otlp_durable") for n in names):
         return names
     if spool_usable is None:
         spool_usable = spool_directory_problem(settings.spool_dir) is None
     if spool_usable:
-        mapped = ["otlp_durable" if n == "otlp" else n for n in names]
+        mapped = ["otlp_durable" if n in _PLAIN_OTLP else n for n in names]
     else:
         mapped = ["otlp" if n == "otlp_durable" else n for n in names]
     return list(dict.fromkeys(mapped))

@@ -1,7 +1,7 @@
 """Forking worker processes while the SDK exports or collects: wait for it, so no worker inherits a held lock.
 
 Why this module exists: a forked pool worker exports what it records through the providers it inherited
-(its job spans, and when it ends its metrics: ``_workers_run``). ``fork()`` copies only the thread that
+(its job spans, and when it ends its metrics: ``_workers_bootstrap``). ``fork()`` copies only the thread that
 forks; a lock another thread held at that moment stays held in the child forever. The SDK replaces the
 locks of its batch processors after a fork, but not the ones below them: the gRPC channel's locks inside
 an OTLP exporter that was in the middle of an export, the periodic metric reader's export lock, or the

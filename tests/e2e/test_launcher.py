@@ -264,7 +264,7 @@ def _start_signalled(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_otel_perf_run_becomes_the_program_so_signals_reach_it(tmp_path: Path, signum: int) -> None:
-    """otel-perf run replaces itself with the launcher and the launcher with the program: the pid a
+    """otel-perf run replaces itself with the program (set up as the launcher would): the pid a
     supervisor holds is the program's, a signal sent to it reaches the program's handler, and the exit
     status is the program's own."""
     process = _start_signalled(tmp_path)
