@@ -41,10 +41,10 @@ start and exit excluded; they are the same for both):
 
 * ``configure_no_instrument``: ``configure(instrument=False)``, the set-up alone (no instrumentor).
 
-Budget: ``configure`` - ``hand_lazy`` <= 20 ms (same exporters); ``configure`` - ``hand`` (the SDK's
-own set-up as users write it) and ``configure_no_instrument`` - ``hand_lazy`` (the set-up without the
-instrumentations, whose share is mostly importing them and opentelemetry-instrumentation's
-``BaseInstrumentor``) are reported beside it.
+Budgets: ``configure`` - ``hand`` <= 20 ms (the SDK's own set-up as users write it: the issue's measure),
+and the stricter ``configure`` - ``hand_lazy`` <= 20 ms (same exporters: otel-perf's own work alone).
+``configure_no_instrument`` - ``hand_lazy`` (the set-up without the instrumentations, whose share is mostly
+importing them and opentelemetry-instrumentation's ``BaseInstrumentor``) is reported beside them.
 """
 
 from __future__ import annotations
@@ -249,6 +249,7 @@ def test_startup_configure_paired(benchmark: Any, receiver: OTLPReceiver, tmp_pa
         configure_no_instrument_added_ms=round(added_setup * 1e3, 1),
         configure_added_vs_20ms=round(added_same * 1e3 / CONFIGURE_BUDGET_MS, 3),
         configure_added_over_standard_exporters_ms=round(added_sdk * 1e3, 1),
+        configure_added_over_standard_exporters_vs_20ms=round(added_sdk * 1e3 / CONFIGURE_BUDGET_MS, 3),
         rounds=len(samples["hand"]),
     )
     _report(benchmark, capsys, "start-up, configure()", result)
