@@ -76,7 +76,7 @@ def test_doctor_lists_every_bad_value_and_unknown_name_and_exits_1(tmp_path: Pat
     assert "OTEL_PERF_MEMORY_THRESHOLD" in text and "'abc'" in text
     assert "'70000'; using 65535 instead" in text
     assert "'1e-9'; using 0.1 instead" in text
-    assert "OTEL_PERF_POOL_SPANS to be true or false, got '2x'" in text
+    assert "OTEL_PERF_POOL_SPANS to be true, false or slow, got '2x'" in text
     assert "OTEL_PERF_POOL_SPAN is not an otel-perf setting" in text and "did you mean OTEL_PERF_POOL_SPANS?" in text
     assert "did you mean OTEL_PERF_DEBUG_ADDR?" in text
     assert "6 problem(s) found." in out.stdout
