@@ -162,11 +162,32 @@ class _Deferred:
             return self.real
 
 
-class LazyOTLPSpanExporter(SpanExporter):
+class _LazyBatchExporter:
+    """What the lazy span and log record exporters share: the deferred real exporter, flush and shutdown
+    (their SDK base classes and result types differ, so each keeps its own typed ``export``)."""
+
+    def __init__(self, signal: str, build: Callable[[], Any]) -> None:
+        self._deferred = _Deferred(signal, build)
+
+    def _export(self, items: Sequence[Any], failure: Any) -> Any:
+        real = self._deferred.get()
+        return failure if real is None else real.export(items)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        real = self._deferred.real
+        return True if real is None else bool(real.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        real = self._deferred.close()
+        if real is not None:
+            real.shutdown()
+
+
+class LazyOTLPSpanExporter(_LazyBatchExporter, SpanExporter):
     """A span exporter that builds the real one (by default the standard OTLP one) on its first export."""
 
     def __init__(self, build: Callable[[], SpanExporter] | None = None) -> None:
-        self._deferred = _Deferred("traces", build or (lambda: load_otlp_class("traces")()))
+        super().__init__("traces", build or (lambda: load_otlp_class("traces")()))
 
     @property
     def exporter(self) -> SpanExporter | None:
@@ -175,27 +196,15 @@ class LazyOTLPSpanExporter(SpanExporter):
         return real
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        real = self._deferred.get()
-        if real is None:
-            return SpanExportResult.FAILURE
-        result: SpanExportResult = real.export(spans)
+        result: SpanExportResult = self._export(spans, SpanExportResult.FAILURE)
         return result
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        real = self._deferred.real
-        return True if real is None else bool(real.force_flush(timeout_millis))
 
-    def shutdown(self) -> None:
-        real = self._deferred.close()
-        if real is not None:
-            real.shutdown()
-
-
-class LazyOTLPLogExporter(LogRecordExporter):
+class LazyOTLPLogExporter(_LazyBatchExporter, LogRecordExporter):
     """A log record exporter that builds the real one (by default the standard OTLP one) on its first export."""
 
     def __init__(self, build: Callable[[], LogRecordExporter] | None = None) -> None:
-        self._deferred = _Deferred("logs", build or (lambda: load_otlp_class("logs")()))
+        super().__init__("logs", build or (lambda: load_otlp_class("logs")()))
 
     @property
     def exporter(self) -> LogRecordExporter | None:
@@ -204,20 +213,8 @@ class LazyOTLPLogExporter(LogRecordExporter):
         return real
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
-        real = self._deferred.get()
-        if real is None:
-            return LogRecordExportResult.FAILURE
-        result: LogRecordExportResult = real.export(batch)
+        result: LogRecordExportResult = self._export(batch, LogRecordExportResult.FAILURE)
         return result
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        real = self._deferred.real
-        return True if real is None else bool(real.force_flush(timeout_millis))
-
-    def shutdown(self) -> None:
-        real = self._deferred.close()
-        if real is not None:
-            real.shutdown()
 
 
 class LazyOTLPMetricExporter(MetricExporter):
