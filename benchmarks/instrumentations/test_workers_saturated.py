@@ -123,6 +123,16 @@ def _ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
     return round(statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True)), 4)
 
 
+def _summary(samples: dict[str, list[float]], per: str, digits: int = 2) -> dict[str, Any]:
+    """Every case over bare (median of the per-round ratios) and the median time of bare, spans off and
+    spans on per ``per`` (job or item), in µs."""
+    summary: dict[str, Any] = {f"{name}_vs_bare": _ratio(samples, name, "bare")
+                               for name in ("spans_off", "spans_on", "spans_slow")}
+    summary.update({f"{name}_us_per_{per}": round(statistics.median(samples[name]) * 1e6, digits)
+                    for name in ("bare", "spans_off", "spans_on")})
+    return summary
+
+
 @pytest.mark.parametrize("kind", list(THREAD_BURSTS))
 def test_thread_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any,
                                       kind: str) -> None:
@@ -153,14 +163,9 @@ def test_thread_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: N
         runtime.spans, runtime.slow = False, None
         stop()
     _report(benchmark, capsys, f"workers.saturated.thread.{kind}", {
-        "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
-        "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
+        **_summary(samples, "job"),
         "spans_on_vs_job_own_span": _ratio(samples, "spans_on", "direct"),
-        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
         "job_own_span_vs_bare": _ratio(samples, "direct", "bare"),
-        "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
-        "spans_off_us_per_job": round(statistics.median(samples["spans_off"]) * 1e6, 2),
-        "spans_on_us_per_job": round(statistics.median(samples["spans_on"]) * 1e6, 2),
         "jobs_per_burst": jobs,
     })
 
@@ -196,15 +201,8 @@ def test_process_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: 
     finally:
         runtime.spans, runtime.slow = False, None
         stop()
-    _report(benchmark, capsys, f"workers.saturated.process.{kind}", {
-        "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
-        "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
-        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
-        "bare_us_per_job": round(statistics.median(samples["bare"]) * 1e6, 2),
-        "spans_off_us_per_job": round(statistics.median(samples["spans_off"]) * 1e6, 2),
-        "spans_on_us_per_job": round(statistics.median(samples["spans_on"]) * 1e6, 2),
-        "jobs_per_burst": jobs,
-    })
+    _report(benchmark, capsys, f"workers.saturated.process.{kind}", {**_summary(samples, "job"),
+                                                                      "jobs_per_burst": jobs})
 
 
 @pytest.fixture(scope="module")
@@ -248,12 +246,5 @@ def test_pool_map_saturated_paired(benchmark: Any, env: _Env, under_parent: None
     finally:
         runtime.spans, runtime.slow = False, None
         stop()
-    _report(benchmark, capsys, "workers.saturated.pool_map", {
-        "spans_off_vs_bare": _ratio(samples, "spans_off", "bare"),
-        "spans_on_vs_bare": _ratio(samples, "spans_on", "bare"),
-        "spans_slow_vs_bare": _ratio(samples, "spans_slow", "bare"),
-        "bare_us_per_item": round(statistics.median(samples["bare"]) * 1e6, 3),
-        "spans_off_us_per_item": round(statistics.median(samples["spans_off"]) * 1e6, 3),
-        "spans_on_us_per_item": round(statistics.median(samples["spans_on"]) * 1e6, 3),
-        "items": MAP_ITEMS,
-    })
+    _report(benchmark, capsys, "workers.saturated.pool_map", {**_summary(samples, "item", digits=3),
+                                                               "items": MAP_ITEMS})
