@@ -128,30 +128,38 @@ def _report(benchmark: Any, capsys: Any, label: str, result: dict[str, Any]) -> 
         print(f"\n[{label}] {result}")
 
 
-@pytest.mark.benchmark(group="startup.launcher")
-def test_startup_launcher_paired(benchmark: Any, receiver: OTLPReceiver, tmp_path: Path, capsys: Any) -> None:
+def _launcher_cases(timer: Callable[[list[str], dict[str, str], Path], Callable[[], float]], code: str,
+                    receiver: OTLPReceiver, tmp_path: Path) -> dict[str, Callable[[], float]]:
+    """``python -c code`` bare, under the launcher with the stock distro and with otel-perf's, and under
+    ``otel-perf run``, each timed by ``timer``."""
     python = str(BIN / "python")
     launcher = str(BIN / "opentelemetry-instrument")
-    cases = {
-        "bare": _wall([python, "-c", "pass"], _env(receiver), tmp_path),
-        "stock": _wall([launcher, python, "-c", "pass"],
-                       _env(receiver, OTEL_PYTHON_DISTRO="distro", OTEL_PERF_ENABLED="false",
-                            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=OTEL_PERF_INSTRUMENTORS), tmp_path),
-        "otel_perf": _wall([launcher, python, "-c", "pass"], _env(receiver, OTEL_PYTHON_DISTRO="otel_perf"),
-                           tmp_path),
-        "run": _wall([str(BIN / "otel-perf"), "run", "-q", "--", "python", "-c", "pass"], _env(receiver),
-                     tmp_path),
+    stock = _env(receiver, OTEL_PYTHON_DISTRO="distro", OTEL_PERF_ENABLED="false",
+                 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=OTEL_PERF_INSTRUMENTORS)
+    return {
+        "bare": timer([python, "-c", code], _env(receiver), tmp_path),
+        "stock": timer([launcher, python, "-c", code], stock, tmp_path),
+        "otel_perf": timer([launcher, python, "-c", code], _env(receiver, OTEL_PYTHON_DISTRO="otel_perf"), tmp_path),
+        "run": timer([str(BIN / "otel-perf"), "run", "-q", "--", "python", "-c", code], _env(receiver), tmp_path),
     }
-    samples = _measure(benchmark, cases)
+
+
+def _launcher_result(samples: dict[str, list[float]]) -> dict[str, Any]:
     result: dict[str, Any] = {f"{name}_ms": round(statistics.median(values) * 1e3, 1)
                               for name, values in samples.items()}
     result.update(
         otel_perf_vs_stock=round(_paired_ratio(samples, "otel_perf", "stock"), 3),
         run_vs_launcher=round(_paired_ratio(samples, "run", "otel_perf"), 3),
         run_vs_stock=round(_paired_ratio(samples, "run", "stock"), 3),
-        stock_vs_bare=round(_paired_ratio(samples, "stock", "bare"), 3),
-        rounds=len(samples["bare"]),
     )
+    return result
+
+
+@pytest.mark.benchmark(group="startup.launcher")
+def test_startup_launcher_paired(benchmark: Any, receiver: OTLPReceiver, tmp_path: Path, capsys: Any) -> None:
+    samples = _measure(benchmark, _launcher_cases(_wall, "pass", receiver, tmp_path))
+    result = _launcher_result(samples)
+    result.update(stock_vs_bare=round(_paired_ratio(samples, "stock", "bare"), 3), rounds=len(samples["bare"]))
     _report(benchmark, capsys, "start-up, launcher", result)
 
 
@@ -273,26 +281,7 @@ def test_startup_until_first_statement_paired(benchmark: Any, receiver: OTLPRece
                                               capsys: Any) -> None:
     """What the program waits before it runs (the exit-time export left out): ``python -c pass`` above also
     includes the last export at exit, where the lazy exporters load what they deferred."""
-    python = str(BIN / "python")
-    launcher = str(BIN / "opentelemetry-instrument")
-    cases = {
-        "bare": _until_first_statement([python, "-c", _FIRST_STATEMENT], _env(receiver), tmp_path),
-        "stock": _until_first_statement(
-            [launcher, python, "-c", _FIRST_STATEMENT],
-            _env(receiver, OTEL_PYTHON_DISTRO="distro", OTEL_PERF_ENABLED="false",
-                 OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=OTEL_PERF_INSTRUMENTORS), tmp_path),
-        "otel_perf": _until_first_statement([launcher, python, "-c", _FIRST_STATEMENT],
-                                            _env(receiver, OTEL_PYTHON_DISTRO="otel_perf"), tmp_path),
-        "run": _until_first_statement([str(BIN / "otel-perf"), "run", "-q", "--", "python", "-c", _FIRST_STATEMENT],
-                                      _env(receiver), tmp_path),
-    }
-    samples = _measure(benchmark, cases)
-    result: dict[str, Any] = {f"{name}_ms": round(statistics.median(values) * 1e3, 1)
-                              for name, values in samples.items()}
-    result.update(
-        otel_perf_vs_stock=round(_paired_ratio(samples, "otel_perf", "stock"), 3),
-        run_vs_launcher=round(_paired_ratio(samples, "run", "otel_perf"), 3),
-        run_vs_stock=round(_paired_ratio(samples, "run", "stock"), 3),
-        rounds=len(samples["bare"]),
-    )
+    samples = _measure(benchmark, _launcher_cases(_until_first_statement, _FIRST_STATEMENT, receiver, tmp_path))
+    result = _launcher_result(samples)
+    result.update(rounds=len(samples["bare"]))
     _report(benchmark, capsys, "start-up, until the first statement", result)
