@@ -42,11 +42,12 @@ JOB_WAIT = AggregatedHistogram(POOL_JOB_WAIT_DURATION, "s", metric(POOL_JOB_WAIT
 JOB_DURATION = AggregatedHistogram(POOL_JOB_DURATION, "s", metric(POOL_JOB_DURATION).description,
                                    DURATION_BOUNDARIES)
 
-#: A pool's log of finished jobs is folded into its series when it holds this many entries (about 30 KB).
+#: A process pool's log of finished jobs is folded into its series when it holds this many entries (about
+#: 30 KB), by the thread that receives results (not a job's).
 FOLD_AT = 256
-#: ...but a thread pool's worker folds only when the pool's queue is empty, so that a busy pool's jobs never
-#: wait behind the bookkeeping of earlier ones; or, when the queue never empties, at this many entries
-#: (about 2 MB), which bounds the log's memory. Publication folds whatever is logged.
+#: A thread pool's log is folded at publication (in the metric reader's thread), and by a worker only when
+#: it holds this many entries (about 2 MB), which bounds its memory: a fold on a worker delays the result
+#: of the job that ran there, and everyone waiting for it (benchmark group ``workers.saturated.thread.*``).
 FOLD_BUSY_AT = 16384
 
 #: Jobs were folded into the series since the last publication (``_workers_state.unpublished``).

@@ -130,17 +130,14 @@ _ids = iter(range(1, 1 << 62))
 _lock = threading.Lock()
 
 
-def _always() -> bool:
-    return True
-
-
 class PoolState:
     """One pool: name, kind, its :class:`JobLog`, and how to read depth, busy, limit and worker memory.
 
     Finished jobs are logged raw: ``done`` gets ``(wait, run)``, or ``(wait, run, error.type)`` for a
     failed job, one ``list.append`` (atomic, no lock) by the thread that ran the job (thread pools) or
     received its result (process pools). :meth:`fold` records the log into the histogram series in bulk
-    when it reaches :data:`FOLD_AT` entries and before every publication. Recording each job into two
+    before every publication, and in between when it reaches :data:`FOLD_AT` entries (process pools) or
+    :data:`FOLD_BUSY_AT` (thread pools: their workers must not delay results with it). Recording each job into two
     series as it ends cost about 2.5 µs of a 65 µs thread-pool round trip (cold caches in a just-woken
     thread: four times its cost in a loop); the append costs a fraction of that (benchmark group
     ``workers.thread.roundtrip.paired``). ``done`` and ``begun`` are the log's own lists, kept here too so
@@ -155,7 +152,7 @@ class PoolState:
     """
 
     __slots__ = ("__weakref__", "_lock", "_pool", "begun", "done", "id", "ignored", "kind", "log", "name",
-                 "outstanding", "queue_empty", "queues", "ready", "running", "snapshot_per_job", "source")
+                 "outstanding", "queues", "ready", "running", "snapshot_per_job", "source")
 
     def __init__(self, pool: Any, kind: str, source: str, name: str) -> None:
         self.id = next(_ids)
@@ -171,9 +168,6 @@ class PoolState:
         self.done = self.log.done
         self.outstanding = 0
         self.queues: list[Callable[[], Any]] = []
-        #: Whether no job waits for a worker now: a C call for a ThreadPoolExecutor (its work queue's
-        #: ``empty``), read by its workers before folding (``_workers_joblog.FOLD_BUSY_AT``); else always.
-        self.queue_empty: Callable[[], bool] = getattr(getattr(pool, "_work_queue", None), "empty", _always)
         self._lock = threading.Lock()
         self.name = ""
         self.rename(name)

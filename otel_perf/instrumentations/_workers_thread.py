@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from otel_perf._context import attach, get_current
 from otel_perf._safety import guard
 from otel_perf._semconv import CODE_FUNCTION_NAME, ERROR_TYPE, JOB_WAIT_DURATION, POOL_KIND, POOL_NAME, PROCESS_PID
-from otel_perf.instrumentations._workers_joblog import FOLD_AT, FOLD_BUSY_AT
+from otel_perf.instrumentations._workers_joblog import FOLD_BUSY_AT
 from otel_perf.instrumentations._workers_state import PoolState, error_type, fault, runtime
 
 __all__ = ["end_span", "function_names", "local_job", "run_thread_job", "slow_span", "start_span"]
@@ -140,7 +140,7 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
         etype = error_type(exc)
         done = state.done
         done.append((start - submitted, end - start, etype))
-        if len(done) >= FOLD_AT and (len(done) >= FOLD_BUSY_AT or state.queue_empty()):
+        if len(done) >= FOLD_BUSY_AT:
             state.fold(False)
         if span is not None:
             end_span(span, exc, etype)
@@ -151,8 +151,9 @@ def run_thread_job(state: PoolState, fn: Callable[..., Any], submitted: float, a
     end = perf_counter()
     done = state.done
     done.append((start - submitted, end - start))
-    # Folding 256 jobs takes about as long as several jobs: only when no job is waiting (FOLD_BUSY_AT).
-    if len(done) >= FOLD_AT and (len(done) >= FOLD_BUSY_AT or state.queue_empty()):
+    # The log is folded at publication, in the metric reader's thread; here only when it reaches its memory
+    # bound (FOLD_BUSY_AT): a fold on a job's thread delays that job's result, and so whoever waits for it.
+    if len(done) >= FOLD_BUSY_AT:
         state.fold(False)
     if span is not None:
         span.end()

@@ -39,7 +39,7 @@ from otel_perf._semconv import (
     POOL_WORKER_LIMIT,
     POOL_WORKER_MEMORY_MAX,
 )
-from otel_perf.instrumentations import _workers_joblog, _workers_state
+from otel_perf.instrumentations import _workers_joblog, _workers_state, _workers_thread
 from otel_perf.instrumentations._workers_trampoline import job_info, process_job, trampoline
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import metric_points
@@ -244,14 +244,17 @@ def test_many_jobs_from_many_threads_are_all_counted(instrumented: Any, metric_r
     assert one_value(metric_reader, POOL_WORKER_BUSY, name) == 0
 
 
-def test_log_of_failing_jobs_stays_bounded_without_collections(instrumented: Any, metric_reader: Any) -> None:
-    """A pool whose jobs all fail still folds its log (at FOLD_AT jobs once its queue is empty), and counts
-    every failure."""
+def test_log_of_failing_jobs_stays_bounded_without_collections(instrumented: Any, metric_reader: Any,
+                                                               monkeypatch: Any) -> None:
+    """A pool whose jobs all fail still folds its log at its bound (FOLD_BUSY_AT entries, made small here)
+    with no collection, and counts every failure."""
+    bound = 64
+    monkeypatch.setattr(_workers_thread, "FOLD_BUSY_AT", bound)
     name = unique("failing")
-    jobs = _workers_joblog.FOLD_AT + 40
+    jobs = bound + 40
     with otel_perf.name_pool(cf.ThreadPoolExecutor(2), name) as pool:
         cf.wait([pool.submit(fail, i) for i in range(jobs)])
-        assert len(_workers_state.state_for(pool).done) < _workers_joblog.FOLD_AT
+        assert len(_workers_state.state_for(pool).done) < bound
     (errors,) = points(metric_reader, POOL_JOB_DURATION, name, **{JOB_OUTCOME: "error"})
     assert errors.count == jobs
 
