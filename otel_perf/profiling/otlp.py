@@ -36,6 +36,8 @@ __all__ = ["GRPC_METHOD", "HTTP_PATH", "encode", "shape_problem"]
 #: The gRPC method and the HTTP path of the OTLP profiles service (``v1development`` while it is alpha).
 GRPC_METHOD = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
 HTTP_PATH = "/v1development/profiles"
+#: The attribute table's entry every location refers to: ``profile.frame.type`` = ``cpython``.
+_FRAME_TYPE_ATTRIBUTE = 1
 
 
 # message -> {field: (kind, repeated)}: every field encode() sets. Kinds: "message", "string", "bytes", "int".
@@ -164,6 +166,11 @@ def encode(snapshot: Snapshot, resource: Mapping[str, Any], *, resource_schema_u
     from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+    # The messages are made in place in the request (``add``): made apart and then appended, each would
+    # be copied once more (a quarter of the encoding time of a 6 000-sample profile).
+    request = ExportProfilesServiceRequest()
+    dictionary = request.dictionary
+    dictionary.mapping_table.add()  # none used: index 0, "unknown", but present (zero value)
     strings: dict[str, int] = {"": 0}
 
     def string(text: str) -> int:
@@ -173,68 +180,67 @@ def encode(snapshot: Snapshot, resource: Mapping[str, Any], *, resource_schema_u
         return index
 
     functions: dict[tuple[str, str, int], int] = {}
-    function_table = [pb.Function()]
-    frame_type = pb.KeyValueAndUnit(key_strindex=string(PROFILE_FRAME_TYPE),
-                                    value=AnyValue(string_value=PROFILE_FRAME_TYPE_CPYTHON))
-    attribute_table = [pb.KeyValueAndUnit(), frame_type]
-    frame_attributes = [1]
+    function_table = dictionary.function_table
+    function_table.add()
+    attribute_table = dictionary.attribute_table
+    attribute_table.add()
+    # Index 1 (_FRAME_TYPE_ATTRIBUTE): every frame is a CPython frame.
+    attribute_table.add(key_strindex=string(PROFILE_FRAME_TYPE),
+                        value=AnyValue(string_value=PROFILE_FRAME_TYPE_CPYTHON))
     # The snapshot's location ids are 1-based and dense: location_table[i] is location i.
-    location_table = [pb.Location()]
+    location_table = dictionary.location_table
+    location_table.add()
     for (name, filename, first_line), line in snapshot.locations:
         key = (name, filename, first_line)
         function_index = functions.get(key)
         if function_index is None:
             function_index = functions[key] = len(function_table)
             name_index = string(name)
-            function_table.append(pb.Function(name_strindex=name_index, system_name_strindex=name_index,
-                                              filename_strindex=string(filename), start_line=first_line))
-        location_table.append(pb.Location(lines=[pb.Line(function_index=function_index, line=line)],
-                                          attribute_indices=frame_attributes))
+            function_table.add(name_strindex=name_index, system_name_strindex=name_index,
+                               filename_strindex=string(filename), start_line=first_line)
+        location = location_table.add()
+        location.lines.add(function_index=function_index, line=line)
+        location.attribute_indices.append(_FRAME_TYPE_ATTRIBUTE)
     stacks: dict[tuple[int, ...], int] = {}
-    stack_table = [pb.Stack()]
+    stack_table = dictionary.stack_table
+    stack_table.add()
+    add_stack = stack_table.add
     links: dict[tuple[str, str], int] = {}
-    link_table = [pb.Link()]
+    link_table = dictionary.link_table
+    link_table.add()
     threads: dict[str, int] = {}
-    samples = []
-    Sample = pb.Sample
+    resource_profiles = request.resource_profiles.add(schema_url=resource_schema_url)
+    scope_profiles = resource_profiles.scope_profiles.add(schema_url=scope_schema_url)
+    profile = scope_profiles.profiles.add()
+    add_sample = profile.samples.add
     for ((thread, _task, (trace_id, span_id, _root)), stack), (_count, value) in snapshot.counts.items():
         stack_index = stacks.get(stack)
         if stack_index is None:
-            stack_index = stacks[stack] = len(stack_table)
-            # Kept outermost first; OTLP lists the leaf first.
-            stack_table.append(pb.Stack(location_indices=stack[::-1]))
+            stack_index = stacks[stack] = len(stacks) + 1
+            # Kept outermost first; OTLP lists the leaf first. (extend: about half the time of a keyword.)
+            add_stack().location_indices.extend(stack[::-1])
         thread_index = threads.get(thread)
         if thread_index is None:
             thread_index = threads[thread] = len(attribute_table)
-            attribute_table.append(pb.KeyValueAndUnit(key_strindex=string(THREAD_NAME),
-                                                      value=AnyValue(string_value=thread)))
+            attribute_table.add(key_strindex=string(THREAD_NAME), value=AnyValue(string_value=thread))
         link_index = 0
         if span_id:
             link_index = links.get((trace_id, span_id), 0)
             if not link_index:
-                link_index = links[(trace_id, span_id)] = len(link_table)
-                link_table.append(pb.Link(trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex(span_id)))
-        samples.append(Sample(stack_index=stack_index, attribute_indices=(thread_index,), link_index=link_index,
-                              values=(value,)))
+                link_index = links[(trace_id, span_id)] = len(links) + 1
+                link_table.add(trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex(span_id))
+        sample = add_sample(stack_index=stack_index, link_index=link_index)
+        sample.attribute_indices.append(thread_index)
+        sample.values.append(value)
     value_type = pb.ValueType(type_strindex=string(snapshot.mode), unit_strindex=string("nanoseconds"))
-    profile = pb.Profile(
-        sample_type=value_type, samples=samples, time_unix_nano=snapshot.start_unix_ns,
-        duration_nano=snapshot.duration_ns, period_type=value_type, period=snapshot.period_ns,
-        profile_id=profile_id if profile_id is not None else os.urandom(16),
-    )
-    request = ExportProfilesServiceRequest()
-    dictionary = request.dictionary
-    dictionary.mapping_table.append(pb.Mapping())  # none used: index 0, "unknown", but present (zero value)
+    profile.sample_type.CopyFrom(value_type)
+    profile.period_type.CopyFrom(value_type)
+    profile.time_unix_nano = snapshot.start_unix_ns
+    profile.duration_nano = snapshot.duration_ns
+    profile.period = snapshot.period_ns
+    profile.profile_id = profile_id if profile_id is not None else os.urandom(16)
     dictionary.string_table.extend(strings)
-    dictionary.function_table.extend(function_table)
-    dictionary.location_table.extend(location_table)
-    dictionary.stack_table.extend(stack_table)
-    dictionary.link_table.extend(link_table)
-    dictionary.attribute_table.extend(attribute_table)
-    resource_profiles = request.resource_profiles.add(schema_url=resource_schema_url)
     resource_profiles.resource.CopyFrom(Resource(attributes=[
         KeyValue(key=str(key), value=_any_value(value, AnyValue)) for key, value in resource.items()]))
-    scope_profiles = resource_profiles.scope_profiles.add(schema_url=scope_schema_url)
     scope_profiles.scope.CopyFrom(InstrumentationScope(name=scope_name, version=scope_version))
-    scope_profiles.profiles.append(profile)
     return request
