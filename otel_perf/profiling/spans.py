@@ -39,6 +39,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Hashable
+from types import MethodType
 from typing import Any
 
 from opentelemetry import context as context_api
@@ -60,6 +61,8 @@ _MAX_ANCESTORS = 256
 _get_ident = threading.get_ident
 Attach = Callable[[Any], Any]
 Detach = Callable[[Any], None]
+AttachMethod = Callable[[Any, Any], Any]
+DetachMethod = Callable[[Any, Any], None]
 
 
 def _fault(exc: Exception) -> None:
@@ -110,7 +113,9 @@ class SpanTracker:
         # task there, which costs them a call each.
         self._task_contexts = variable is not None and sys.version_info >= (3, 12)
         self.keyed = False
-        self.attach, self.detach = self.hooks(keyed=self.needs_task_keys())
+        self.attach: Attach
+        self.detach: Detach
+        self.use_hooks(*self.hooks(keyed=self.needs_task_keys()))
 
     # --- the hot path: called for every attach and detach (twice per span made current) ------------
 
@@ -119,8 +124,14 @@ class SpanTracker:
         read (Python before 3.12, or a runtime context that is not a ContextVar)."""
         return "asyncio" in sys.modules and not self._task_contexts
 
-    def hooks(self, keyed: bool) -> tuple[Attach, Detach]:
-        """The ``attach`` and ``detach`` that track; keyed by thread only unless ``keyed``."""
+    def use_hooks(self, attach: AttachMethod, detach: DetachMethod) -> None:
+        """Make :meth:`hooks`' methods this tracker's ``attach`` and ``detach`` (bound to it)."""
+        self.attach_method, self.detach_method = attach, detach
+        self.attach, self.detach = MethodType(attach, self), MethodType(detach, self)
+
+    def hooks(self, keyed: bool) -> tuple[AttachMethod, DetachMethod]:
+        """The ``attach`` and ``detach`` that track, as methods (their first argument, the runtime context
+        or the tracker they are bound to, is not used); keyed by thread only unless ``keyed``."""
         self.keyed = keyed
         stacks = self.stacks
         set_context = self._set
@@ -129,7 +140,7 @@ class SpanTracker:
         get_ident = _get_ident
 
         if not keyed:
-            def attach(context: Any) -> Any:
+            def attach(_owner: Any, context: Any) -> Any:
                 token = set_context(context)
                 try:
                     stack = stacks.get(get_ident())
@@ -144,7 +155,7 @@ class SpanTracker:
                     _fault(exc)
                 return token
 
-            def detach(token: Any) -> None:
+            def detach(_owner: Any, token: Any) -> None:
                 reset(token)  # raises for a foreign token, as before (the API logs it): nothing to pop then
                 try:
                     # A thread's stack stays when empty: its next span does not make a new one.
@@ -161,7 +172,7 @@ class SpanTracker:
         running_loop = _asyncio._get_running_loop
         current_task = _asyncio.current_task
 
-        def attach_keyed(context: Any) -> Any:
+        def attach_keyed(_owner: Any, context: Any) -> Any:
             token = set_context(context)
             try:
                 loop = running_loop()
@@ -186,7 +197,7 @@ class SpanTracker:
                 _fault(exc)
             return token
 
-        def detach_keyed(token: Any) -> None:
+        def detach_keyed(_owner: Any, token: Any) -> None:
             reset(token)
             try:
                 loop = running_loop()
@@ -282,7 +293,8 @@ class SpanTracker:
 # --- installing the hooks ----------------------------------------------------------------------------
 
 _tracker: SpanTracker | None = None
-_runtime: Any = None
+_runtime: Any = None  # the runtime context the API had at install()
+_hooked_runtime: Any = None  # what the API has instead while tracking (the default runtime context)
 _own_fast_path: tuple[Attach, Detach] | None = None  # otel_perf._context's attach/detach before install
 _lock = threading.Lock()
 _watching_asyncio = False  # a post-import hook cannot be removed: registered once per process
@@ -310,20 +322,37 @@ def _route_own_fast_path(old: tuple[Any, Any], new: tuple[Any, Any]) -> None:
                 namespace[attribute] = after
 
 
-def _set_hooks(attach: Attach, detach: Detach) -> None:
-    """Install ``attach``/``detach`` on the runtime context and in otel-perf's fast path."""
-    global _own_fast_path
+def _set_hooks(attach: AttachMethod, detach: DetachMethod) -> None:
+    """Install the hook methods :meth:`SpanTracker.hooks` made, in the API and in otel-perf's fast path.
+
+    The default runtime context is replaced, for the API (``opentelemetry.context._RUNTIME_CONTEXT``, which
+    its ``attach``, ``detach`` and ``get_current`` read per call), by an instance of a subclass whose
+    ``attach`` and ``detach`` are the hooks, sharing the original's state (its ContextVar): contexts and
+    tokens stay valid across install and uninstall. Shadowing the methods with instance attributes
+    instead slowed every ``get_current`` of the API too (a span makes several): about 1 % of a span's
+    start and end, half the budget (``benchmarks/profiling/test_span_tracking_cost.py``). Another runtime
+    context (``OTEL_PYTHON_CONTEXT``) keeps its instance and gets the hooks as instance attributes.
+    """
+    global _own_fast_path, _hooked_runtime
     assert _tracker is not None
     from otel_perf import _context
 
     current = (_context.attach, _context.detach)
     if _own_fast_path is None:
         _own_fast_path = current
-    # Instance attributes shadow the runtime context's methods; the API looks them up per call.
-    _runtime.attach = attach
-    _runtime.detach = detach
-    _route_own_fast_path(current, (attach, detach))
-    _tracker.attach, _tracker.detach = attach, detach
+    _tracker.use_hooks(attach, detach)
+    if type(_runtime) is ContextVarsRuntimeContext:
+        hooked_type = type("TrackingRuntimeContext", (ContextVarsRuntimeContext,),
+                           {"attach": attach, "detach": detach, "__module__": __name__})
+        hooked: Any = object.__new__(hooked_type)
+        hooked.__dict__.update(_runtime.__dict__)
+        if context_api._RUNTIME_CONTEXT is _runtime or context_api._RUNTIME_CONTEXT is _hooked_runtime:
+            context_api._RUNTIME_CONTEXT = hooked  # type: ignore[attr-defined]
+            _hooked_runtime = hooked
+    else:
+        _runtime.attach = _tracker.attach
+        _runtime.detach = _tracker.detach
+    _route_own_fast_path(current, (_tracker.attach, _tracker.detach))
 
 
 def install(user: str = "default") -> SpanTracker:
@@ -346,7 +375,7 @@ def install(user: str = "default") -> SpanTracker:
         else:
             tracker = SpanTracker(runtime.attach, runtime.detach)
         _tracker, _runtime = tracker, runtime
-        _set_hooks(tracker.attach, tracker.detach)
+        _set_hooks(tracker.attach_method, tracker.detach_method)
     if not _watching_asyncio:
         _watching_asyncio = True
         import wrapt
@@ -374,17 +403,22 @@ def release(user: str) -> None:
 
 def uninstall() -> None:
     """Restore the runtime context's own ``attach``/``detach`` and otel-perf's fast path (idempotent)."""
-    global _tracker, _runtime, _own_fast_path
+    global _tracker, _runtime, _hooked_runtime, _own_fast_path
     with _lock:
         _users.clear()
         if _tracker is None:
             return
-        for name in ("attach", "detach"):
-            if _runtime.__dict__.get(name) is getattr(_tracker, name):
-                del _runtime.__dict__[name]
+        if _hooked_runtime is not None:
+            # Put the original back unless someone replaced the runtime context since (theirs stays).
+            if context_api._RUNTIME_CONTEXT is _hooked_runtime:
+                context_api._RUNTIME_CONTEXT = _runtime  # type: ignore[attr-defined]
+        else:
+            for name in ("attach", "detach"):
+                if _runtime.__dict__.get(name) is getattr(_tracker, name):
+                    del _runtime.__dict__[name]
         if _own_fast_path is not None:
             _route_own_fast_path((_tracker.attach, _tracker.detach), _own_fast_path)
-        _tracker = _runtime = _own_fast_path = None
+        _tracker = _runtime = _hooked_runtime = _own_fast_path = None
 
 
 def _after_fork_in_child() -> None:

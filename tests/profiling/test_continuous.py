@@ -112,7 +112,7 @@ def test_off_by_default_imports_nothing_and_hooks_nothing(tmp_path: Path) -> Non
         loaded = [m for m in ("otel_perf.profiling.continuous", "otel_perf.profiling.otlp",
                               "otel_perf.exporters.profiles", "otel_perf.profiling.hotspots",
                               "opentelemetry.proto.profiles.v1development.profiles_pb2") if m in sys.modules]
-        hooked = "attach" in vars(context._RUNTIME_CONTEXT)
+        hooked = type(context._RUNTIME_CONTEXT).__name__ == "TrackingRuntimeContext"
         threads = [t.name for t in threading.enumerate() if t.name.startswith("otel-perf-profil")]
         handle.shutdown()
         print(loaded, hooked, threads)
@@ -141,9 +141,9 @@ def test_handle_shutdown_exports_the_last_partial_interval(tmp_path: Path) -> No
 
         search("x")
         from opentelemetry import context
-        hooked = "attach" in vars(context._RUNTIME_CONTEXT)
+        hooked = type(context._RUNTIME_CONTEXT).__name__ == "TrackingRuntimeContext"
         handle.shutdown()
-        if not hooked or "attach" in vars(context._RUNTIME_CONTEXT):
+        if not hooked or type(context._RUNTIME_CONTEXT).__name__ == "TrackingRuntimeContext":
             raise SystemExit("span tracking was not on while profiling, or stayed on after shutdown")
     """)
     assert done.stdout == "" and done.stderr == ""

@@ -236,10 +236,15 @@ def test_uninstall_restores_the_runtime_context_and_the_pool_fast_path(tracer_pr
     first = spans.install()
     assert spans.install() is first
     try:
-        assert runtime.attach == first.attach and _context.attach is first.attach and run.attach is first.attach
+        hooked = context_api._RUNTIME_CONTEXT
+        assert hooked is not runtime and type(hooked).attach is first.attach_method
+        assert _context.attach is first.attach and run.attach is first.attach
+        # The same ContextVar: what was current before install is current through the hooked runtime.
+        assert hooked.get_current() is runtime.get_current()
     finally:
         spans.uninstall()
     spans.uninstall()
+    assert context_api._RUNTIME_CONTEXT is runtime
     assert "attach" not in vars(runtime) and "detach" not in vars(runtime)
     assert (_context.attach, _context.detach, run.attach, run.detach) == fast
     assert spans.tracker() is None
@@ -253,8 +258,7 @@ def test_tracking_faults_never_fail_attach_or_detach(tracker: spans.SpanTracker,
 
     monkeypatch.setattr(_safety, "_raise_internal_errors", False)
     monkeypatch.setattr(tracker, "stacks", None)  # every lookup now fails
-    tracker.attach, tracker.detach = tracker.hooks(tracker.keyed)
-    spans._set_hooks(tracker.attach, tracker.detach)
+    spans._set_hooks(*tracker.hooks(tracker.keyed))
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("still-works") as span:
         assert trace.get_current_span() is span
@@ -342,8 +346,8 @@ def test_tracking_stays_on_until_its_last_user_releases_it(tracer_provider: Any)
         spans.install("debug-server")
         spans.install("continuous")
         spans.release("continuous")
-        assert spans.tracker() is not None and "attach" in vars(runtime)
+        assert spans.tracker() is not None and context_api._RUNTIME_CONTEXT is not runtime
         spans.release("debug-server")
-        assert spans.tracker() is None and "attach" not in vars(runtime)
+        assert spans.tracker() is None and context_api._RUNTIME_CONTEXT is runtime
     finally:
         spans.uninstall()
