@@ -351,3 +351,54 @@ def test_tracking_stays_on_until_its_last_user_releases_it(tracer_provider: Any)
         assert spans.tracker() is None and context_api._RUNTIME_CONTEXT is runtime
     finally:
         spans.uninstall()
+
+
+class _OtherRuntime:
+    """A runtime context of another kind (what OTEL_PYTHON_CONTEXT can select), keeping its state itself."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def attach(self, context: Any) -> object:
+        previous = getattr(self._local, "context", context_api.Context())
+        self._local.context = context
+        return previous
+
+    def detach(self, token: object) -> None:
+        self._local.context = token
+
+    def get_current(self) -> Any:
+        return getattr(self._local, "context", context_api.Context())
+
+
+def test_another_runtime_context_is_tracked_in_place_and_given_back(tracer_provider: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime context that is not the default one keeps its own instance (and state): the hooks go on
+    it as attributes, spans are tracked through them, and uninstall takes them off."""
+    other = _OtherRuntime()
+    monkeypatch.setattr(context_api, "_RUNTIME_CONTEXT", other)
+    installed = spans.install()
+    try:
+        assert context_api._RUNTIME_CONTEXT is other and vars(other)["attach"] == installed.attach
+        with trace.get_tracer("test").start_as_current_span("in-other-runtime") as span:
+            assert trace.get_current_span() is span
+            assert installed.active_span(threading.get_ident()) is span
+        assert trace.get_current_span() is not span
+    finally:
+        spans.uninstall()
+    assert context_api._RUNTIME_CONTEXT is other and "attach" not in vars(other) and "detach" not in vars(other)
+
+
+def test_uninstall_leaves_a_runtime_context_someone_else_set_meanwhile(tracer_provider: Any) -> None:
+    """A program (or another library) that replaced the runtime context while tracking was on keeps its
+    own: uninstall does not put the original back over it."""
+    original = context_api._RUNTIME_CONTEXT
+    spans.install()
+    theirs = _OtherRuntime()
+    try:
+        context_api._RUNTIME_CONTEXT = theirs  # type: ignore[attr-defined]
+        spans.uninstall()
+        assert context_api._RUNTIME_CONTEXT is theirs
+    finally:
+        spans.uninstall()
+        context_api._RUNTIME_CONTEXT = original  # type: ignore[attr-defined]
