@@ -31,7 +31,7 @@ from opentelemetry.metrics import Meter, MeterProvider, get_meter
 from opentelemetry.trace import Tracer, TracerProvider, get_tracer
 
 from otel_perf._config import Settings, get_settings
-from otel_perf._safety import guarded, raise_internal_errors
+from otel_perf._safety import guard, guarded, raise_internal_errors
 from otel_perf._semconv import INSTRUMENTATION_SCOPE, SCHEMA_URL
 from otel_perf.version import __version__
 
@@ -129,7 +129,10 @@ class PerfInstrumentor(ABC):
 _base_logger = logging.getLogger(_BASE_MODULE)
 
 
+@guard
 def _register_as_base_instrumentor(module: Any) -> None:
+    # Guarded: this runs inside the import of the program's own `from opentelemetry.instrumentation...`,
+    # which a surprise here must not fail.
     module.BaseInstrumentor.register(PerfInstrumentor)
 
 
