@@ -185,7 +185,9 @@ def future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def cancel(self: Any) -> bool:
-        state: PoolState | None = getattr(self, FUTURE_MARK, None)
+        # Read from the instance's own dictionary (cancel is rare): a Future subclass's __getattr__ is
+        # never asked for the mark.
+        state: PoolState | None = self.__dict__.get(FUTURE_MARK)
         if state is None:
             return bool(call(self))
         pending = self._state == "PENDING"
