@@ -329,8 +329,9 @@ def _set_hooks(attach: AttachMethod, detach: DetachMethod) -> None:
     its ``attach``, ``detach`` and ``get_current`` read per call), by an instance of a subclass whose
     ``attach`` and ``detach`` are the hooks, sharing the original's state (its ContextVar): contexts and
     tokens stay valid across install and uninstall. Shadowing the methods with instance attributes
-    instead slowed every ``get_current`` of the API too (a span makes several): about 1 % of a span's
-    start and end, half the budget (``benchmarks/profiling/test_span_tracking_cost.py``). Another runtime
+    instead slowed every ``get_current`` of the API too (a span makes several): 0.5-1.5 % of a span's start
+    and end in interleaved blocks here, with hooks that did nothing but set and reset (budget 2 %,
+    ``benchmarks/profiling/test_span_tracking_cost.py``). Another runtime
     context (``OTEL_PYTHON_CONTEXT``) keeps its instance and gets the hooks as instance attributes.
     """
     global _own_fast_path, _hooked_runtime
