@@ -88,13 +88,6 @@ class _Env:
         reset_otel_globals()
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[_Env]:
-    environment = _Env()
-    yield environment
-    environment.close()
-
-
 @pytest.fixture
 def frozen_heap() -> Iterator[None]:
     """For the interleaved cases: everything alive before the measurement moves out of the collector's way,
@@ -105,14 +98,6 @@ def frozen_heap() -> Iterator[None]:
     gc.freeze()
     yield
     gc.unfreeze()
-
-
-@pytest.fixture
-def under_parent(env: _Env) -> Iterator[None]:
-    """Every case runs with a current parent span, as jobs submitted while serving a request do."""
-    token = otel_context.attach(trace.set_span_in_context(env.parent))
-    yield
-    otel_context.detach(token)
 
 
 def _instrumented(env: _Env, spans: bool) -> Callable[[], None]:

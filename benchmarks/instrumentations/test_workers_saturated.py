@@ -76,21 +76,6 @@ def square(x: int) -> int:
 JOBS: dict[str, Callable[[], None]] = {"noop": noop, "50us": spin_50us, "1ms": spin_1ms}
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[_Env]:
-    environment = _Env()
-    yield environment
-    environment.close()
-
-
-@pytest.fixture
-def under_parent(env: _Env) -> Iterator[None]:
-    """Jobs are submitted while serving a request: a current parent span."""
-    token = otel_context.attach(trace.set_span_in_context(env.parent))
-    yield
-    otel_context.detach(token)
-
-
 def _with_own_span(env: _Env, job: Callable[[], None]) -> Callable[[], None]:
     """``job`` making, itself, the span otel-perf would give it (name, kind, attributes, the submitter's
     span as parent, made current while the job runs)."""
@@ -133,6 +118,25 @@ def _summary(samples: dict[str, list[float]], per: str, digits: int = 2) -> dict
     return summary
 
 
+def _measure_modes(benchmark: Any, stop: Callable[[], None], bare: Callable[[], float],
+                   instrumented: Callable[[bool, float | None], float], rounds: int, warmup: int,
+                   *others: tuple[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """``bare``, then ``instrumented`` with spans off, on and slow (no job reaching the threshold), and
+    ``others``, interleaved (``_measure``); the span modes are reset and instrumentation stopped after."""
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("bare", bare),
+        ("spans_off", lambda: instrumented(False, None)),
+        ("spans_on", lambda: instrumented(True, None)),
+        ("spans_slow", lambda: instrumented(False, SLOW_DEFAULT)),
+        *others,
+    ]
+    try:
+        return _measure(benchmark, cases, rounds if benchmark.enabled else 2, warmup=warmup)
+    finally:
+        runtime.spans, runtime.slow = False, None
+        stop()
+
+
 @pytest.mark.parametrize("kind", list(THREAD_BURSTS))
 def test_thread_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: None, capsys: Any,
                                       kind: str) -> None:
@@ -150,18 +154,9 @@ def test_thread_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: N
         runtime.spans, runtime.slow = spans, slow
         return _burst(submit, fn, jobs)
 
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("bare", lambda: run(bare_submit, job, False)),
-        ("spans_off", lambda: run(instrumented_submit, job, False)),
-        ("spans_on", lambda: run(instrumented_submit, job, True)),
-        ("spans_slow", lambda: run(instrumented_submit, job, False, SLOW_DEFAULT)),
-        ("direct", lambda: run(bare_submit, direct, False)),
-    ]
-    try:
-        samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
-    finally:
-        runtime.spans, runtime.slow = False, None
-        stop()
+    samples = _measure_modes(benchmark, stop, lambda: run(bare_submit, job, False),
+                             lambda spans, slow: run(instrumented_submit, job, spans, slow), 40, 3,
+                             ("direct", lambda: run(bare_submit, direct, False)))
     _report(benchmark, capsys, f"workers.saturated.thread.{kind}", {
         **_summary(samples, "job"),
         "spans_on_vs_job_own_span": _ratio(samples, "spans_on", "direct"),
@@ -185,22 +180,12 @@ def test_process_pool_saturated_paired(benchmark: Any, env: _Env, under_parent: 
         compact_call_items(False)  # an uninstrumented program pickles call items the stdlib's way
         return _burst(bare_submit, job, jobs)
 
-    def instrumented(spans: bool, slow: float | None = None) -> float:
+    def instrumented(spans: bool, slow: float | None) -> float:
         compact_call_items(True)
         runtime.spans, runtime.slow = spans, slow
         return _burst(instrumented_submit, job, jobs)
 
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("bare", bare),
-        ("spans_off", lambda: instrumented(False)),
-        ("spans_on", lambda: instrumented(True)),
-        ("spans_slow", lambda: instrumented(False, SLOW_DEFAULT)),
-    ]
-    try:
-        samples = _measure(benchmark, cases, 40 if benchmark.enabled else 2, warmup=3)
-    finally:
-        runtime.spans, runtime.slow = False, None
-        stop()
+    samples = _measure_modes(benchmark, stop, bare, instrumented, 40, 3)
     _report(benchmark, capsys, f"workers.saturated.process.{kind}", {**_summary(samples, "job"),
                                                                       "jobs_per_burst": jobs})
 
@@ -229,22 +214,12 @@ def test_pool_map_saturated_paired(benchmark: Any, env: _Env, under_parent: None
         original(mp_pool, square, items, mapstar, None).get()
         return (time.perf_counter() - start) / MAP_ITEMS
 
-    def instrumented(spans: bool, slow: float | None = None) -> float:
+    def instrumented(spans: bool, slow: float | None) -> float:
         runtime.spans, runtime.slow = spans, slow
         start = time.perf_counter()
         mp_pool.map(square, items)
         return (time.perf_counter() - start) / MAP_ITEMS
 
-    cases: list[tuple[str, Callable[[], float]]] = [
-        ("bare", bare),
-        ("spans_off", lambda: instrumented(False)),
-        ("spans_on", lambda: instrumented(True)),
-        ("spans_slow", lambda: instrumented(False, SLOW_DEFAULT)),
-    ]
-    try:
-        samples = _measure(benchmark, cases, 30 if benchmark.enabled else 2, warmup=2)
-    finally:
-        runtime.spans, runtime.slow = False, None
-        stop()
+    samples = _measure_modes(benchmark, stop, bare, instrumented, 30, 2)
     _report(benchmark, capsys, "workers.saturated.pool_map", {**_summary(samples, "item", digits=3),
                                                                "items": MAP_ITEMS})
