@@ -57,6 +57,19 @@ def suppressed() -> bool:
     return bool(current.get(_SUPPRESSED) or current.get(_SUPPRESSED_PLAIN))
 
 
+def _submission_state(pool: Any) -> PoolState | None:
+    """The state of ``pool`` for a submission now; None when the job goes to the pool bare (instrumentation
+    off or suppressed, or one of OpenTelemetry's own pools). ``thread_submit`` has these lines inline: a
+    thread-pool job is cheap enough for one more Python call to show (``workers.saturated.thread.*``)."""
+    if not runtime.active or suppressed():
+        return None
+    try:
+        state: PoolState = pool.__dict__["_otel_perf_pool"]
+    except KeyError:
+        state = state_for(pool)
+    return None if state.ignored else state
+
+
 # --- concurrent.futures --------------------------------------------------------------------------------
 
 
@@ -82,6 +95,7 @@ def thread_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        # _submission_state, inline (see there).
         if not runtime.active or (current := get_current_or_suppressed()).get(_SUPPRESSED) or current.get(
                 _SUPPRESSED_PLAIN):
             return call(self, fn, *args, **kwargs)
@@ -134,14 +148,8 @@ def process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if not runtime.active or (current := get_current_or_suppressed()).get(_SUPPRESSED) or current.get(
-                _SUPPRESSED_PLAIN):
-            return call(self, fn, *args, **kwargs)
-        try:
-            state = self.__dict__["_otel_perf_pool"]
-        except KeyError:
-            state = state_for(self)
-        if state.ignored:
+        state = _submission_state(self)
+        if state is None:
             return call(self, fn, *args, **kwargs)
         if not state.ready:
             _set_up(self, state, _executor_context(self), bool(self._processes))
@@ -168,10 +176,8 @@ def process_map(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def map(self: Any, fn: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> Any:
-        if not runtime.active or suppressed():
-            return call(self, fn, *iterables, **kwargs)
-        state = state_for(self)
-        if state.ignored:
+        state = _submission_state(self)
+        if state is None:
             return call(self, fn, *iterables, **kwargs)
         if not state.ready:
             _set_up(self, state, _executor_context(self), bool(self._processes))
@@ -205,13 +211,8 @@ def future_cancel(original: Callable[..., Any]) -> Callable[..., Any]:
 def _mp_state(pool: Any) -> PoolState | None:
     """The state of a ``multiprocessing`` pool for a submission now; None when it goes to the pool bare
     (uninstrumented, suppressed, or one of OpenTelemetry's own pools)."""
-    if not runtime.active or suppressed():
-        return None
-    try:
-        state: PoolState = pool.__dict__["_otel_perf_pool"]
-    except KeyError:
-        state = state_for(pool)
-    if state.ignored:
+    state = _submission_state(pool)
+    if state is None:
         return None
     if not state.ready:
         if state.source == SOURCE_MP_THREAD:
