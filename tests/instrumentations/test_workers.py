@@ -14,7 +14,6 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,25 +66,6 @@ def fail(x: int) -> int:
 
 def current_trace_id(_: object = None) -> int:
     return trace.get_current_span().get_span_context().trace_id
-
-
-@pytest.fixture
-def instrument(tracer_provider: Any, meter_provider: Any) -> Iterator[Any]:
-    """Instrument with in-memory providers; returns a function taking settings; always uninstruments."""
-    instrumentor = WorkerPoolInstrumentor()
-
-    def start(**settings: Any) -> WorkerPoolInstrumentor:
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                settings=load_settings(**settings))
-        return instrumentor
-
-    yield start
-    instrumentor.uninstrument()
-
-
-@pytest.fixture
-def instrumented(instrument: Any) -> WorkerPoolInstrumentor:
-    return instrument()  # type: ignore[no-any-return]
 
 
 def points(reader: Any, name: str, pool: str, **attrs: Any) -> list[Any]:

@@ -33,25 +33,6 @@ from otel_perf.testing import metric_points
 from tests.instrumentations.test_workers import FORK, job_spans, needs_fork, one_value, unique, work
 
 
-@pytest.fixture
-def instrument(tracer_provider: Any, meter_provider: Any) -> Any:
-    """Instrument with in-memory providers; returns a function taking settings; always uninstruments."""
-    instrumentor = WorkerPoolInstrumentor()
-
-    def start(**settings: Any) -> WorkerPoolInstrumentor:
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                settings=load_settings(**settings))
-        return instrumentor
-
-    yield start
-    instrumentor.uninstrument()
-
-
-@pytest.fixture
-def instrumented(instrument: Any) -> WorkerPoolInstrumentor:
-    return instrument()  # type: ignore[no-any-return]
-
-
 def counted(reader: Any, name: str) -> tuple[int, int]:
     """(jobs in otel_perf.pool.job.duration, jobs in otel_perf.pool.job.wait.duration) of pool ``name``."""
     data = reader.get_metrics_data()

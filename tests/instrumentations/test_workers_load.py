@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import itertools
-import multiprocessing as mp
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,37 +18,13 @@ from otel_perf._semconv import ERROR_TYPE, JOB_OUTCOME, POOL_JOB_DURATION, POOL_
 from otel_perf.instrumentations import _workers_joblog, _workers_state
 from otel_perf.instrumentations.workers import WorkerPoolInstrumentor
 from otel_perf.testing import metric_points
-
-FORK = mp.get_context("fork") if sys.platform == "linux" else None
-needs_fork = pytest.mark.skipif(FORK is None, reason="fork start method")
-_names = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{next(_names)}"
+from tests.instrumentations.test_workers import FORK, add, needs_fork, unique
 
 
 def square(x: int) -> int:
     if x == 1234:
         raise ValueError("item 1234")
     return x * x
-
-
-def add(x: int, y: int) -> int:
-    return x + y
-
-
-@pytest.fixture
-def instrument(tracer_provider: Any, meter_provider: Any) -> Iterator[Any]:
-    instrumentor = WorkerPoolInstrumentor()
-
-    def start(**settings: Any) -> WorkerPoolInstrumentor:
-        instrumentor.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider,
-                                settings=load_settings(**settings))
-        return instrumentor
-
-    yield start
-    instrumentor.uninstrument()
 
 
 def points(reader: Any, name: str, pool: str, **attrs: Any) -> list[Any]:
